@@ -113,7 +113,7 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         if owner not in groups:
             groups[owner] = parser.add_argument_group(owner.__name__, (inspect.getdoc(owner) or "").split("\n\n")[0])
         group = groups[owner]
-        help_ = field_docs(owner).get(f.name, "")
+        help_ = field_docs(owner).get(f.name, "").replace("%", "%%")
         default = _default(f)
         dest = ".".join(path)
         base, optional = _unwrap_optional(tp)
@@ -133,8 +133,10 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
             elem = get_args(base)[0]
             kwargs["type"] = elem
             kwargs["nargs"] = "+"
+            kwargs["metavar"] = elem.__name__.upper()
         elif base in (int, float, str):
             kwargs["type"] = base
+            kwargs["metavar"] = base.__name__.upper()
         else:
             raise TypeError(f"unsupported config type {tp!r} for {dest}")
         if optional:

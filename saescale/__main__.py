@@ -1,0 +1,5 @@
+import sys
+
+from saescale.cli import main
+
+sys.exit(main())

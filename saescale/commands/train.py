@@ -1,0 +1,103 @@
+"""``saescale train``: pick an activation source, train (or resume) an SAE, report held-out figures."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescale.activations.config import ActivationConfig
+from saescale.cliargs import config_to_dict
+from saescale.data.source import BatchSource
+from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
+from saescale.errors import SaescaleError
+from saescale.eval.recon import reconstruction_metrics
+from saescale.sae.config import SAEConfig
+from saescale.train.config import TrainConfig
+from saescale.train.run import train_sae
+
+
+@dataclass
+class RunConfig:
+    """Where the activations come from and where results go."""
+
+    acts: str = "cache"
+    """Activation source: 'cache' (build or reuse the on-disk cache for --model/--hook/--corpus, then train on it), 'stream' (run the model live, no cache), 'synthetic' (planted sparse dictionary, see --synth-*), or the path of an existing cache folder."""
+
+    out: str = ""
+    """Output folder (checkpoints, metrics.jsonl, sae/, summary.json). Empty: runs/<acts>-<arch>-n<n>-k<k>-seed<seed>. Rerunning with the same folder resumes."""
+
+    eval_tokens: int = 65_536
+    """Held-out tokens used for the final nMSE / L0 / dead-fraction report."""
+
+    threads: int = 0
+    """Torch CPU threads; 0 = torch's default."""
+
+
+@dataclass
+class TrainCommand:
+    """Train a sparse autoencoder (TopK by default) on language-model activations."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    activations: ActivationConfig = field(default_factory=ActivationConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def _sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
+    """(train source, held-out source, provenance recorded with the SAE)."""
+    acts = cmd.run.acts
+    if acts == "synthetic":
+        src = SyntheticSource(cmd.synthetic)
+        held = SyntheticSource(dataclasses.replace(cmd.synthetic, synth_seed=cmd.synthetic.synth_seed + 1))
+        held.features = src.features  # same dictionary, other tokens
+        return src, held, {"source": "synthetic", "synthetic": config_to_dict(cmd.synthetic)}
+    if acts == "stream":
+        from saescale.activations.stream import StreamSource
+
+        a = cmd.activations
+        return (StreamSource(a, "train", cmd.train.seed), StreamSource(a, "val", cmd.train.seed),
+                {"source": "stream", "activations": config_to_dict(a)})
+    from saescale.activations.cache import CacheReader, build_cache
+
+    path = Path(acts) if acts != "cache" else build_cache(cmd.activations)
+    if not path.exists():
+        raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
+    train = CacheReader(path, "train", cmd.train.seed)
+    val = CacheReader(path, "val", cmd.train.seed)
+    return train, val, {"source": "cache", "cache": str(path), "activations": train.manifest.get("config", {})}
+
+
+def default_out(cmd: TrainCommand) -> Path:
+    name = "cache" if Path(cmd.run.acts).exists() else cmd.run.acts
+    return Path("runs") / f"{name}-{cmd.sae.arch}-n{cmd.sae.n}-k{cmd.sae.k}-seed{cmd.train.seed}"
+
+
+def run_train(cmd: TrainCommand) -> dict[str, float]:
+    """Train, then print and return held-out metrics (and the recovered-feature score on synthetic data)."""
+    if cmd.run.threads > 0:
+        torch.set_num_threads(cmd.run.threads)
+    src, held, extra = _sources(cmd)
+    out = Path(cmd.run.out) if cmd.run.out else default_out(cmd)
+    result = train_sae(cmd.sae, cmd.train, src, out, extra)
+    bs = cmd.train.batch_size
+    nb = max(1, cmd.run.eval_tokens // bs)
+    report = reconstruction_metrics(result.sae, islice(held.batches(bs), nb))
+    if isinstance(src, SyntheticSource):
+        mmc, frac = feature_recovery(result.sae.W_dec.detach().cpu(), src.features)
+        report.update(mean_max_cos=mmc, recovered_frac=frac)
+    from saescale.atomic import atomic_write_json
+
+    atomic_write_json(out / "eval.json", {"heldout": report, "eval_tokens": report["tokens"], "seed": cmd.train.seed})
+    line = (f"held-out nMSE {report['nmse']:.4f} | L0 {report['l0']:.1f} | dead {report['dead_frac']:.2%} "
+            f"({report['tokens']:,} tokens)")
+    if "mean_max_cos" in report:
+        line += f" | recovered features {report['recovered_frac']:.1%} (mean-max cos {report['mean_max_cos']:.3f})"
+    print(line)
+    print(f"saved SAE to {out / 'sae'}")
+    return report

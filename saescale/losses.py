@@ -1,0 +1,50 @@
+"""Training losses as small pure functions (no module state, no side effects).
+
+Shapes: x, x_hat, e, e_hat are (B, d); values (B, k).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def normalized_mse(x_hat: Tensor, x: Tensor, mean: Tensor | None = None) -> Tensor:
+    """nMSE = sum ||x - x̂||^2 / sum ||x - mu||^2, mu = ``mean`` (d,) or the batch mean of x.
+
+    The paper's normalised MSE: MSE over the MSE of always predicting the mean.
+    """
+    mu = x.mean(0, keepdim=True) if mean is None else mean
+    return (x - x_hat).pow(2).sum() / (x - mu).pow(2).sum()
+
+
+def scaled_mse(x_hat: Tensor, x: Tensor, scale: float) -> Tensor:
+    """scale * E_b ||x - x̂||^2 with a constant scale (1 / E||x - E x||^2 from a data sample).
+
+    The main training loss: the same as nMSE but with a denominator fixed once,
+    not recomputed per batch (PAPER.md, 'Optimiser and schedule').
+    """
+    return (x - x_hat).pow(2).sum(-1).mean() * scale
+
+
+def auxk_loss(e_hat: Tensor, e: Tensor) -> Tensor:
+    """L_aux = ||e - ê||^2 / ||e - mean_b e||^2, 0 when NaN (no dead latents / constant e).
+
+    e = x - x̂ is the main model's residual (no gradient through it); ê is the
+    reconstruction of e from the top-k_aux dead latents (decoder without bias).
+    """
+    return torch.nan_to_num(normalized_mse(e_hat, e.detach()), nan=0.0, posinf=0.0)
+
+
+def multi_topk_loss(loss_k: Tensor, loss_4k: Tensor) -> Tensor:
+    """Multi-TopK: L(k) + L(4k) / 8, both from the same pre-activations."""
+    return loss_k + loss_4k / 8
+
+
+def l1_penalty(z: Tensor, dec_norms: Tensor) -> Tensor:
+    """E_b sum_i |z_i| ||W_dec[i]||: the L1 penalty weighted by decoder row norms.
+
+    z: (B, n) non-negative codes, dec_norms: (n,). The weighting stops the penalty
+    being gamed by shrinking z and growing the decoder rows.
+    """
+    return (z.abs() * dec_norms).sum(-1).mean()

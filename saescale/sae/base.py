@@ -1,0 +1,141 @@
+"""Shared parts of every SAE architecture.
+
+Parameters (n latents, input width d), with decoder rows as latent directions:
+
+    W_enc: (n, d)   b_enc: (n,)   W_dec: (n, d), rows of unit norm   b_pre: (d,)
+
+    pre  = W_enc (x_n - b_pre) + b_enc                       (B, n)
+    z    = act(pre)          architecture-specific, sparse   (B, n)
+    x̂_n = W_dec^T z + b_pre = sum_j z_j W_dec[j] + b_pre    (B, d)
+
+x_n is the normalised input (see :mod:`saescale.sae.normalize`). Codes are kept
+sparse as :class:`SparseCode` (values, indices), each (B, k); decoding is a
+gather-sum over the k active decoder rows (``F.embedding_bag``), so neither the
+forward nor the gradient ever forms a dense (B, n) code.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saescale.errors import SaescaleError
+from saescale.sae.config import SAEConfig
+from saescale.sae.normalize import NormStats, denormalize, normalize
+
+
+class SparseCode(NamedTuple):
+    """A sparse latent code: row b has latents ``indices[b]`` with ``values[b]`` (zeros allowed)."""
+
+    values: Tensor  # (B, k) float
+    indices: Tensor  # (B, k) int64
+
+    def to_dense(self, n: int) -> Tensor:
+        """(B, n) dense code (for references and small analyses only)."""
+        out = self.values.new_zeros(self.values.shape[0], n)
+        return out.scatter_add(1, self.indices, self.values)
+
+
+def decode_sparse(code: SparseCode, W_dec: Tensor, b_pre: Tensor) -> Tensor:
+    """x̂_n = sum_j values[:, j] * W_dec[indices[:, j]] + b_pre -> (B, d)."""
+    out = F.embedding_bag(code.indices, W_dec, per_sample_weights=code.values, mode="sum")
+    return out + b_pre
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class: parameters, normalisation, decoding, decoder-norm maintenance.
+
+    Subclasses implement :meth:`encode_normalized` (the activation function) and
+    :meth:`loss_terms` (which pure loss functions of :mod:`saescale.losses` they train with).
+    """
+
+    arch: str = ""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.d <= 0:
+            raise SaescaleError("SAEConfig.d must be set (the input width) before building an SAE")
+        self.cfg = cfg
+        n, d = cfg.n, cfg.d
+        self.W_enc = nn.Parameter(torch.zeros(n, d))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(torch.zeros(n, d))
+        self.b_pre = nn.Parameter(torch.zeros(d))
+
+    # ---- normalisation -------------------------------------------------
+    def normalize(self, x: Tensor) -> tuple[Tensor, NormStats]:
+        """Raw x (B, d) -> normalised x_n (B, d) and the stats to undo it."""
+        self.check_input(x)
+        return normalize(x.to(self.W_enc.dtype), self.cfg.normalize, self.cfg.norm_scale)
+
+    def check_input(self, x: Tensor) -> None:
+        """One-line errors for a batch of the wrong shape or with NaN/inf."""
+        if x.ndim != 2 or x.shape[1] != self.cfg.d:
+            raise SaescaleError(
+                f"activation batch has shape {tuple(x.shape)}, expected (batch, {self.cfg.d}); "
+                "check the hook point / model the SAE was trained on"
+            )
+        if not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).any(dim=1).nonzero()[:, 0].tolist()
+            raise SaescaleError(
+                f"activation batch contains NaN/inf in {len(bad)} row(s) (first: {bad[:5]}); "
+                "clean the input or rebuild the activation cache"
+            )
+
+    # ---- encoding / decoding -------------------------------------------
+    def pre_acts(self, x_n: Tensor) -> Tensor:
+        """pre = W_enc (x_n - b_pre) + b_enc : (B, d) -> (B, n)."""
+        return F.linear(x_n - self.b_pre, self.W_enc, self.b_enc)
+
+    def encode_normalized(self, x_n: Tensor) -> SparseCode:
+        raise NotImplementedError
+
+    def decode_normalized(self, code: SparseCode) -> Tensor:
+        """SparseCode (B, k) -> x̂_n (B, d) in the normalised space."""
+        return decode_sparse(code, self.W_dec, self.b_pre)
+
+    def encode(self, x: Tensor) -> SparseCode:
+        """Raw activations (B, d) -> sparse code (values, indices), each (B, k)."""
+        x_n, _ = self.normalize(x)
+        return self.encode_normalized(x_n)
+
+    def decode(self, code: SparseCode, stats: NormStats | None = None) -> Tensor:
+        """Sparse code -> reconstruction (B, d): normalised space, or raw space when ``stats`` is given."""
+        x_hat = self.decode_normalized(code)
+        return x_hat if stats is None else denormalize(x_hat, stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw x (B, d) -> reconstruction in the raw space (B, d)."""
+        x_n, stats = self.normalize(x)
+        return self.decode(self.encode_normalized(x_n), stats)
+
+    def loss_terms(self, x_n: Tensor, ctx: "LossContext") -> dict[str, Tensor]:
+        """The training losses for a normalised batch; key 'loss' is minimised."""
+        raise NotImplementedError
+
+    # ---- decoder unit norm ----------------------------------------------
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove from each decoder row's gradient its component along the row: g_i -= (d_i . g_i) d_i."""
+        g = self.W_dec.grad
+        if g is not None:
+            g.sub_((g * self.W_dec).sum(-1, keepdim=True) * self.W_dec)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row to unit L2 norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+class LossContext(NamedTuple):
+    """What the trainer passes to :meth:`SparseAutoencoder.loss_terms` besides the batch."""
+
+    dead: Tensor  # (n,) bool, latents currently counted as dead
+    k_aux: int  # latents used by the AuxK loss
+    aux_coef: float  # alpha of the AuxK loss (paper: 1/32)
+    loss_scale: float  # 1 / E||x_n - E x_n||^2 from a data sample (fixed, not per batch)
+    multi_topk: bool  # add L(4k)/8 (Multi-TopK)
+    l1_coef: float  # lambda for the ReLU + L1 baseline

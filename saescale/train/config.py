@@ -1,0 +1,119 @@
+"""Training configuration (optimiser, schedule, dead latents, logging, checkpoints)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from saescale.errors import SaescaleError
+
+
+@dataclass
+class TrainConfig:
+    """How to train: token budget, optimiser and schedule, AuxK, logging and checkpoints."""
+
+    tokens: int = 1_400_000
+    """Total training tokens."""
+
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+
+    lr: float = 0.0
+    """Learning rate; 0 = the paper's rule 2e-4 / sqrt(n / 2^14)."""
+
+    warmup_steps: int = -1
+    """Linear learning-rate warm-up steps; -1 = min(1000, 5% of steps)."""
+
+    lr_decay: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up (the paper keeps it constant)."""
+
+    decay_start: float = 0.8
+    """Fraction of training after which 'linear'/'cosine' decay to 0 starts."""
+
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+
+    adam_eps: float = 6.25e-10
+    """Adam epsilon (the paper's 6.25e-10)."""
+
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 = off."""
+
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights (e.g. 0.999, bias-corrected); the saved SAE uses it. 0 = off."""
+
+    tied_init: bool = True
+    """Initialise W_enc = W_dec^T (paper). --no-tied-init draws the encoder independently."""
+
+    k_aux: int = 0
+    """Dead latents used by the AuxK loss; 0 = the power of two nearest d/2."""
+
+    aux_coef: float = 1 / 32
+    """Weight alpha of the AuxK loss (paper: 1/32); 0 turns AuxK off."""
+
+    dead_tokens: int = 0
+    """A latent is dead after this many tokens without firing; 0 = min(10M, tokens / 10)."""
+
+    fire_threshold: float = 1e-3
+    """A latent 'fires' on a token when its value exceeds this (released code: 1e-3)."""
+
+    multi_topk: bool = False
+    """Train with the Multi-TopK loss L(k) + L(4k)/8 (progressive code)."""
+
+    l1_coef: float = 0.01
+    """L1 weight lambda for the 'relu' architecture."""
+
+    seed: int = 0
+    """Seed of the initialisation and data order."""
+
+    init_tokens: int = 32_768
+    """Tokens used to initialise b_pre (geometric median) and the loss scale."""
+
+    log_every: int = 10
+    """Write a metrics line to metrics.jsonl every this many steps."""
+
+    checkpoint_every: int = 100
+    """Save a resumable checkpoint every this many steps (and at the end); 0 = only at the end."""
+
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+
+    device: str = "cpu"
+    """Torch device for training ('cpu', 'cuda', 'cuda:1')."""
+
+    progress: bool = True
+    """Show a progress bar with tokens/s and ETA."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size", "log_every", "keep_checkpoints", "init_tokens"):
+            if getattr(self, name) <= 0:
+                raise SaescaleError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.lr < 0 or self.aux_coef < 0 or self.l1_coef < 0 or self.grad_clip < 0:
+            raise SaescaleError("--lr, --aux-coef, --l1-coef and --grad-clip must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise SaescaleError(f"--ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.decay_start <= 1:
+            raise SaescaleError(f"--decay-start must be in [0, 1], got {self.decay_start}")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+    def resolved_lr(self, n: int) -> float:
+        """The learning rate: given, or 2e-4 / sqrt(n / 2^14)."""
+        return self.lr if self.lr > 0 else 2e-4 / math.sqrt(n / 2**14)
+
+    def resolved_warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps >= 0 else min(1000, self.steps // 20)
+
+    def resolved_k_aux(self, d: int, n: int) -> int:
+        """k_aux: given, or the power of two nearest d/2 (512 for GPT-2's d=768), at most n."""
+        k = self.k_aux if self.k_aux > 0 else 2 ** round(math.log2(max(d / 2, 1)))
+        return min(k, n)
+
+    def resolved_dead_tokens(self) -> int:
+        return self.dead_tokens if self.dead_tokens > 0 else max(1, min(10_000_000, self.tokens // 10))

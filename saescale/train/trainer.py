@@ -1,0 +1,204 @@
+"""The training loop. It consumes a :class:`~saescale.data.source.BatchSource` of
+(B, d) activation batches and knows nothing about language models.
+
+One step, for a raw batch x (B, d):
+
+    x_n      = normalise(x)                         (B, d)
+    out      = sae.loss_terms(x_n, ctx)             loss, x̂_n, code (B, k), aux
+    backward; project decoder-row gradients; clip; Adam step; renormalise rows; EMA
+    since_fired[j] = 0 if latent j fired in the batch else since_fired[j] + B
+    dead     = since_fired >= dead_tokens           (n,) bool, used by AuxK next step
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from saescale import losses
+from saescale.errors import SaescaleError
+from saescale.sae.base import LossContext, SparseAutoencoder
+from saescale.train.checkpoint import save_checkpoint
+from saescale.train.config import TrainConfig
+from saescale.train.optim import EMA, lr_at, make_optimizer
+
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_pre")
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimiser moments that a resumed run needs."""
+
+    step: int
+    tokens_seen: int
+    since_fired: torch.Tensor  # (n,) int64 tokens since each latent last fired
+    loss_scale: float
+
+
+class Trainer:
+    """Train one SAE with Adam on a stream of activation batches."""
+
+    def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, loss_scale: float, out_dir: Path | None = None):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.sae = sae.to(cfg.device)
+        n, d = sae.cfg.n, sae.cfg.d
+        self.base_lr = cfg.resolved_lr(n)
+        self.opt = make_optimizer(list(self._params().values()), cfg, self.base_lr)
+        self.ema = EMA(self._params(), cfg.ema) if cfg.ema > 0 else None
+        self.state = TrainState(0, 0, torch.zeros(n, dtype=torch.long, device=cfg.device), loss_scale)
+        self.k_aux, self.dead_tokens = cfg.resolved_k_aux(d, n), cfg.resolved_dead_tokens()
+        self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+
+    def _params(self) -> dict[str, torch.nn.Parameter]:
+        return {name: getattr(self.sae, name) for name in PARAMS}
+
+    @property
+    def dead(self) -> torch.Tensor:
+        """(n,) bool: latents that have not fired in the last ``dead_tokens`` tokens."""
+        return self.state.since_fired >= self.dead_tokens
+
+    def step(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on a raw batch x (B, d); returns the step's metrics."""
+        cfg, sae = self.cfg, self.sae
+        x_n, _ = sae.normalize(x.to(cfg.device, non_blocking=True))
+        ctx = LossContext(self.dead, self.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef)
+        out = sae.loss_terms(x_n, ctx)
+        if not torch.isfinite(out.loss):
+            raise SaescaleError(
+                f"training diverged at step {self.state.step} (loss {out.loss.item()}); lower --lr or check the data"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.project_decoder_grad()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        lr = lr_at(self.state.step, cfg, self.base_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        sae.normalize_decoder()
+        if self.ema is not None:
+            self.ema.update(self._params())
+        fired = self._update_dead(out.code.values, out.code.indices, x.shape[0])
+        with torch.no_grad():
+            return {
+                "loss": out.loss.item(),
+                "nmse": losses.normalized_mse(out.x_hat, x_n).item(),
+                "l0": (out.code.values > 0).sum(-1).float().mean().item(),
+                "aux_loss": out.aux_loss.item(),
+                "dead_frac": self.dead.float().mean().item(),
+                "fired_frac": fired,
+                "lr": lr,
+            }
+
+    @torch.no_grad()
+    def _update_dead(self, values: torch.Tensor, indices: torch.Tensor, batch: int) -> float:
+        fired = torch.zeros_like(self.state.since_fired, dtype=torch.bool)
+        fired[indices[values > self.cfg.fire_threshold]] = True
+        self.state.since_fired.add_(batch).masked_fill_(fired, 0)
+        self.state.step += 1
+        self.state.tokens_seen += batch
+        return fired.float().mean().item()
+
+    # ---- the loop -----------------------------------------------------------
+    def fit(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
+        """Run until cfg.steps; ``batches`` must start at batch number ``self.state.step``."""
+        cfg = self.cfg
+        log = _MetricsLog(self.out_dir, self.state.step) if self.out_dir else None
+        bar = tqdm(total=cfg.steps * cfg.batch_size, initial=self.state.tokens_seen, unit="tok",
+                   unit_scale=True, disable=not cfg.progress, dynamic_ncols=True, desc="train")
+        last: dict[str, float] = {}
+        t0, tok0 = time.perf_counter(), self.state.tokens_seen
+        try:
+            while self.state.step < cfg.steps:
+                x = next(batches)
+                last = self.step(x)
+                bar.update(x.shape[0])
+                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
+                    dt = time.perf_counter() - t0
+                    last.update(step=self.state.step, tokens=self.state.tokens_seen,
+                                tokens_per_s=(self.state.tokens_seen - tok0) / max(dt, 1e-9))
+                    bar.set_postfix(nmse=f"{last['nmse']:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead_frac']:.3f}")
+                    if log:
+                        log.write(last)
+                    for cb in self.callbacks:
+                        cb(last)
+                if self.out_dir and cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+        finally:
+            bar.close()
+        if self.out_dir:
+            self.checkpoint()
+        return last
+
+    # ---- checkpoints ------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        assert self.out_dir is not None
+        meta = {"step": self.state.step, "tokens_seen": self.state.tokens_seen,
+                "loss_scale": self.state.loss_scale, "ema_t": self.ema.t if self.ema else 0}
+        return save_checkpoint(self.out_dir, self.sae, self.state_tensors(), meta, self.cfg.keep_checkpoints)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t: dict[str, torch.Tensor] = {"since_fired": self.state.since_fired, "rng.torch": torch.get_rng_state()}
+        for name, p in self._params().items():
+            for key, v in self.opt.state.get(p, {}).items():
+                t[f"opt.{name}.{key}"] = v.reshape(-1) if v.ndim == 0 else v
+        if self.ema is not None:
+            t.update({f"ema.{k}": v for k, v in self.ema.avg.items()})
+        return t
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore optimiser moments, counters, EMA and RNG saved by :meth:`state_tensors`."""
+        dev = self.cfg.device
+        self.state = TrainState(meta["step"], meta["tokens_seen"], tensors["since_fired"].to(dev), meta["loss_scale"])
+        opt_state = {}
+        for i, name in enumerate(PARAMS):
+            s = {k.split(".")[-1]: v.to(dev) for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
+            if s:
+                s["step"] = s["step"].reshape(())
+                opt_state[i] = s
+        sd = self.opt.state_dict()
+        self.opt.load_state_dict({"state": opt_state, "param_groups": sd["param_groups"]})
+        if self.ema is not None:
+            self.ema.t = meta["ema_t"]
+            self.ema.avg = {k: tensors[f"ema.{k}"].to(dev) for k in PARAMS}
+        torch.set_rng_state(tensors["rng.torch"])
+
+    def final_sae(self) -> SparseAutoencoder:
+        """The trained SAE: with EMA weights (decoder rows renormalised) when EMA is on."""
+        if self.ema is None:
+            return self.sae
+        from saescale.sae.registry import build_sae
+
+        sae = build_sae(self.sae.cfg)
+        sae.load_state_dict(self.ema.averaged())
+        sae.normalize_decoder()
+        return sae
+
+
+class _MetricsLog:
+    """metrics.jsonl: one JSON object per logged step. On resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, out_dir: Path, resume_step: int):
+        self.path = out_dir / "metrics.jsonl"
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill
+                if rec.get("step", 0) > resume_step:
+                    break
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")

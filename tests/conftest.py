@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random-weight llama with a byte-level tokenizer, and the real default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+
+def save_tiny_llama(folder: Path, n_layers: int = 6, seed: int = 0) -> Path:
+    """Save a llama with ``n_layers`` blocks (d=32, random weights) and a byte-level tokenizer (BOS '<s>') to ``folder``."""
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({"<s>": len(vocab), "</s>": len(vocab) + 1})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
+    )
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """Folder of a 6-block tiny llama + byte-level tokenizer (loadable with ``load_model(str(folder))``)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    """(model, tokenizer) of the tiny llama, loaded through ``load_model``."""
+    from saescale.activations.lm import load_model
+
+    return load_model(str(tiny_lm_dir))
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """(model, tokenizer) of the default SmolLM2-135M; the first run on a machine converts the GGUF (~30 s)."""
+    from saescale.activations.lm import load_model
+
+    return load_model("default")
