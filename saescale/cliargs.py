@@ -175,8 +175,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> Any:
-    """Rebuild a (nested) dataclass from a dict, with one-line errors for missing/unknown/wrong fields."""
+def config_from_dict(cls: type, data: dict[str, Any], what: str = "config", strict: bool = False) -> Any:
+    """Rebuild a (nested) dataclass from a dict, with one-line errors for missing/unknown/wrong fields.
+
+    ``strict``: every field must be present (a file we wrote has them all), defaults are not filled in.
+    """
     if not isinstance(data, dict):
         raise SaescaleError(f"{what}: expected a JSON object, got {type(data).__name__}")
     hints = _hints(cls)
@@ -187,13 +190,13 @@ def config_from_dict(cls: type, data: dict[str, Any], what: str = "config") -> A
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
-            if _default(f) is dataclasses.MISSING:
+            if strict or _default(f) is dataclasses.MISSING:
                 raise SaescaleError(f"{what}: missing required field '{f.name}'")
             continue
         tp = hints[f.name]
         v = data[f.name]
         if dataclasses.is_dataclass(tp):
-            v = config_from_dict(tp, v, f"{what}.{f.name}")
+            v = config_from_dict(tp, v, f"{what}.{f.name}", strict)
         else:
             v = _check_type(v, tp, f"{what}.{f.name}")
         kwargs[f.name] = v

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import shutil
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from saescale.activations.corpus import load_documents, tokenize_contexts
 from saescale.activations.harvest import harvest_contexts
 from saescale.activations.lm import load_model
 from saescale.activations.manifest import locked, sha256_file
+from saescale.data.source import BatchSource
 from saescale.errors import SaescaleError
 
 WORDS = "the whale sea ship captain ahab white harpoon boat crew ocean wind sail deck union nation".split()
@@ -46,23 +48,30 @@ def tiny_config(lm: Path, corpus: str, cache_dir: Path | str = "", **kw) -> Acti
     return ActivationConfig(model=str(lm), corpus=corpus, cache_dir=str(cache_dir), **opts)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@contextmanager
+def single_thread():
     """Tiny matmuls on a shared 2-core machine run far faster on one thread."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tiny_lm_dir):
     """(tiny model folder, corpus spec, folder of a complete cache built from them)."""
-    root = tmp_path_factory.mktemp("tiny")
-    lm, corpus = tiny_lm_dir, make_corpus(root / "corpus")
-    torch.set_num_threads(1)
-    cache = build_cache(tiny_config(lm, corpus), root / "cache", progress=False)
-    return lm, corpus, cache
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
+    with single_thread():
+        cache = build_cache(tiny_config(tiny_lm_dir, corpus), tmp_path_factory.mktemp("tiny") / "cache", progress=False)
+    return tiny_lm_dir, corpus, cache
 
 
 @pytest.fixture
@@ -104,14 +113,28 @@ def test_metadata_points_at_the_right_tokens(tiny):
     assert not set(train["doc"].tolist()) & set(val["doc"].tolist())  # split by document
 
 
-def test_acts_equal_live_harvest_after_rounding(tiny):
-    lm, corpus, cache = tiny
+def live_acts(lm: Path, corpus: str, ctx: torch.Tensor, keep_first: bool = False, prepend_bos: bool = True) -> torch.Tensor:
+    """Float32 activations at layers.4 for contexts ``ctx`` (C,), harvested live in batches of 4 (as the tiny caches do)."""
     model, tokenizer = load_model(str(lm))
-    contexts = tokenize_contexts(load_documents(corpus), tokenizer, 16)
-    got = CacheReader(cache).read_all()
-    ids = got["ctx"][::15]  # 15 kept positions per context, contexts in harvest order
-    live = torch.cat([harvest_contexts(model, "layers.4", contexts.tokens[ids[i : i + 4]], False) for i in range(0, len(ids), 4)])
+    tokens = tokenize_contexts(load_documents(corpus), tokenizer, 16, prepend_bos).tokens[ctx]
+    return torch.cat([harvest_contexts(model, "layers.4", tokens[i : i + 4], keep_first) for i in range(0, len(ctx), 4)])
+
+
+def test_acts_equal_live_harvest_after_rounding(tiny):
+    got = CacheReader(tiny[2]).read_all()
+    live = live_acts(tiny[0], tiny[1], got["ctx"][::15])  # 15 kept positions per context, in harvest order
     assert torch.equal(got["acts"], live[:600].to(torch.float16).float())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_other_dtypes_keep_first_no_bos(tiny, tmp_path, dtype):
+    cfg = tiny_config(tiny[0], tiny[1], n_tokens=160, cache_dtype=dtype, keep_first=True, prepend_bos=False)
+    reader = CacheReader(build_cache(cfg, tmp_path / dtype, progress=False))
+    got = reader.read_all()
+    assert reader.dtype == getattr(torch, dtype) and got["pos"][:16].tolist() == list(range(16))
+    live = live_acts(tiny[0], tiny[1], got["ctx"][::16], keep_first=True, prepend_bos=False)
+    assert torch.equal(got["acts"], live.to(reader.dtype).float())
+    assert next(reader.batches(32)).shape == (32, 32) and reader.sample(20).dtype == torch.float32
 
 
 def test_stats_are_float64_moments_of_train_split(tiny):
@@ -136,6 +159,7 @@ def test_rerun_on_complete_cache_does_nothing(tiny, capsys):
 
 def test_batches_deterministic_and_start_skips_exactly(tiny):
     reader = CacheReader(tiny[2], seed=3)
+    assert isinstance(reader, BatchSource)  # what the trainer consumes
     for bs in (50, 64, 1000):  # divides an epoch / spans windows / spans epochs
         ref = list(islice(reader.batches(bs), 14))
         assert all(b.shape == (bs, 32) and b.dtype == torch.float32 for b in ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from itertools import islice
 
@@ -98,7 +99,10 @@ def test_val_split_and_errors(tiny_lm, tiny_lm_dir, corpus):
 
 
 @pytest.mark.real
-def test_real_model_stream(real_model):
-    src = StreamSource(ActivationConfig(harvest_batch=8), lm=real_model, buffer_tokens=512)
-    batch = next(src.batches(256))
-    assert src.hook == "layers.20" and batch.shape == (256, 576) and torch.isfinite(batch).all()
+def test_real_model_stream(real_model, tmp_path):
+    docs = load_documents()[-3:]  # three Moby-Dick chapters: tokenising the whole corpus takes ~10 s here
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d.text}) + "\n" for d in docs))
+    cfg = ActivationConfig(corpus=str(tmp_path / "c.jsonl"), harvest_batch=5, val_fraction=0.0)
+    src = StreamSource(cfg, lm=real_model, buffer_tokens=300)
+    batch = next(src.batches(200))  # one block: 4 contexts x 63 rows
+    assert src.hook == "layers.20" and batch.shape == (200, 576) and torch.isfinite(batch).all()

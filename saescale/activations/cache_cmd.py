@@ -7,6 +7,7 @@ import sys
 from saescale.activations.cache_write import build_cache
 from saescale.activations.config import ActivationConfig
 from saescale.activations.manifest import MANIFEST
+from saescale.cliargs import parse_config
 from saescale.errors import SaescaleError
 
 
@@ -19,8 +20,6 @@ def run_cache(cfg: ActivationConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m saescale.activations.cache_cmd [options]`` (the same options as ``saescale cache``)."""
-    from saescale.cliargs import parse_config
-
     try:
         run_cache(parse_config(ActivationConfig, sys.argv[1:] if argv is None else argv, prog="saescale cache"))
     except SaescaleError as e:

@@ -5,7 +5,7 @@ drawn from ``rng([seed, e])``, groups them ``buffer_shards`` at a time into wind
 each window's tokens in a permutation drawn from ``rng([seed, e, w])``. The stream of epochs
 is cut into batches (a batch may span two epochs), so batch b is stream tokens
 ``[b*B, (b+1)*B)`` and ``batches(B, start=s)`` can jump straight to window and offset.
-At most one window (plus one shard while it loads, plus one batch) is in memory.
+Only one window (copied out of the memory-mapped shards) and one batch are held in memory.
 """
 
 from __future__ import annotations

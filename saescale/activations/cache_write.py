@@ -32,18 +32,18 @@ from safetensors.torch import save as st_save
 from tqdm import tqdm
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.corpus import Contexts, load_documents, split_documents, tokenize_contexts
+from saescale.activations.corpus import SPLIT_SEED, Contexts, load_documents, split_documents, tokenize_contexts
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.hooks import default_hook, hook_width
 from saescale.activations.lm import load_model, model_fingerprint
 from saescale.activations.manifest import (
-    FORMAT, SPLITS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
+    FORMAT, META_KEYS, SPLITS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
     open_shard, remove_scratch, shard_file, sha256_file, stats_ok, to_torch, warn, write_manifest,
 )
 from saescale.atomic import atomic_write_bytes
 from saescale.errors import SaescaleError
 
-SEED = 0  # document split and context order; recorded in the manifest
+SEED = SPLIT_SEED  # document split (shared with the live stream) and context order; recorded in the manifest
 
 
 @dataclass
@@ -167,7 +167,7 @@ def cut_shards(stream, first: int, stop: int, shard_tokens: int, total: int, pba
 def write_shard(folder: Path, split: str, i: int, rows: dict, dtype: str) -> dict:
     """Write shard ``i`` atomically; its manifest entry (file, n_tokens, bytes, sha256)."""
     tensors = {"acts": rows["acts"].to(TORCH_DTYPES[dtype]).contiguous()}
-    tensors.update({k: rows[k].to(torch.int32).contiguous() for k in ("tokens", "doc", "pos", "ctx")})
+    tensors.update({k: rows[k].to(torch.int32).contiguous() for k in META_KEYS})
     data = st_save(tensors)
     atomic_write_bytes(folder / shard_file(split, i), data)
     return {"file": shard_file(split, i), "n_tokens": len(rows["acts"]), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -120,10 +120,16 @@ def _convert_gguf(gguf: Path, dest: Path, fingerprint: str) -> None:
         _strip_quantizer(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / MARKER, {"source": fingerprint, "gguf": str(gguf)})
-        if dest.exists():  # stale or concurrent conversion: replace it
-            shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        atomic_write_json(tmp / MARKER, {"source": fingerprint, "gguf": str(gguf)})  # last: marks it complete
+        os.chmod(tmp, 0o755)
+        if _marker_matches(dest, fingerprint):  # a concurrent conversion finished first: keep it
+            return
+        shutil.rmtree(dest, ignore_errors=True)  # stale (other source) or unfinished
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not _marker_matches(dest, fingerprint):
+                raise
         fsync_dir(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

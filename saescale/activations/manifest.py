@@ -13,6 +13,15 @@ split's token stream: ``acts`` (N, d) in the cache dtype and ``tokens``, ``doc``
 index in :func:`~saescale.activations.corpus.tokenize_contexts` order). The manifest lists one
 entry per planned shard, ``null`` until the shard is written; ``complete`` is true once every
 shard and the statistics are written.
+
+Manifest keys: ``format``, ``complete``, ``config`` (the ActivationConfig fields but cache_dir:
+model, hook as asked, corpus, context_len, keep_first, prepend_bos, n_tokens, cache_dtype,
+shard_tokens, harvest_batch, val_fraction), ``model_fingerprint``, ``hook`` (resolved),
+``d_model``, ``dtype``, ``seed``, ``corpus_fingerprint``, ``n_documents``,
+``tokens_per_context``, ``splits`` ({train, val}: ``n_tokens``, ``n_contexts``, ``shards``:
+[{file, n_tokens, bytes, sha256} or null]) and ``stats`` (train split, float64: n_tokens,
+mean_sq_norm = E‖x‖², mean_norm = E‖x‖, mean_vec_sq_norm = ‖E x‖², centered_mean_sq_norm =
+E‖x − E x‖², file, sha256).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def read_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
     raw = dict(raw)
     raw.pop("format")
     extra = raw.pop("extra", {}) or {}
-    return config_from_dict(SAEConfig, raw, what=str(f)), extra
+    return config_from_dict(SAEConfig, raw, what=str(f), strict=True), extra
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:

@@ -102,8 +102,7 @@ def train_sae(
             trainer = Trainer(sae, cfg, meta["loss_scale"], out)
             trainer.load_state(tensors, meta)
             resumed = trainer.state.step
-            if cfg.progress:
-                print(f"resuming {out} from step {resumed} ({trainer.state.tokens_seen:,} tokens)")
+            print(f"resuming {out} from step {resumed} ({trainer.state.tokens_seen:,} tokens)", flush=True)
         else:
             atomic_write_json(out / "run.json", record)
     if trainer is None:

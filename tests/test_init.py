@@ -1,0 +1,34 @@
+"""Initialisation: geometric median, tied weights, loss scale."""
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+from saescale.train.init import geometric_median, init_sae, loss_scale
+from tests.helpers import make_sae
+
+
+def test_geometric_median_matches_scipy_and_resists_outliers():
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    pts[:20] += 100.0  # 10% far outliers drag the mean, barely the median
+    m = geometric_median(pts, iters=500, tol=1e-12)
+    obj = lambda v: np.linalg.norm(pts.numpy() - v, axis=1).sum()  # noqa: E731
+    ref = minimize(obj, pts.mean(0).numpy(), method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000}).x
+    assert obj(m.numpy()) <= obj(ref) + 1e-6
+    assert m.norm() < 0.1 * pts.mean(0).norm()
+
+
+def test_tied_init_unit_rows_zero_bias():
+    sae = make_sae("topk", 32, 4, 8)
+    g = torch.Generator().manual_seed(1)
+    init_sae(sae, torch.randn(100, 8, generator=g), g)
+    assert torch.equal(sae.W_enc, sae.W_dec)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
+    assert (sae.b_enc == 0).all()
+
+
+def test_loss_scale_is_inverse_total_variance():
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert loss_scale(x) == 1.0
+    assert abs(loss_scale(3 * x) - 1 / 9) < 1e-12
