@@ -51,9 +51,8 @@ def sotu_records(files: dict[str, bytes]) -> list[dict]:
         if not re.fullmatch(r"\d{4}_.+\.json", name):
             continue
         d = json.loads(raw)
-        records.append(
-            {"text": d["text"].strip(), "source": "sotu", "year": int(d["year"]), "president": d["name"], "party": d["party"]}
-        )
+        meta = {"source": "sotu", "year": int(d["year"]), "president": d["name"], "party": d["party"]}
+        records.append({"text": d["text"].strip(), **meta})
     return sorted(records, key=lambda r: (r["year"], r["president"]))
 
 

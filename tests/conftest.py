@@ -48,3 +48,13 @@ def real_model():
     from saescale.activations.lm import load_model
 
     return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def real_cache(real_model, tmp_path_factory) -> Path:
+    """A small activation cache of the default model at its default hook on the embedded corpus (8k train tokens)."""
+    from saescale.activations.cache import build_cache
+    from saescale.activations.config import ActivationConfig
+
+    cfg = ActivationConfig(n_tokens=8192, val_fraction=0.25, cache_dir=str(tmp_path_factory.mktemp("real_cache")))
+    return build_cache(cfg, progress=False, lm=real_model)

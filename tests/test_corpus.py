@@ -50,6 +50,20 @@ def test_corpus_errors(tmp_path):
         load_documents("hf:some/dataset")  # the datasets package is not installed here
 
 
+def test_parquet(tmp_path):
+    path = tmp_path / "d.parquet"
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        path.write_bytes(b"PAR1")
+        with pytest.raises(SaescaleError, match="needs pyarrow: pip install pyarrow"):
+            load_documents(str(path))
+        return
+    pq.write_table(pa.table({"text": ["one", "two"], "label": [0, 1]}), path)
+    assert [(d.text, d.meta) for d in load_documents(str(path))] == [("one", {"label": 0}), ("two", {"label": 1})]
+
+
 def test_tokenize_contexts_layout(tiny_lm):
     _, tok = tiny_lm  # byte-level: one token per byte, BOS '<s>'
     texts = ["abcdefghij", "xyz", "0123456789012"]

@@ -61,7 +61,8 @@ def _read_jsonl(path: Path) -> list[Document]:
                 record = json.loads(line)
                 text = record.pop("text")
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise SaescaleError(f"{path}:{lineno}: not a JSON object with a 'text' field; fix or remove that line") from None
+                msg = f"{path}:{lineno}: not a JSON object with a 'text' field; fix or remove that line"
+                raise SaescaleError(msg) from None
             docs.append(Document(str(text), record))
     return docs
 
@@ -72,7 +73,10 @@ def _read_parquet(path: Path) -> list[Document]:
         import pyarrow.parquet as pq
     except ImportError:
         raise SaescaleError(f"reading {path} needs pyarrow: pip install pyarrow") from None
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for unreadable files
+        raise SaescaleError(f"cannot read {path} as Parquet ({type(e).__name__}); check the file") from None
     if rows and "text" not in rows[0]:
         raise SaescaleError(f"{path} has no 'text' column; rename the text column to 'text'")
     return [Document(str(r.pop("text")), r) for r in rows]
@@ -87,7 +91,10 @@ def _read_hf(name: str) -> list[Document]:
     try:
         rows = datasets.load_dataset(name, split="train")
     except Exception as e:  # network, missing dataset, bad config: all user-fixable
-        raise SaescaleError(f"could not load Hugging Face dataset '{name}' ({type(e).__name__}); check the name and network, or use local files") from None
+        raise SaescaleError(
+            f"could not load Hugging Face dataset '{name}' ({type(e).__name__}); "
+            "check the name and network, or use local files"
+        ) from None
     return [Document(str(r.pop("text")), r) for r in rows]
 
 
@@ -95,7 +102,9 @@ def _read_file(spec: str) -> list[Document]:
     """Documents from one local file: .txt (whole file = one document), .jsonl[.gz], or .parquet."""
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise SaescaleError(f"corpus file '{spec}' not found: give existing .txt/.jsonl/.jsonl.gz/.parquet files, 'hf:NAME', or 'default'")
+        raise SaescaleError(
+            f"corpus file '{spec}' not found: give existing .txt/.jsonl/.jsonl.gz/.parquet files, 'hf:NAME', or 'default'"
+        )
     name = path.name.lower()
     if name.endswith(".txt"):
         return [Document(path.read_text(encoding="utf-8"), {"source": str(path)})]

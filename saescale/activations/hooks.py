@@ -1,7 +1,7 @@
 """Hook points: name -> module of a Hugging Face causal LM, capture of their outputs.
 
 Names are relative to the model's stack of decoder blocks (found generically as the
-longest ``nn.ModuleList`` in the model, e.g. ``model.model.layers`` for llama):
+longest outermost ``nn.ModuleList`` in the model, e.g. ``model.model.layers`` for llama):
 
 - ``layers.N``            residual stream after block N (the block's output hidden state, (B, T, d))
 - ``layers.N.mlp``        output of block N's MLP (before it is added to the residual)
@@ -28,8 +28,12 @@ class _StopForward(Exception):
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's decoder blocks: (module path, the longest ``nn.ModuleList``)."""
+    """The model's decoder blocks: (module path, the longest outermost ``nn.ModuleList``).
+
+    Lists nested inside another list's elements (e.g. MoE experts inside blocks) are ignored.
+    """
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    lists = [(name, m) for name, m in lists if not any(name.startswith(f"{other}.") for other, _ in lists)]
     if not lists:
         raise SaescaleError(f"{type(model).__name__} has no list of decoder blocks; use a transformer causal LM")
     return max(lists, key=lambda item: len(item[1]))

@@ -157,7 +157,9 @@ def resolve_model_folder(name: str) -> Path | str:
     if path.is_dir():
         return path
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
-        raise SaescaleError(f"model '{name}' not found: give a local folder, a .gguf file, 'default', or a hub id like org/name")
+        raise SaescaleError(
+            f"model '{name}' not found: give a local folder, a .gguf file, 'default', or a hub id like org/name"
+        )
     return name
 
 

@@ -57,7 +57,9 @@ class StreamSource:
         contexts = tokenize_contexts(docs, tokenizer, cfg.context_len, cfg.prepend_bos)
         mine = torch.isin(contexts.doc, torch.tensor(keep, dtype=torch.long))
         if not mine.any():
-            raise SaescaleError(f"the {split} split of corpus '{cfg.corpus}' has no contexts; give more documents or change --val-fraction")
+            raise SaescaleError(
+                f"the {split} split of corpus '{cfg.corpus}' has no contexts; give more documents or change --val-fraction"
+            )
         self.tokens = contexts.tokens[mine]  # (M, T)
         self.per_ctx = len(positions_kept(cfg.context_len, cfg.keep_first))
         self.buffer_contexts = max(1, buffer_tokens // self.per_ctx)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -73,6 +73,13 @@ def _sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any
     return train, val, {"source": "cache", "cache": str(path), "activations": train.manifest.get("config", {})}
 
 
+def heldout_batches(held: BatchSource, tokens: int, batch_size: int) -> Iterable[torch.Tensor]:
+    """Up to ``tokens`` held-out tokens, each once: a cache's split read in order, or a stream's first batches."""
+    if hasattr(held, "read_all"):
+        return held.read_all(max_tokens=tokens)["acts"].split(batch_size)
+    return islice(held.batches(batch_size), max(1, tokens // batch_size))
+
+
 def default_out(cmd: TrainCommand) -> Path:
     name = "cache" if Path(cmd.run.acts).exists() else cmd.run.acts
     return Path("runs") / f"{name}-{cmd.sae.arch}-n{cmd.sae.n}-k{cmd.sae.k}-seed{cmd.train.seed}"
@@ -85,9 +92,7 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
     src, held, extra = _sources(cmd)
     out = Path(cmd.run.out) if cmd.run.out else default_out(cmd)
     result = train_sae(cmd.sae, cmd.train, src, out, extra)
-    bs = cmd.train.batch_size
-    nb = max(1, cmd.run.eval_tokens // bs)
-    report = reconstruction_metrics(result.sae, islice(held.batches(bs), nb))
+    report = reconstruction_metrics(result.sae, heldout_batches(held, cmd.run.eval_tokens, cmd.train.batch_size))
     if isinstance(src, SyntheticSource):
         mmc, frac = feature_recovery(result.sae.W_dec.detach().cpu(), src.features)
         report.update(mean_max_cos=mmc, recovered_frac=frac)
