@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 from conftest import save_tiny_llama
 
 from saescale.activations.cache import CacheReader, build_cache, default_cache_dir
-from saescale.activations.cache_cmd import main as cache_main
 from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import load_documents, tokenize_contexts
 from saescale.activations.harvest import harvest_contexts
 from saescale.activations.lm import load_model
 from saescale.activations.manifest import locked, sha256_file
+from saescale.cli import main as cli_main
 from saescale.data.source import BatchSource
 from saescale.errors import SaescaleError
 
@@ -225,8 +225,8 @@ def test_corrupted_byte_found_by_verify_and_repaired(cache_copy, tiny):
     reader = CacheReader(cache_copy)  # sizes and header look fine
     with pytest.raises(SaescaleError, match=r"shard_00007.*sha256.*saescale cache"):
         reader.verify()
-    assert cache_main(["--model", str(tiny[0]), "--corpus", tiny[1], "--context-len", "16", "--n-tokens", "600",
-                       "--shard-tokens", "64", "--val-fraction", "0.2", "--cache-dir", str(cache_copy)]) == 0
+    assert cli_main(["cache", "--model", str(tiny[0]), "--corpus", tiny[1], "--context-len", "16", "--n-tokens", "600",
+                     "--shard-tokens", "64", "--val-fraction", "0.2", "--cache-dir", str(cache_copy)]) == 0
     assert checksums(cache_copy) == good
 
 
@@ -324,10 +324,10 @@ def test_cli_prints_summary_and_one_line_errors(tiny, capsys):
     lm, corpus, cache = tiny
     args = ["--model", str(lm), "--corpus", corpus, "--context-len", "16", "--n-tokens", "600",
             "--shard-tokens", "64", "--val-fraction", "0.2", "--cache-dir", str(cache)]
-    assert cache_main(args) == 0
+    assert cli_main(["cache", *args]) == 0
     out = capsys.readouterr().out
     assert "600 train + 120 val tokens" in out and "verified" in out
-    assert cache_main(args[:-4] + ["--n-tokens", "700", "--cache-dir", str(cache)]) == 2
+    assert cli_main(["cache", *args[:-4], "--n-tokens", "700", "--cache-dir", str(cache)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--n-tokens" in err and err.count("\n") == 1
 

@@ -17,15 +17,14 @@ from test_cache import checksums, make_corpus, tiny_config
 from test_cache import one_thread  # noqa: F401  (autouse fixture: one thread here too)
 
 from saescale.activations.cache import CacheReader, build_cache
-from saescale.activations.cache_cmd import run_cache
 
 REPO = Path(__file__).resolve().parents[1]
 OPTS = dict(n_tokens=3000, shard_tokens=30, val_fraction=0.25)  # 100 train + 25 val shards
 
 
 def cli(cfg) -> list[str]:
-    """The ``python -m saescale.activations.cache_cmd`` command line for ``cfg``."""
-    args = [sys.executable, "-m", "saescale.activations.cache_cmd"]
+    """The ``saescale cache`` command line for ``cfg``."""
+    args = [sys.executable, "-m", "saescale", "cache"]
     for key in ("model", "corpus", "context_len", "n_tokens", "shard_tokens", "harvest_batch", "val_fraction", "cache_dir"):
         args += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
     return args
@@ -50,7 +49,7 @@ def start_and_kill(cmd: list[str], cache: Path, rng: random.Random) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_lm_dir, seed, capsys):
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_lm_dir, seed):
     lm, corpus = tiny_lm_dir, make_corpus(tmp_path / "corpus", n_docs=8)
     ref = build_cache(tiny_config(lm, corpus, **OPTS), tmp_path / "ref", progress=False)
     cfg = tiny_config(lm, corpus, tmp_path / "killed", **OPTS)
@@ -60,8 +59,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_lm_dir, seed, ca
     manifest = json.loads((killed / "manifest.json").read_text())
     assert not manifest["complete"] and any(manifest["splits"]["train"]["shards"])
 
-    run_cache(cfg)  # what `saescale cache` runs: resume, checksum everything
-    assert "verified" in capsys.readouterr().out
+    rerun = subprocess.run(cli(cfg), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "verified" in rerun.stdout
     assert checksums(killed) == checksums(ref)
     assert json.loads((killed / "manifest.json").read_text()) == json.loads((ref / "manifest.json").read_text())
     assert not list(killed.rglob("*.tmp"))
