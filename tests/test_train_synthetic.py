@@ -29,9 +29,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data():
     src = SyntheticSource(SyntheticConfig(synth_d=D, synth_features=FEATS, synth_k=K))
-    held = SyntheticSource(SyntheticConfig(synth_d=D, synth_features=FEATS, synth_k=K, synth_seed=99))
-    held.features = src.features
-    return src, held
+    return src, src.heldout()
 
 
 def train(src, arch="topk", n=FEATS, tokens=1_000_000, **kw):
@@ -75,3 +73,11 @@ def test_tied_init_and_auxk_leave_fewer_dead_latents(data):
     print(f"\ndead fraction, n={8 * FEATS}: tied init + AuxK {with_both:.2%}, neither {neither:.2%}")
     assert neither >= 0.05
     assert with_both < neither / 3
+
+
+def test_synthetic_stream_is_restartable_and_heldout_is_independent(data):
+    src, held = data
+    first = list(zip(range(5), src.batches(64)))
+    assert all(torch.equal(a, b) for (_, a), b in zip(first[2:], src.batches(64, start=2)))
+    assert not torch.equal(first[0][1], next(held.batches(64)))
+    assert torch.equal(held.features, src.features)

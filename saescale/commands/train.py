@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -54,9 +53,7 @@ def _sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any
     acts = cmd.run.acts
     if acts == "synthetic":
         src = SyntheticSource(cmd.synthetic)
-        held = SyntheticSource(dataclasses.replace(cmd.synthetic, synth_seed=cmd.synthetic.synth_seed + 1))
-        held.features = src.features  # same dictionary, other tokens
-        return src, held, {"source": "synthetic", "synthetic": config_to_dict(cmd.synthetic)}
+        return src, src.heldout(), {"source": "synthetic", "synthetic": config_to_dict(cmd.synthetic)}
     if acts == "stream":
         from saescale.activations.stream import StreamSource
 

@@ -51,8 +51,9 @@ class SyntheticConfig:
 class SyntheticSource:
     """A :class:`~saescale.data.source.BatchSource` of planted-dictionary activations."""
 
-    def __init__(self, cfg: SyntheticConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: SyntheticConfig, stream: int = 0):
+        """``stream`` picks an independent token stream over the same dictionary (0: training, 1: held-out)."""
+        self.cfg, self.stream = cfg, stream
         self.d = cfg.synth_d
         g = torch.Generator().manual_seed(cfg.synth_seed)
         feats = torch.randn(cfg.synth_features, cfg.synth_d, generator=g)
@@ -64,13 +65,17 @@ class SyntheticSource:
     def batch(self, batch_size: int, index: int) -> Tensor:
         """Batch number ``index`` (B, d): a pure function of (seed, batch_size, index)."""
         c = self.cfg
-        g = torch.Generator().manual_seed(c.synth_seed * 1_000_003 + index)
+        g = torch.Generator().manual_seed((c.synth_seed * 1_000_003 + index) * 7 + self.stream + 1)
         # Gumbel top-k: k draws without replacement with probabilities `probs`.
         u = torch.rand(batch_size, c.synth_features, generator=g).clamp_min(1e-20)
         active = (self.log_probs - torch.log(-torch.log(u))).topk(c.synth_k, dim=-1).indices  # (B, k)
         mags = 0.5 + torch.rand(batch_size, c.synth_k, generator=g)
         x = torch.einsum("bk,bkd->bd", mags, self.features[active])
         return x + c.synth_noise * torch.randn(batch_size, c.synth_d, generator=g)
+
+    def heldout(self) -> "SyntheticSource":
+        """The same planted dictionary, an independent token stream."""
+        return SyntheticSource(self.cfg, stream=self.stream + 1)
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Tensor]:
         for i in count(start):
