@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from saescale.atomic import atomic_write_json, fsync_dir
 from saescale.errors import SaescaleError
@@ -171,6 +172,7 @@ def load_model(
     The model is in eval mode with gradients disabled on all parameters.
     """
     source = resolve_model_folder(name)
+    hf_logging.disable_progress_bar()  # transformers' per-load weight bar; our own bars report progress
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
@@ -180,6 +182,8 @@ def load_model(
             f"model '{name}' not found or unreadable ({first[:120]}): give a local folder with "
             "config.json + weights, a .gguf file, 'default', or a hub id reachable from here"
         ) from e
+    finally:
+        hf_logging.enable_progress_bar()
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
