@@ -141,6 +141,7 @@ class Trainer:
     def checkpoint(self) -> Path:
         assert self.out_dir is not None
         meta = {"step": self.state.step, "tokens_seen": self.state.tokens_seen,
+                "data_position": self.state.step,  # batches consumed: the source restarts at this batch
                 "loss_scale": self.state.loss_scale, "ema_t": self.ema.t if self.ema else 0}
         return save_checkpoint(self.out_dir, self.sae, self.state_tensors(), meta, self.cfg.keep_checkpoints)
 
