@@ -10,6 +10,7 @@ from saescale.errors import SaescaleError
 
 def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.activations.config import ActivationConfig
+    from saescale.commands.eval import EvalConfig, run_eval
     from saescale.commands.train import TrainCommand, run_train
 
     def run_cache(cfg: ActivationConfig) -> None:
@@ -20,6 +21,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     return {
         "train": ("train (or resume) an SAE; with no options: the main job on the embedded model", TrainCommand, run_train),
         "cache": ("harvest activations of a model at a hook point into an on-disk cache", ActivationConfig, run_cache),
+        "eval": ("the paper's metrics for a trained SAE (--sae SAE_DIR) on its model", EvalConfig, run_eval),
     }
 
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(cmds))
         return 0
     name, rest = argv[0], argv[1:]
+    if name == "eval" and rest and not rest[0].startswith("-"):
+        rest = ["--sae", *rest]  # `saescale eval SAE_DIR` is short for `--sae SAE_DIR`
     try:
         if name not in cmds:
             raise SaescaleError(f"unknown command {name!r}; choose one of {', '.join(cmds)} (see 'saescale --help')")

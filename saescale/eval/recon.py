@@ -1,15 +1,22 @@
-"""Reconstruction metrics on held-out activations: nMSE, FVU, L0, dead and dense latents.
+"""Reconstruction metrics on held-out activations: nMSE, FVU, L0, dead and dense latents, density histogram.
 
 Over N eval tokens (normalised space, x_n and x̂_n (N, d)):
 
     nMSE = sum ||x_n - x̂_n||^2 / sum ||x_n - mean(x_n)||^2     (mean over the eval set)
+    FVU  = fraction of variance unexplained = 1 - R^2; with the total variance taken about the
+           eval-set mean, FVU equals nMSE exactly (both are reported, under their usual names)
     L0   = mean number of non-zero latents per token
-    dead = fraction of latents that never fire on the eval tokens
-    dense = fraction of latents firing on more than 10% of the eval tokens
+    f_i  = (tokens where latent i > 0) / N                      latent density, (n,)
+    dead = fraction of latents with f_i = 0 (never fire on the eval tokens)
+    dense = fraction of latents with f_i > 0.1
+    density histogram: counts of log10 f_i over the live latents, bins of 0.25 decades
+           from floor(log10(1/N)) to 0 (dead latents are counted in ``dead_frac``)
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -17,12 +24,15 @@ from torch import Tensor
 
 from saescale.sae.base import SparseAutoencoder
 
+BIN_WIDTH = 0.25  # decades per histogram bin
+
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k: int | None = None) -> dict[str, float]:
+def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k: int | None = None) -> dict:
     """Stream raw batches (B, d) through the SAE; sums are float64 so the result is exact to the order of summation.
 
-    ``k`` overrides the TopK k at test time (progressive codes).
+    ``k`` overrides the TopK k at test time (progressive codes). The result also holds the
+    latent-density histogram (``density_hist``: log10 bin edges and counts).
     """
     n = sae.cfg.n
     err = sq = 0.0
@@ -49,4 +59,35 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
         "dead_frac": float((fires == 0).double().mean()),
         "dense_frac": float((freq > 0.1).double().mean()),
         "tokens": tokens,
+        "density_hist": density_histogram(freq, tokens),
     }
+
+
+def density_histogram(freq: Tensor, tokens: int) -> dict[str, list]:
+    """Histogram of log10 densities of live latents: {'edges_log10': (B+1,), 'counts': (B,)}; freq (n,)."""
+    lo = math.floor(math.log10(1.0 / max(tokens, 1)))
+    n_bins = int(round(-lo / BIN_WIDTH))
+    edges = torch.linspace(lo, 0.0, n_bins + 1, dtype=torch.float64)
+    live = freq[freq > 0].double().log10()
+    idx = ((live - lo) / BIN_WIDTH + 1e-9).floor().long().clamp(0, n_bins - 1)  # f = 1 goes in the last bin
+    counts = torch.bincount(idx, minlength=n_bins)
+    return {"edges_log10": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def plot_density(hist: dict[str, list], dead_frac: float, path: Path) -> Path:
+    """Save the latent-density histogram as a PNG (matplotlib imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges, counts = hist["edges_log10"], hist["counts"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(edges[:-1], counts, width=BIN_WIDTH, align="edge", edgecolor="black", linewidth=0.3)
+    ax.set_xlabel("log10 latent density (fraction of tokens where the latent fires)")
+    ax.set_ylabel("latents")
+    ax.set_title(f"latent density (dead: {dead_frac:.1%})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,54 @@
+"""``saescale eval`` end to end on the tiny llama: every metric, same seed -> same metrics.json; clear errors."""
+
+import json
+
+import pytest
+
+from saescale.cli import main
+from saescale.commands.eval import EvalConfig, run_eval
+from saescale.errors import SaescaleError
+from saescale.eval.tasks import TASKS
+from tests.eval_helpers import one_thread, save_for_model  # noqa: F401
+from tests.helpers import make_sae
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = dict(eval_contexts=12, downstream_contexts=4, probe_docs=3, probe_per_doc=2, n2g_latents=3, n2g_test=4,
+             n2g_build=4, n2g_negatives=64, n2g_max_len=6, ablation_latents=6, ablation_horizon=8,
+             refine_tokens=128, refine_iters=50, batch=8)
+
+
+def _run(sae_dir, out, tiny_lm, **kw):
+    return run_eval(EvalConfig(sae=str(sae_dir), out=str(out), **{**SMALL, **kw}), lm=tiny_lm)
+
+
+def test_eval_all_metrics_reproducible(tiny_lm_dir, tiny_lm, tmp_path, capsys):
+    sae_dir = save_for_model(make_sae(n=64, k=4, d=32, normalize="layernorm"), tmp_path / "sae", str(tiny_lm_dir),
+                             context_len=32)
+    a = _run(sae_dir, tmp_path / "a", tiny_lm, plots=True)
+    assert "nMSE" in capsys.readouterr().out
+    b = _run(sae_dir, tmp_path / "b", tiny_lm)
+    on_disk = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert set(on_disk["metrics"]) == {"recon", "downstream", "probes", "n2g", "ablation", "refine", "progressive"}
+    a["metrics"]["recon"].pop("plot")
+    a["metrics"]["progressive"].pop("plot")
+    assert a["metrics"] == b["metrics"]
+    assert on_disk["settings"]["hook"] == "layers.4" and on_disk["settings"]["eval_tokens"] == 12 * 31
+    assert len(on_disk["metrics"]["probes"]["tasks"]) >= 6
+    assert (tmp_path / "a" / "density.png").exists() and (tmp_path / "a" / "progressive.png").exists()
+
+
+def test_eval_errors(tiny_lm_dir, tiny_lm, tmp_path, capsys):
+    wrong_d = save_for_model(make_sae(n=64, k=4, d=16), tmp_path / "wrong", str(tiny_lm_dir))
+    with pytest.raises(SaescaleError, match="d=16 but hook 'layers.4'.* has width 32"):
+        _run(wrong_d, tmp_path / "o", tiny_lm, metrics="recon")
+    corrupt = save_for_model(make_sae(n=64, k=4, d=32), tmp_path / "corrupt", str(tiny_lm_dir))
+    (corrupt / "sae.safetensors").write_bytes(b"\x00garbage")
+    assert main(["eval", "--sae", str(corrupt), "--metrics", "recon"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt or truncated" in err and len(err.splitlines()) == 1
+    assert main(["eval", "--sae", str(corrupt), "--metrics", "recon,vibes"]) == 2
+    assert "unknown metric" in capsys.readouterr().err
+    if not TASKS["french_vs_english"].available():
+        with pytest.raises(SaescaleError, match="install Debian package fortunes-fr"):
+            EvalConfig(sae="x", probe_tasks="french_vs_english")  # checked when the config is built
