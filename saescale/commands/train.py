@@ -66,8 +66,14 @@ def _sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any
     if not path.exists():
         raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
     train = CacheReader(path, "train", cmd.train.seed)
-    val = CacheReader(path, "val", cmd.train.seed)
-    return train, val, {"source": "cache", "cache": str(path), "activations": train.manifest.get("config", {})}
+    return train, CacheReader(path, "val", cmd.train.seed), cache_provenance(train)
+
+
+def cache_provenance(reader: Any) -> dict[str, Any]:
+    """What an SAE trained on a cache records about its data: the cache folder and the activation
+    settings (hook resolved, e.g. 'layers.20'), so evaluation can rerun the same model and corpus."""
+    acts = {**reader.manifest.get("config", {}), "hook": reader.manifest["hook"]}
+    return {"source": "cache", "cache": str(reader.path), "activations": acts}
 
 
 def heldout_batches(held: BatchSource, tokens: int, batch_size: int) -> Iterable[torch.Tensor]:
