@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,24 @@ def save_tiny_llama(folder: Path, n_layers: int = 6, seed: int = 0) -> Path:
     )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def single_thread():
+    """One torch thread: tiny matmuls on a shared 2-core machine run far faster without thread hand-offs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from saescale.sae.base import SparseAutoencoder
@@ -30,11 +29,3 @@ def save_for_model(sae: SparseAutoencoder, folder: Path, model: str, **acts) -> 
     """Save ``sae`` with provenance saying it was trained on ``model`` (default corpus, default hook unless given)."""
     return save_sae(sae, folder, extra={"source": "cache", "activations": {"model": model, **acts}})
 
-
-@pytest.fixture
-def one_thread():
-    """Run a test on one torch thread (tiny matmuls on a shared 2-core machine are far faster without thread hand-offs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

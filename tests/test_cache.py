@@ -6,7 +6,6 @@ import json
 import math
 import random
 import shutil
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import save_tiny_llama
+from conftest import save_tiny_llama, single_thread
 
 from saescale.activations.cache import CacheReader, build_cache, default_cache_dir
 from saescale.activations.config import ActivationConfig
@@ -48,21 +47,7 @@ def tiny_config(lm: Path, corpus: str, cache_dir: Path | str = "", **kw) -> Acti
     return ActivationConfig(model=str(lm), corpus=corpus, cache_dir=str(cache_dir), **opts)
 
 
-@contextmanager
-def single_thread():
-    """Tiny matmuls on a shared 2-core machine run far faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

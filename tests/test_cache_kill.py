@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_cache import checksums, make_corpus, tiny_config
-from test_cache import one_thread  # noqa: F401  (autouse fixture: one thread here too)
 
 from saescale.activations.cache import CacheReader, build_cache
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 OPTS = dict(n_tokens=3000, shard_tokens=30, val_fraction=0.25)  # 100 train + 25 val shards
 

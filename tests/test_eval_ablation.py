@@ -6,7 +6,6 @@ import torch
 from saescale.eval.ablation import ablate_batch, ablation_metrics, sparsity_score
 from saescale.eval.splice import Splicer
 from saescale.eval.suite import encode_all
-from tests.eval_helpers import one_thread  # noqa: F401
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ from saescale.cli import main
 from saescale.commands.eval import EvalConfig, run_eval
 from saescale.errors import SaescaleError
 from saescale.eval.tasks import TASKS
-from tests.eval_helpers import one_thread, save_for_model  # noqa: F401
+from tests.eval_helpers import save_for_model
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

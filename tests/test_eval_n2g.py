@@ -5,7 +5,6 @@ import torch
 
 from saescale.eval.n2g import build_explanation, explain_latent
 from saescale.eval.n2g_trie import WILD, Trie, precision_recall
-from tests.eval_helpers import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,6 @@ from saescale.eval.probes import pool_code, score_task
 from saescale.eval.tasks import TASKS, select_tasks
 from saescale.activations.corpus import Document
 from saescale.sae.base import SparseCode
-from tests.eval_helpers import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

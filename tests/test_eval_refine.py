@@ -7,7 +7,6 @@ from saescale.eval.refine import refine_values, refinement_metrics
 from saescale.sae.base import SparseCode
 from saescale.sae.config import SAEConfig
 from saescale.sae.registry import build_sae
-from tests.eval_helpers import one_thread  # noqa: F401
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,10 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saescale import losses
 from saescale.errors import SaescaleError
 from saescale.sae.base import LossContext
-from saescale.sae.normalize import normalize
 from tests.helpers import make_sae
 
 N, K, D, B = 64, 4, 16, 32

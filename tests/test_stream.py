@@ -18,13 +18,7 @@ from saescale.errors import SaescaleError
 WORDS = "the whale sea ship captain ahab white harpoon boat crew ocean union nation congress".split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine run far faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

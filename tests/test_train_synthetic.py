@@ -7,6 +7,7 @@ from itertools import islice
 
 import pytest
 import torch
+from conftest import single_thread
 
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
 from saescale.eval.recon import reconstruction_metrics
@@ -18,12 +19,10 @@ D, FEATS, K = 64, 256, 8
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run faster on one thread, and results do not depend on the thread count."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def one_thread_module():
+    """The module-scoped trainings below run on one thread too."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

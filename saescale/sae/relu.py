@@ -7,7 +7,6 @@ but not gameable by rescaling).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -1,0 +1,29 @@
+"""Trainer.step: the early decoder step (inside backward, for memory) changes no arithmetic."""
+
+import pytest
+import torch
+
+from saescale.train.config import TrainConfig
+from saescale.train.trainer import PARAMS, Trainer
+from tests.helpers import make_sae
+
+
+def run_steps(grad_clip: float, multi: bool, steps: int = 3) -> dict[str, torch.Tensor]:
+    """Weights after ``steps`` Trainer steps; grad_clip > 0 disables the early decoder step."""
+    sae = make_sae("topk", 256, 8, 16)
+    cfg = TrainConfig(tokens=64 * 100, batch_size=64, lr=1e-2, progress=False, grad_clip=grad_clip,
+                      multi_topk=multi, dead_tokens=64)  # latents die after one batch: AuxK is on
+    trainer = Trainer(sae, cfg, loss_scale=1.0)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(steps):
+        trainer.step(torch.randn(64, 16, generator=g))
+    return {p: getattr(sae, p).detach().clone() for p in PARAMS}
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_early_decoder_step_is_bit_identical_to_the_joint_step(multi):
+    early = run_steps(0.0, multi)
+    joint = run_steps(1e30, multi)  # clipping at 1e30 scales gradients by exactly 1
+    for p in PARAMS:
+        assert torch.equal(early[p], joint[p]), p
+    assert torch.allclose(early["W_dec"].norm(dim=1), torch.ones(256))
