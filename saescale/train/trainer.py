@@ -6,6 +6,8 @@ One step, for a raw batch x (B, d):
     x_n      = normalise(x)                         (B, d)
     out      = sae.loss_terms(x_n, ctx)             loss, x̂_n, code (B, k), aux
     backward; project decoder-row gradients; clip; Adam step; renormalise rows; EMA
+               (without clipping, W_dec's projection + Adam step run inside backward, as soon
+               as its gradient is complete, so two (n, d) gradients are never held at once)
     since_fired[j] = 0 if latent j fired in the batch else since_fired[j] + B
     dead     = since_fired >= dead_tokens           (n,) bool, used by AuxK next step
 """
@@ -54,6 +56,8 @@ class Trainer:
         self.state = TrainState(0, 0, torch.zeros(n, dtype=torch.long, device=cfg.device), loss_scale)
         self.k_aux, self.dead_tokens = cfg.resolved_k_aux(d, n), cfg.resolved_dead_tokens()
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+        if cfg.grad_clip == 0:  # clipping needs every gradient at once
+            sae.W_dec.register_post_accumulate_grad_hook(self._step_decoder_early)
 
     def _params(self) -> dict[str, torch.nn.Parameter]:
         return {name: getattr(self.sae, name) for name in PARAMS}
@@ -73,14 +77,14 @@ class Trainer:
             raise SaescaleError(
                 f"training diverged at step {self.state.step} (loss {out.loss.item()}); lower --lr or check the data"
             )
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.project_decoder_grad()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         lr = lr_at(self.state.step, cfg, self.base_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()  # without clipping, W_dec is already stepped here: see _step_decoder_early
+        sae.project_decoder_grad()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         self.opt.step()
         sae.normalize_decoder()
         if self.ema is not None:
@@ -96,6 +100,23 @@ class Trainer:
                 "fired_frac": fired,
                 "lr": lr,
             }
+
+    @torch.no_grad()
+    def _step_decoder_early(self, W_dec: torch.Tensor) -> None:
+        """Hook run as soon as W_dec's gradient is complete: project it, Adam-step W_dec alone, free it.
+
+        The same arithmetic as stepping all parameters together (Adam is elementwise), but the
+        (n, d) decoder and encoder gradients never coexist: at n = 2^20, d = 576 that is 2.4 GB
+        less peak memory. The renormalisation of the rows still follows the full step.
+        """
+        others = {p: p.grad for p in self._params().values() if p is not W_dec and p.grad is not None}
+        for p in others:
+            p.grad = None
+        self.sae.project_decoder_grad()
+        self.opt.step()
+        W_dec.grad = None
+        for p, g in others.items():
+            p.grad = g
 
     @torch.no_grad()
     def _update_dead(self, values: torch.Tensor, indices: torch.Tensor, batch: int) -> float:

@@ -1,0 +1,150 @@
+"""Training-step throughput against the encoder-matmul bound, in one process.
+
+Usage: python benchmarks/train_step.py [--n 16384] [--k 32] [--d 576] [--batch 4096] [--steps 5] [--threads 2]
+
+Measures, on random inputs of width d, for B = --batch tokens and n latents:
+  * the encoder matmul x (B, d) @ W_enc^T (d, n) + b_enc: GFLOP/s and its bound B / time;
+    one ``F.linear`` when the (B, n) result fits in 2 GB, else in 16384-latent blocks into a reused buffer;
+  * our full step, ``Trainer.step`` (forward + AuxK when latents are dead + backward + Adam + decoder-norm
+    maintenance), with whatever ``SAESCALE_KERNELS`` selects (fast by default);
+  * a naive dense reference step in plain PyTorch (dense pre-activations, topk, dense decode,
+    autograd, Adam, projection and renormalisation), skipped when its (B, n) tensors would not fit.
+Times are the best over --steps steps after the first (warm-up), medians alongside (the machine is
+shared: the best is the estimate least disturbed by other processes). The last line is the ratio of our
+step's tokens/s to the bound; when the naive step is skipped for memory (large n) the last line
+is the peak RSS instead (``resource.getrusage``), which is also printed otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from saescale.sae.config import SAEConfig
+from saescale.sae.registry import build_sae
+from saescale.train.config import TrainConfig
+from saescale.train.trainer import Trainer
+
+DENSE_LIMIT_BYTES = 2 * 1024**3  # a (B, n) float32 tensor larger than this is not materialised
+MATMUL_BLOCK = 16384
+
+
+def timed(fn, reps: int) -> list[float]:
+    """Wall times of ``reps`` calls of fn."""
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def encoder_matmul(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor):
+    """A closure computing pre = x W^T + b, whole or in blocks into one reused (B, block) buffer."""
+    B, n = x.shape[0], W.shape[0]
+    if B * n * 4 <= DENSE_LIMIT_BYTES:
+        return lambda: F.linear(x, W, b)
+    buf = x.new_empty(B, MATMUL_BLOCK)
+
+    def blocked() -> None:
+        for s in range(0, n, MATMUL_BLOCK):
+            e = min(s + MATMUL_BLOCK, n)
+            torch.addmm(b[s:e], x, W[s:e].T, out=buf[:, : e - s])
+
+    return blocked
+
+
+@torch.no_grad()
+def random_unit_rows(n: int, d: int, g: torch.Generator) -> torch.Tensor:
+    """(n, d) Gaussian rows scaled to unit norm, in place (no second (n, d) buffer)."""
+    W = torch.randn(n, d, generator=g)
+    return W.div_(torch.linalg.vector_norm(W, dim=1, keepdim=True))
+
+
+def build_trainer(args: argparse.Namespace, g: torch.Generator) -> Trainer:
+    """A TopK SAE with tied init (W_enc = W_dec, b_enc = 0, b_pre = 0) and the default trainer settings."""
+    sae = build_sae(SAEConfig(arch="topk", n=args.n, k=args.k, d=args.d, normalize="layernorm"))
+    with torch.no_grad():
+        sae.W_dec.copy_(random_unit_rows(args.n, args.d, g))
+        sae.W_enc.copy_(sae.W_dec)
+    cfg = TrainConfig(batch_size=args.batch, tokens=args.batch * 1000, progress=False, multi_topk=args.multi_topk)
+    return Trainer(sae, cfg, loss_scale=1.0)
+
+
+def naive_step_fn(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor):
+    """The plain dense PyTorch step: pre (B, n), topk, dense z (B, n), x̂ = z W_dec + b_pre, Adam."""
+    W_dec = random_unit_rows(args.n, args.d, g).requires_grad_(True)
+    W_enc = W_dec.detach().clone().requires_grad_(True)
+    b_enc, b_pre = torch.zeros(args.n, requires_grad=True), torch.zeros(args.d, requires_grad=True)
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_pre], lr=1e-4)
+    x_n = F.layer_norm(x, (args.d,))
+
+    def step() -> None:
+        pre = F.linear(x_n - b_pre, W_enc, b_enc)
+        v, i = pre.topk(args.k, dim=-1)
+        z = torch.zeros_like(pre).scatter(1, i, F.relu(v))
+        loss = (z @ W_dec + b_pre - x_n).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+            opt.step()
+            W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=16384)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--d", type=int, default=576)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=5, help="steps per measured path; the first is a warm-up")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--multi-topk", action="store_true", help="train with Multi-TopK (top-4k as well)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    B = args.batch
+    x = torch.randn(B, args.d, generator=g)
+    gflop = 2 * B * args.d * args.n / 1e9
+    print(f"B={B} d={args.d} n={args.n} k={args.k} multi_topk={args.multi_topk} threads={args.threads} "
+          f"torch {torch.__version__} {platform.processor() or platform.machine()}")
+
+    trainer = build_trainer(args, g)
+    matmul = encoder_matmul(x, trainer.sae.W_enc.detach(), trainer.sae.b_enc.detach())
+    blocked = args.batch * args.n * 4 > DENSE_LIMIT_BYTES  # long blocked matmul: one call, no warm-up
+    reps = 1 if blocked else max(2, min(args.steps, 5))
+    t_mm = timed(matmul, reps + (not blocked))[(not blocked):]
+    ours = timed(lambda: trainer.step(x), args.steps)
+    t_mm += timed(matmul, reps)  # before and after our steps: the machine is shared
+    ours = ours[1:] if len(ours) > 1 else ours
+    mm, step = min(t_mm), min(ours)
+    bound = B / mm
+    print(f"encoder matmul: best {mm * 1e3:.0f} ms (median {statistics.median(t_mm) * 1e3:.0f}), "
+          f"{gflop / mm:.1f} GFLOP/s, bound {bound:,.0f} tokens/s")
+    print(f"our step (Trainer.step): best {step * 1e3:.0f} ms (median {statistics.median(ours) * 1e3:.0f}), "
+          f"{B / step:,.0f} tokens/s  (timed steps: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
+    naive_fits = 4 * B * args.n * 4 <= 8 * 1024**3
+    if naive_fits:
+        del trainer
+        naive = timed(naive_step_fn(args, g, x), args.steps)
+        t_naive = min(naive[1:] if len(naive) > 1 else naive)
+        print(f"naive dense step: best {t_naive * 1e3:.0f} ms, {B / t_naive:,.0f} tokens/s, "
+              f"ours is {t_naive / step:.2f}x faster")
+    else:
+        print("naive dense step: skipped (its (B, n) tensors would not fit in memory)")
+    rss = f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.1f} GB"
+    ratio = f"ratio to encoder-matmul bound: {(B / step) / bound:.2f}"
+    print(*((rss, ratio) if naive_fits else (ratio, rss)), sep="\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Sparse (CSR) matrices built from top-k index sets, for the kernels' backward passes.
+
+A set of (row b, latent j, value v) triplets from B tokens over n latents is turned into
+the latent-major CSR matrix S (n, C) with S[j, c] = v (duplicates add), so that
+``S @ Y`` for a dense Y (C, d) is the index-add  out[j] += v * Y[c]  done by MKL's sparse
+matmul (~25 ms for B k = 131k entries at d = 576, against ~140 ms for ``index_add_``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """``torch.sparse_csr_tensor`` without invariant checks and without its 'beta' warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def stable_argsort(keys: Tensor) -> Tensor:
+    """Stable argsort of a flat int64 tensor. On CPU through NumPy: single-threaded, ~6 ms for
+    131k keys, where ``torch.argsort`` with 2 threads measured 6-290 ms on a loaded 2-core machine."""
+    if keys.device.type != "cpu":
+        return torch.argsort(keys, stable=True)
+    return torch.from_numpy(np.argsort(keys.numpy(), kind="stable"))
+
+
+def latent_major_csr(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_cols: int) -> Tensor:
+    """CSR (n, n_cols) with S[latents[e], cols[e]] += values[e]; inputs are flat (E,).
+
+    Entries are sorted by latent with a stable sort, so within a latent row the
+    columns keep their input order (increasing when the input is token-major).
+    """
+    order = stable_argsort(latents)
+    crow = torch.zeros(n + 1, dtype=torch.long, device=latents.device)
+    torch.cumsum(torch.bincount(latents, minlength=n), 0, out=crow[1:])
+    return _csr(crow, cols[order], values[order], (n, n_cols))
+
+
+def sparse_matmul(S: Tensor, Y: Tensor) -> Tensor:
+    """S @ Y for a CSR S (n, C) and dense Y (C, d) -> dense (n, d).
+
+    Through ``addmm(out, S, Y, beta=0, out=out)`` on an uninitialised buffer (beta = 0 ignores
+    its contents): ~37 ms against ~67 ms for ``S @ Y`` at n = 16384, which zero-fills and copies.
+    """
+    out = Y.new_empty(S.shape[0], Y.shape[1])
+    return torch.addmm(out, S, Y, beta=0.0, out=out)
+
+
+def token_major_pattern(indices: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """CSR (B, n) pattern with the k entries of row b at columns ``indices[b]`` (B, k), values 0.
+
+    Entry order is the order of ``indices`` (row-major), so the values of a
+    ``sampled_addmm`` on it reshape straight back to (B, k).
+    """
+    B, k = indices.shape
+    crow = torch.arange(0, B * k + 1, k, dtype=torch.long, device=indices.device)
+    zeros = torch.zeros(B * k, dtype=dtype, device=indices.device)
+    return _csr(crow, indices.reshape(-1), zeros, (B, n))
+
+
+def rowwise_dots(grad: Tensor, W: Tensor, indices: Tensor) -> Tensor:
+    """out[b, j] = grad[b] . W[indices[b, j]]  for grad (B, d), W (n, d), indices (B, k) -> (B, k).
+
+    A sampled matmul on the (B, n) pattern: never forms the (B, k, d) gather.
+    """
+    B, k = indices.shape
+    if k == 0:
+        return grad.new_zeros(B, 0)
+    pattern = token_major_pattern(indices, W.shape[0], grad.dtype)
+    out = torch.sparse.sampled_addmm(pattern, grad, W.T, beta=0.0)
+    return out.values().reshape(B, k)

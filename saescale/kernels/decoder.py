@@ -1,0 +1,67 @@
+"""Sparse decoder for several codes at once: gather-sum forward, CSR / sampled-matmul backward.
+
+For codes s = 1..S, each (values v_s (B, k_s), indices i_s (B, k_s)) over the same W_dec (n, d):
+
+    y_s[b] = sum_j v_s[b, j] W_dec[i_s[b, j]]              (B, d)   (``embedding_bag``)
+
+Backward, with upstream gradients G_s (B, d):
+
+    dW_dec = sum_s S_s^T-rows:  dW_dec[l] = sum_(s,b,j: i_s[b,j]=l) v_s[b, j] G_s[b]
+           = S @ [G_1; ...; G_S]   S the CSR (n, S B) of all values       (n, d)
+    dv_s[b, j] = G_s[b] . W_dec[i_s[b, j]]   (``sampled_addmm``, no (B, k, d) gather)
+
+Decoding all codes in one function gives one sparse matmul and one dense (n, d)
+gradient, not one per code (at n = 2^20 each is 2.4 GB).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from saescale.kernels.csr import latent_major_csr, rowwise_dots, sparse_matmul
+from saescale.kernels.threads import one_thread
+from saescale.sae.base import SparseCode
+
+
+class SparseDecode(torch.autograd.Function):
+    """(W_dec, v_1, i_1, ..., v_S, i_S) -> (y_1, ..., y_S); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, W_dec: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
+        values, indices = flat[0::2], flat[1::2]
+        ctx.save_for_backward(W_dec, *flat)
+        ctx.set_materialize_grads(False)
+        return tuple(F.embedding_bag(i, W_dec, per_sample_weights=v, mode="sum") for v, i in zip(values, indices))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        W_dec, *flat = ctx.saved_tensors
+        values, indices = flat[0::2], flat[1::2]
+        live = [s for s, g in enumerate(grads) if g is not None and indices[s].shape[1] > 0]
+        dW = _weight_grad(W_dec.shape[0], [values[s] for s in live], [indices[s] for s in live],
+                          [grads[s] for s in live]) if ctx.needs_input_grad[0] and live else None
+        out: list[Tensor | None] = [dW]
+        for s in range(len(values)):
+            need = ctx.needs_input_grad[1 + 2 * s] and grads[s] is not None
+            out += [rowwise_dots(grads[s], W_dec, indices[s]) if need else None, None]
+        return tuple(out)
+
+
+def _weight_grad(n: int, values: list[Tensor], indices: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """dW_dec (n, d) = S @ cat(grads), S the CSR (n, S B) with S[i_s[b,j], s B + b] = v_s[b, j]."""
+    B = grads[0].shape[0]
+    with one_thread():  # index bookkeeping on small tensors
+        cols = [torch.arange(B, device=v.device).repeat_interleave(v.shape[1]) + s * B for s, v in enumerate(values)]
+        S = latent_major_csr(torch.cat([i.reshape(-1) for i in indices]), torch.cat(cols),
+                             torch.cat([v.reshape(-1) for v in values]), n, B * len(values))
+    return sparse_matmul(S, torch.cat(grads, dim=0))
+
+
+def sparse_decode(W_dec: Tensor, codes: list[SparseCode]) -> list[Tensor]:
+    """Decode each code without bias: [sum_j v[b, j] W_dec[i[b, j]]] -> list of (B, d)."""
+    flat = [t for c in codes for t in (c.values, c.indices)]
+    return list(SparseDecode.apply(W_dec, *flat))

@@ -1,0 +1,72 @@
+"""Fused TopK encoder: chunked matmul + bias + running top-m, backward on the selected pairs only.
+
+Forward, for x_n (B, d), b_pre (d,), W_enc (n, d), b_enc (n,):
+
+    x_c  = x_n - b_pre                                        (B, d)
+    pre  = x_c W_enc^T + b_enc      in latent chunks, never whole (B, n)
+    top  = top-m of pre per row     values (B, m), indices (B, m)
+    aux  = top-k_aux of pre among dead latents               (B, k_aux)
+
+The outputs are the selected *pre-activations* (ReLU is applied by the caller to the
+m survivors only). With G the upstream gradient on the selected entries (main and aux
+together, E = B (m + k_aux) pairs (b, j)):
+
+    dW_enc[j] = sum_(b,j) G[b, j] x_c[b]   = S @ x_c, S the CSR (n, B) of G   (n, d)
+    db_enc[j] = sum_(b,j) G[b, j]                                              (n,)
+    dx_c[b]   = sum_j G[b, j] W_enc[j]     (gather-sum, ``embedding_bag``)    (B, d)
+    dx_n = dx_c,  db_pre = -sum_b dx_c[b]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from saescale.kernels.csr import latent_major_csr, sparse_matmul
+from saescale.kernels.select import DEFAULT_CHUNK, Selection, select_topk
+from saescale.kernels.threads import one_thread
+
+
+class FusedTopKEncode(torch.autograd.Function):
+    """(x_n, b_pre, W_enc, b_enc) -> Selection of pre-activations; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, m: int,
+                dead: Tensor | None, k_aux: int, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x_c = x_n - b_pre
+        sel = select_topk(x_c, W_enc, b_enc, m, dead, k_aux, chunk)
+        ctx.save_for_backward(x_c, W_enc, sel.indices, sel.aux_indices)
+        ctx.mark_non_differentiable(sel.indices, sel.aux_indices)
+        ctx.set_materialize_grads(False)
+        return sel.values, sel.indices, sel.aux_values, sel.aux_indices
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, g_top: Tensor | None, _gi: None, g_aux: Tensor | None, _ga: None):
+        x_c, W_enc, idx, aux_idx = ctx.saved_tensors
+        pairs = [(g, i) for g, i in ((g_top, idx), (g_aux, aux_idx)) if g is not None and i.shape[1] > 0]
+        if not pairs:
+            return None, None, None, None, None, None, None, None
+        need_x, need_pre, need_W, need_b = ctx.needs_input_grad[:4]
+        B, n = x_c.shape[0], W_enc.shape[0]
+        with one_thread():  # index bookkeeping on small tensors
+            g = torch.cat([p[0] for p in pairs], dim=1)  # (B, E/B)
+            i = torch.cat([p[1] for p in pairs], dim=1)
+            latents, values = i.reshape(-1), g.reshape(-1)
+            tokens = torch.arange(B, device=i.device).repeat_interleave(i.shape[1])
+            S = latent_major_csr(latents, tokens, values, n, B) if need_W else None
+            db = g.new_zeros(n).index_add_(0, latents, values) if need_b else None
+        dW = sparse_matmul(S, x_c) if need_W else None
+        dx = None
+        if need_x or need_pre:
+            dx = F.embedding_bag(i, W_enc, per_sample_weights=g, mode="sum")  # (B, d)
+        d_pre = -dx.sum(0) if need_pre else None
+        return (dx if need_x else None), d_pre, dW, db, None, None, None, None
+
+
+def fused_topk_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, m: int,
+                      dead: Tensor | None = None, k_aux: int = 0, chunk: int = DEFAULT_CHUNK) -> Selection:
+    """Selected pre-activations (differentiable) and their latent indices; see :class:`FusedTopKEncode`."""
+    return Selection(*FusedTopKEncode.apply(x_n, b_pre, W_enc, b_enc, m, dead, k_aux, chunk))
