@@ -32,10 +32,10 @@ from safetensors.torch import save as st_save
 from tqdm import tqdm
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.corpus import SPLIT_SEED, Contexts, load_documents, split_documents, tokenize_contexts
+from saescale.activations.corpus import SPLIT_SEED, Contexts, split_documents
 from saescale.activations.harvest import harvest_contexts, positions_kept
-from saescale.activations.hooks import default_hook, hook_width
-from saescale.activations.lm import load_model, model_fingerprint
+from saescale.activations.lm import model_fingerprint
+from saescale.activations.lm_text import load_lm_text
 from saescale.activations.manifest import (
     FORMAT, META_KEYS, SPLITS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
     open_shard, remove_scratch, shard_file, sha256_file, stats_ok, to_torch, warn, write_manifest,
@@ -92,15 +92,12 @@ def _corpus_fingerprint(docs) -> str:
 
 def prepare(cfg: ActivationConfig, manifest: dict | None, lm: tuple | None = None) -> Job:
     """Load model and corpus and plan the splits (resuming: with the manifest's hook and batch)."""
-    model, tokenizer = lm or load_model(cfg.model)
-    hook = manifest["hook"] if manifest else (cfg.hook or default_hook(model))
-    docs = load_documents(cfg.corpus)
-    contexts = tokenize_contexts(docs, tokenizer, cfg.context_len, cfg.prepend_bos)
+    lt = load_lm_text(cfg, lm, manifest["hook"] if manifest else None)
     positions = torch.as_tensor(positions_kept(cfg.context_len, cfg.keep_first), dtype=torch.long)
-    order, counts = plan_splits(contexts.doc, len(docs), cfg, len(positions))
+    order, counts = plan_splits(lt.contexts.doc, len(lt.docs), cfg, len(positions))
     batch = manifest["config"]["harvest_batch"] if manifest else cfg.harvest_batch
-    return Job(model, hook, hook_width(model, hook), contexts, positions, cfg.keep_first, batch, len(docs), order, counts,
-               _corpus_fingerprint(docs))
+    return Job(lt.model, lt.hook, lt.d, lt.contexts, positions, cfg.keep_first, batch, len(lt.docs), order, counts,
+               _corpus_fingerprint(lt.docs))
 
 
 def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.corpus import SPLIT_SEED, load_documents, split_documents, tokenize_contexts
+from saescale.activations.corpus import SPLIT_SEED, split_documents
 from saescale.activations.harvest import harvest_contexts, positions_kept
-from saescale.activations.hooks import default_hook, hook_width
-from saescale.activations.lm import load_model
+from saescale.activations.lm_text import LMText, load_lm_text
 from saescale.errors import SaescaleError
 
 SPLITS = ("train", "val")
@@ -33,7 +32,8 @@ SPLITS = ("train", "val")
 class StreamSource:
     """Endless float32 (batch_size, d) batches of activations at ``cfg.hook``, harvested on demand.
 
-    ``lm`` optionally passes an already loaded (model, tokenizer) for ``cfg.model``.
+    ``lm`` optionally passes an already loaded (model, tokenizer) for ``cfg.model``; ``lm_text`` an
+    already loaded model + tokenised corpus (shared by the train and val streams of one run).
     ``buffer_tokens`` is the size of the shuffle buffer (rounded to whole contexts).
     """
 
@@ -44,17 +44,16 @@ class StreamSource:
         seed: int = 0,
         *,
         lm: tuple | None = None,
+        lm_text: LMText | None = None,
         buffer_tokens: int = 32_768,
     ):
         if split not in SPLITS:
             raise SaescaleError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
-        self.model, tokenizer = lm or load_model(cfg.model)
-        self.hook = cfg.hook or default_hook(self.model)
-        self.d = hook_width(self.model, self.hook)
+        lt = lm_text or load_lm_text(cfg, lm)
+        self.model, self.hook, self.d = lt.model, lt.hook, lt.d
         self.seed, self.keep_first, self.harvest_batch = seed, cfg.keep_first, cfg.harvest_batch
-        docs = load_documents(cfg.corpus)
-        keep = split_documents(len(docs), cfg.val_fraction, SPLIT_SEED)[SPLITS.index(split)]
-        contexts = tokenize_contexts(docs, tokenizer, cfg.context_len, cfg.prepend_bos)
+        keep = split_documents(len(lt.docs), cfg.val_fraction, SPLIT_SEED)[SPLITS.index(split)]
+        contexts = lt.contexts
         mine = torch.isin(contexts.doc, torch.tensor(keep, dtype=torch.long))
         if not mine.any():
             raise SaescaleError(

@@ -55,10 +55,12 @@ def _sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any
         src = SyntheticSource(cmd.synthetic)
         return src, src.heldout(), {"source": "synthetic", "synthetic": config_to_dict(cmd.synthetic)}
     if acts == "stream":
+        from saescale.activations.lm_text import load_lm_text
         from saescale.activations.stream import StreamSource
 
-        a = cmd.activations
-        return (StreamSource(a, "train", cmd.train.seed), StreamSource(a, "val", cmd.train.seed),
+        a, seed = cmd.activations, cmd.train.seed
+        lt = load_lm_text(a)  # one model load and one tokenisation for both splits
+        return (StreamSource(a, "train", seed, lm_text=lt), StreamSource(a, "val", seed, lm_text=lt),
                 {"source": "stream", "activations": config_to_dict(a)})
     from saescale.activations.cache import CacheReader, build_cache
 
