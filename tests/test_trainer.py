@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from saescale.sae.base import LossContext
 from saescale.train.config import TrainConfig
 from saescale.train.trainer import PARAMS, Trainer
 from tests.helpers import make_sae
@@ -27,3 +28,15 @@ def test_early_decoder_step_is_bit_identical_to_the_joint_step(multi):
     for p in PARAMS:
         assert torch.equal(early[p], joint[p]), p
     assert torch.allclose(early["W_dec"].norm(dim=1), torch.ones(256))
+
+
+def test_backward_outside_a_training_step_does_not_touch_the_weights():
+    """The early decoder step is a hook on W_dec; a user's own backward after training must not step it."""
+    sae = make_sae("topk", 64, 4, 16)
+    trainer = Trainer(sae, TrainConfig(progress=False, batch_size=32), loss_scale=1.0)
+    trainer.step(torch.randn(32, 16))
+    before = sae.W_dec.detach().clone()
+    ctx = LossContext(torch.zeros(64, dtype=torch.bool), 8, 1 / 32, 1.0, False, 0.0)
+    sae.loss_terms(torch.randn(32, 16), ctx).loss.backward()
+    assert torch.equal(sae.W_dec.detach(), before)
+    assert sae.W_dec.grad is not None  # an ordinary gradient, left for the user

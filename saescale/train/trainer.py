@@ -56,6 +56,7 @@ class Trainer:
         self.state = TrainState(0, 0, torch.zeros(n, dtype=torch.long, device=cfg.device), loss_scale)
         self.k_aux, self.dead_tokens = cfg.resolved_k_aux(d, n), cfg.resolved_dead_tokens()
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._in_backward = False  # the early decoder step acts only inside this trainer's own backward
         if cfg.grad_clip == 0:  # clipping needs every gradient at once
             sae.W_dec.register_post_accumulate_grad_hook(self._step_decoder_early)
 
@@ -81,7 +82,11 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()  # without clipping, W_dec is already stepped here: see _step_decoder_early
+        self._in_backward = True
+        try:
+            out.loss.backward()  # without clipping, W_dec is already stepped here: see _step_decoder_early
+        finally:
+            self._in_backward = False
         sae.project_decoder_grad()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -107,8 +112,11 @@ class Trainer:
 
         The same arithmetic as stepping all parameters together (Adam is elementwise), but the
         (n, d) decoder and encoder gradients never coexist: at n = 2^20, d = 576 that is 2.4 GB
-        less peak memory. The renormalisation of the rows still follows the full step.
+        less peak memory. The renormalisation of the rows still follows the full step. Outside
+        :meth:`step` (e.g. a user's own backward through the trained SAE) the hook does nothing.
         """
+        if not self._in_backward:
+            return
         others = {p: p.grad for p in self._params().values() if p is not W_dec and p.grad is not None}
         for p in others:
             p.grad = None
