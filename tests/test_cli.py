@@ -15,8 +15,11 @@ def cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "saescale", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_every_option_has_help_text():
-    parser = build_parser(TrainCommand, "saescale train")
+@pytest.mark.parametrize("command", ["train", "cache", "eval"])
+def test_every_option_has_help_text(command):
+    from saescale.cli import _commands
+
+    parser = build_parser(_commands()[command][1], f"saescale {command}")
     for action in parser._actions:
         if action.dest != "help":
             assert action.help and len(action.help) > 10, action.dest
