@@ -21,7 +21,7 @@ from pathlib import Path
 
 from saescale.activations.cache import CacheReader, build_cache
 from saescale.activations.config import ActivationConfig
-from saescale.commands.train import cache_provenance
+from saescale.commands.train import cache_provenance, heldout_batches
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
@@ -45,7 +45,7 @@ def main() -> None:
     cfg = TrainConfig(tokens=a.tokens, batch_size=a.batch_size, lr=a.lr)
     res = train_sae(SAEConfig(n=a.n, k=a.k, normalize="layernorm"), cfg, train, Path(a.out) / f"n{a.n}-k{a.k}-lr{a.lr}",
                     extra=cache_provenance(train))
-    held = reconstruction_metrics(res.sae, val.read_all()["acts"].split(a.batch_size))
+    held = reconstruction_metrics(res.sae, heldout_batches(val, val.n_tokens, a.batch_size))
     dead_window = res.metrics["dead_frac"]
     out = {"heldout": held, "train_dead_frac": dead_window, "train_tokens": a.tokens, "cache_tokens": train.n_tokens,
            "val_tokens": val.n_tokens, "n": a.n, "k": a.k, "lr": cfg.resolved_lr(a.n), "batch_size": a.batch_size,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from saescale.kernels.threads import one_thread as one_thread_context
 
 
 def save_tiny_llama(folder: Path, n_layers: int = 6, seed: int = 0) -> Path:
@@ -29,15 +30,7 @@ def save_tiny_llama(folder: Path, n_layers: int = 6, seed: int = 0) -> Path:
     return folder
 
 
-@contextmanager
-def single_thread():
-    """One torch thread: tiny matmuls on a shared 2-core machine run far faster without thread hand-offs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+single_thread = one_thread_context  # tiny matmuls on a shared 2-core machine run far faster on one thread
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from saescale.activations.corpus import SPLITS
 from saescale.activations.manifest import (
-    META_KEYS, REBUILD, SPLITS, STATS, TORCH_DTYPES, open_shard, raw_dtype, read_manifest, shard_problem, sha256_file, to_torch,
+    META_KEYS, REBUILD, STATS, TORCH_DTYPES, open_shard, raw_dtype, read_manifest, shard_problem, sha256_file, to_torch,
 )
 from saescale.errors import SaescaleError
 

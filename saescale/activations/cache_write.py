@@ -32,12 +32,12 @@ from safetensors.torch import save as st_save
 from tqdm import tqdm
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.corpus import SPLIT_SEED, Contexts, split_documents
+from saescale.activations.corpus import SPLIT_SEED, SPLITS, Contexts, split_documents
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.lm import model_fingerprint
 from saescale.activations.lm_text import load_lm_text
 from saescale.activations.manifest import (
-    FORMAT, META_KEYS, SPLITS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
+    FORMAT, META_KEYS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
     open_shard, remove_scratch, shard_file, sha256_file, stats_ok, to_torch, warn, write_manifest,
 )
 from saescale.atomic import atomic_write_bytes

@@ -19,6 +19,7 @@ from saescale.errors import SaescaleError
 
 DEFAULT_FILES = ("sotu.jsonl.gz", "moby_dick.jsonl.gz")
 SPLIT_SEED = 0  # seed of the train / val document split shared by the cache and the live stream
+SPLITS = ("train", "val")  # the order split_documents returns them in
 
 
 @dataclass

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 
 from saescale.activations.config import ActivationConfig
+from saescale.activations.corpus import SPLITS
 from saescale.activations.lm import saescale_home
 from saescale.atomic import atomic_write_json
 from saescale.errors import SaescaleError
 
 FORMAT = 1
-SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
 STATS = "stats.safetensors"
 META_KEYS = ("tokens", "doc", "pos", "ctx")

@@ -21,13 +21,10 @@ import numpy as np
 import torch
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.corpus import SPLIT_SEED, split_documents
+from saescale.activations.corpus import SPLIT_SEED, SPLITS, split_documents
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.lm_text import LMText, load_lm_text
 from saescale.errors import SaescaleError
-
-SPLITS = ("train", "val")
-
 
 class StreamSource:
     """Endless float32 (batch_size, d) batches of activations at ``cfg.hook``, harvested on demand.
