@@ -35,12 +35,15 @@ DENSE_LIMIT_BYTES = 2 * 1024**3  # a (B, n) float32 tensor larger than this is n
 MATMUL_BLOCK = 16384
 
 
-def timed(fn, reps: int) -> list[float]:
-    """Wall times of ``reps`` calls of fn."""
+def timed(fn, reps: int, device: str = "cpu") -> list[float]:
+    """Wall times of ``reps`` calls of fn (on CUDA, synchronised before and after each)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     out = []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
     return out
 
@@ -61,9 +64,9 @@ def encoder_matmul(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor):
 
 
 @torch.no_grad()
-def random_unit_rows(n: int, d: int, g: torch.Generator) -> torch.Tensor:
+def random_unit_rows(n: int, d: int, g: torch.Generator, device: str = "cpu") -> torch.Tensor:
     """(n, d) Gaussian rows scaled to unit norm, in place (no second (n, d) buffer)."""
-    W = torch.randn(n, d, generator=g)
+    W = torch.randn(n, d, generator=g).to(device)
     return W.div_(torch.linalg.vector_norm(W, dim=1, keepdim=True))
 
 
@@ -73,15 +76,17 @@ def build_trainer(args: argparse.Namespace, g: torch.Generator) -> Trainer:
     with torch.no_grad():
         sae.W_dec.copy_(random_unit_rows(args.n, args.d, g))
         sae.W_enc.copy_(sae.W_dec)
-    cfg = TrainConfig(batch_size=args.batch, tokens=args.batch * 1000, progress=False, multi_topk=args.multi_topk)
+    cfg = TrainConfig(batch_size=args.batch, tokens=args.batch * 1000, progress=False, multi_topk=args.multi_topk,
+                      device=args.device)
     return Trainer(sae, cfg, loss_scale=1.0)
 
 
 def naive_step_fn(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor):
     """The plain dense PyTorch step: pre (B, n), topk, dense z (B, n), x̂ = z W_dec + b_pre, Adam."""
-    W_dec = random_unit_rows(args.n, args.d, g).requires_grad_(True)
+    W_dec = random_unit_rows(args.n, args.d, g, args.device).requires_grad_(True)
     W_enc = W_dec.detach().clone().requires_grad_(True)
-    b_enc, b_pre = torch.zeros(args.n, requires_grad=True), torch.zeros(args.d, requires_grad=True)
+    b_enc = torch.zeros(args.n, device=args.device, requires_grad=True)
+    b_pre = torch.zeros(args.d, device=args.device, requires_grad=True)
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_pre], lr=1e-4)
     x_n = F.layer_norm(x, (args.d,))
 
@@ -109,22 +114,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="steps per measured path; the first is a warm-up")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--multi-topk", action="store_true", help="train with Multi-TopK (top-4k as well)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA times are synchronised)")
     args = p.parse_args()
+    cuda = args.device.startswith("cuda")
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     B = args.batch
-    x = torch.randn(B, args.d, generator=g)
+    x = torch.randn(B, args.d, generator=g).to(args.device)
     gflop = 2 * B * args.d * args.n / 1e9
     print(f"B={B} d={args.d} n={args.n} k={args.k} multi_topk={args.multi_topk} threads={args.threads} "
-          f"torch {torch.__version__} {platform.processor() or platform.machine()}")
+          f"torch {torch.__version__} {torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()}")
 
     trainer = build_trainer(args, g)
     matmul = encoder_matmul(x, trainer.sae.W_enc.detach(), trainer.sae.b_enc.detach())
     blocked = args.batch * args.n * 4 > DENSE_LIMIT_BYTES  # long blocked matmul: one call, no warm-up
     reps = 1 if blocked else max(2, min(args.steps, 5))
-    t_mm = timed(matmul, reps + (not blocked))[(not blocked):]
-    ours = timed(lambda: trainer.step(x), args.steps)
-    t_mm += timed(matmul, reps)  # before and after our steps: the machine is shared
+    t_mm = timed(matmul, reps + (not blocked), args.device)[(not blocked):]
+    ours = timed(lambda: trainer.step(x), args.steps, args.device)
+    t_mm += timed(matmul, reps, args.device)  # before and after our steps: the machine is shared
     ours = ours[1:] if len(ours) > 1 else ours
     mm, step = min(t_mm), min(ours)
     bound = B / mm
@@ -132,16 +139,18 @@ def main() -> None:
           f"{gflop / mm:.1f} GFLOP/s, bound {bound:,.0f} tokens/s")
     print(f"our step (Trainer.step): best {step * 1e3:.0f} ms (median {statistics.median(ours) * 1e3:.0f}), "
           f"{B / step:,.0f} tokens/s  (timed steps: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
-    naive_fits = 4 * B * args.n * 4 <= 8 * 1024**3
+    naive_fits = 4 * B * args.n * 4 <= (32 if cuda else 8) * 1024**3
     if naive_fits:
         del trainer
-        naive = timed(naive_step_fn(args, g, x), args.steps)
+        naive = timed(naive_step_fn(args, g, x), args.steps, args.device)
         t_naive = min(naive[1:] if len(naive) > 1 else naive)
         print(f"naive dense step: best {t_naive * 1e3:.0f} ms, {B / t_naive:,.0f} tokens/s, "
               f"ours is {t_naive / step:.2f}x faster")
     else:
         print("naive dense step: skipped (its (B, n) tensors would not fit in memory)")
     rss = f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.1f} GB"
+    if cuda:
+        rss = f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 1e9:.1f} GB, " + rss
     ratio = f"ratio to encoder-matmul bound: {(B / step) / bound:.2f}"
     print(*((rss, ratio) if naive_fits else (ratio, rss)), sep="\n")
 

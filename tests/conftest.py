@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from saescale.kernels.threads import one_thread as one_thread_context
+from saescale.threads import one_thread as one_thread_context
 
 
 def save_tiny_llama(folder: Path, n_layers: int = 6, seed: int = 0) -> Path:

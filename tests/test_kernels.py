@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from saescale.errors import SaescaleError
 from saescale.kernels import select_topk
+from saescale.kernels.select import top_columns
 from saescale.sae.base import LossContext
 from saescale.train.config import TrainConfig
 from saescale.train.optim import make_optimizer
@@ -178,3 +179,32 @@ def test_bad_switch_value_is_an_error(monkeypatch):
     sae = make_sae("topk", 64, 4, 16)
     with pytest.raises(SaescaleError, match="SAESCALE_KERNELS"):
         sae.encode(torch.randn(4, 16))
+
+
+@pytest.mark.parametrize("n,m,chunk,ties", [
+    (64 * 20 + 24, 4, 64, False),  # 20 grouped chunks (more than MERGE_EVERY) and a narrow last chunk
+    (64 * 20 + 24, 4, 64, True),
+    (2048, 32, 512, True),  # integer values: many ties across groups and chunks
+    (1000, 100, 250, False),  # chunks too narrow to group for this m
+    (96, 96, 32, True),  # m = n
+])
+def test_grouped_selection_equals_topk(n, m, chunk, ties):
+    """Group-maxima pruning, buffered merges and a ragged last chunk give exactly topk's values."""
+    g = torch.Generator().manual_seed(n + m)
+    x, W, b = torch.randn(50, 8, generator=g), torch.randn(n, 8, generator=g), torch.randn(n, generator=g)
+    if ties:
+        x, W, b = x.round(), W.round(), b.round()
+    pre = x @ W.T + b
+    sel = select_topk(x, W, b, m, chunk=chunk)
+    torch.testing.assert_close(sel.values, pre.topk(m, dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(sel.values, pre.gather(1, sel.indices), rtol=0, atol=0)
+    assert all(len(set(row.tolist())) == m for row in sel.indices)  # m distinct latents per row
+
+
+def test_top_columns_recursion_equals_topk():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randint(-20, 20, (33, 4096), generator=g).float()  # heavy ties
+    values, cols = top_columns(v, 32)
+    torch.testing.assert_close(values.sort(1, descending=True).values, v.topk(32, dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(values, v.gather(1, cols), rtol=0, atol=0)
+    assert all(len(set(row.tolist())) == 32 for row in cols)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from saescale.kernels.csr import latent_major_csr, rowwise_dots, sparse_matmul
-from saescale.kernels.threads import one_thread
+from saescale.threads import one_thread
 from saescale.sae.base import SparseCode
 
 

@@ -26,7 +26,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from saescale.kernels.csr import latent_major_csr, sparse_matmul
 from saescale.kernels.select import DEFAULT_CHUNK, Selection, select_topk
-from saescale.kernels.threads import one_thread
+from saescale.threads import one_thread
 
 
 class FusedTopKEncode(torch.autograd.Function):

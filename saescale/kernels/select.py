@@ -1,11 +1,16 @@
 """Top-m selection over latent chunks without the (B, n) pre-activation matrix (no autograd).
 
 For x_c = x_n - b_pre (B, d), the pre-activations pre = x_c W_enc^T + b_enc (B, n) are
-computed ``chunk`` latents at a time (one ``addmm`` per chunk into a reused buffer) and
-merged into a running top-m per row; the merge first narrows each chunk to a few groups
-per row by their maxima (see :class:`RunningTopK`), so no ``topk`` runs over a whole chunk.
-A second running top-k_aux over the dead latents only (the chunk with live latents set
-to -inf) serves AuxK, from the same chunks.
+computed ``chunk`` latents at a time (one ``addmm`` per chunk into a reused buffer). Each
+chunk is narrowed to m candidate *groups* per row by their maxima, and the groups of all
+chunks are merged by their maxima again (see :class:`RunningTopK`), so no ``topk`` ever runs
+over a whole chunk or over all candidates. A second running top-k_aux over the dead latents
+only (the chunk with live latents set to -inf) serves AuxK, from the same chunks.
+
+Why group maxima give an exact top-m: if a row's entries are cut into groups, the m groups
+with the largest maxima contain a valid top-m of the row (an entry outside them is at most
+each of their m maxima, which are m distinct entries). This holds for any partition, so it
+can be applied per chunk, across chunks, and again inside the winning groups.
 
 Ties: any valid top-m is returned (which of several equal values is kept is not
 specified, as for ``torch.topk``), deterministically for the same inputs.
@@ -19,10 +24,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from saescale.kernels.threads import one_thread
+from saescale.threads import one_thread
 
-DEFAULT_CHUNK = 2048
-MERGE_EVERY = 8  # chunks whose candidates are merged by one topk
+DEFAULT_CHUNK = 4096  # CPU: a (4096, 4096) float32 block (64 MB) per matmul
+CUDA_CHUNK = 65536  # CUDA: fewer, larger blocks (kernel launches, not cache, are the cost there)
+MAX_GROUP = 64  # columns per group at most (bounds the candidate buffers of large chunks)
+MERGE_EVERY = 8  # chunks whose candidate groups are merged at once (bounds memory at large n)
+GROUPS_PER_M = 4  # a chunk of c columns is cut into about 4 m groups: one topk over 4 m maxima
 
 
 class Selection(NamedTuple):
@@ -34,112 +42,111 @@ class Selection(NamedTuple):
     aux_indices: Tensor  # (B, k_aux) int64
 
 
-class _Segment(NamedTuple):
-    """Candidates of one chunk: values (B, w) and how to recover the latent of each column.
-
-    Grouped (``hit`` given): column j m + s is latent offset + hit[:, s] + j stride.
-    Explicit (``hit`` None): column i is latent offset + local[:, i].
-    """
-
-    values: Tensor  # (B, w)
-    offset: int
-    hit: Tensor | None  # (B, m) group ids
-    stride: int  # groups per chunk (column distance between slices)
-    local: Tensor | None  # (B, w) chunk-local columns
-
-    def latents(self, rel: Tensor) -> Tensor:
-        """Latent ids (B, m) for column positions rel (B, m), clamped into this segment."""
-        rel = rel.clamp(0, self.values.shape[1] - 1)
-        if self.hit is None:
-            return self.local.gather(1, rel) + self.offset
-        m = self.hit.shape[1]
-        return self.hit.gather(1, rel % m) + (rel // m) * self.stride + self.offset
-
-
-class RunningTopK:
-    """Running top-m per row over column chunks: values (B, m), indices (B, m) int64.
-
-    A chunk pre (B, c) is cut into c/g strided groups of g columns (group h holds columns
-    h, h + c/g, h + 2c/g, ...); one vectorised max over the g slices gives the (B, c/g) group
-    maxima. The m groups with the largest maxima contain a valid top-m of the chunk (an
-    element outside them is at most each of their m maxima), so only their m g entries
-    are kept as candidates, instead of a ``topk`` over all c columns; the candidates of
-    ``MERGE_EVERY`` chunks are merged with the running top-m by one ``topk``, and latent
-    ids are worked out for the m winners only.
-    g ~ sqrt(c / m) balances the two small ``topk`` calls (over c/g maxima and m g entries).
-    """
-
-    def __init__(self, B: int, m: int, like: Tensor):
-        self.m = m
-        self.values = like.new_full((B, m), float("-inf"))
-        self.indices = torch.zeros(B, m, dtype=torch.long, device=like.device)
-        self.pending: list[_Segment] = []  # candidates not merged yet
-
-    def update(self, pre: Tensor, offset: int) -> None:
-        """Add the candidates of a chunk pre (B, c) whose column i is latent ``offset + i``."""
-        B, c = pre.shape
-        if self.m == 0 or c == 0:
-            return
-        g = group_size(c, self.m)
-        if g < 2:
-            cand, local = pre.topk(min(self.m, c), dim=1, sorted=False)
-            self.pending.append(_Segment(cand, offset, None, 0, local))
-        else:
-            slices = pre.view(B, g, c // g)
-            hit = slices.amax(dim=1).topk(self.m, dim=1, sorted=False).indices  # (B, m) groups
-            cand = slices.gather(2, hit[:, None, :].expand(B, g, self.m)).view(B, -1)  # (B, g m)
-            self.pending.append(_Segment(cand, offset, hit, c // g, None))
-        if len(self.pending) >= MERGE_EVERY:
-            self._merge()
-
-    def _merge(self) -> None:
-        """Keep the top m of running (B, m) + all pending candidates."""
-        if not self.pending:
-            return
-        segments, self.pending = self.pending, []
-        v = torch.cat([self.values] + [seg.values for seg in segments], dim=1)
-        self.values, pos = v.topk(self.m, dim=1, sorted=False)
-        shapes = {(seg.hit is not None, seg.values.shape[1], seg.stride) for seg in segments}
-        with one_thread():  # a dozen ops on (B, m) tensors
-            if len(shapes) == 1 and segments[0].hit is not None:
-                self.indices = self._latents_uniform(pos, segments)
-            else:
-                self.indices = self._latents_any(pos, [_Segment(self.values, 0, None, 0, self.indices)] + segments)
-
-    def _latents_uniform(self, pos: Tensor, segments: list[_Segment]) -> Tensor:
-        """Latent ids (B, m) of merged positions pos, when all segments are grouped alike (few ops)."""
-        m, w, stride = self.m, segments[0].values.shape[1], segments[0].stride
-        hits = torch.stack([seg.hit for seg in segments], dim=1).view(pos.shape[0], -1)  # (B, S m)
-        offsets = torch.tensor([seg.offset for seg in segments], device=pos.device)  # (S,)
-        q = (pos - m).clamp_min(0)  # position among the candidates
-        seg, r = q // w, q % w
-        latent = hits.gather(1, seg * m + r % m) + (r // m) * stride + offsets[seg]
-        return torch.where(pos < m, self.indices.gather(1, pos.clamp_max(m - 1)), latent)
-
-    @staticmethod
-    def _latents_any(pos: Tensor, segments: list[_Segment]) -> Tensor:
-        """Latent ids (B, m) of merged positions pos over segments of any kind (one pass per segment)."""
-        indices, start = torch.zeros_like(pos), 0
-        for seg in segments:
-            rel = pos - start
-            inside = (rel >= 0) & (rel < seg.values.shape[1])
-            indices = torch.where(inside, seg.latents(rel), indices)
-            start += seg.values.shape[1]
-        return indices
-
-    def result(self) -> tuple[Tensor, Tensor]:
-        """(values, indices) sorted by value, descending."""
-        self._merge()
-        values, pos = self.values.sort(dim=1, descending=True, stable=True)
-        return values, self.indices.gather(1, pos)
-
 def group_size(c: int, m: int) -> int:
-    """Columns per group for a chunk of c columns and a top-m: a power of two near sqrt(c / m)
-    dividing c, with at least 2 m groups; 1 (plain ``topk``) when none fits."""
-    g = 2 ** max(0, round(math.log2(max(c / max(m, 1), 1)) / 2))
+    """Columns per group for c columns and a top-m: the power of two nearest c / (4 m), at most
+    ``MAX_GROUP``, that divides c and leaves at least 2 m groups; 1 (plain ``topk``) when none does."""
+    g = min(MAX_GROUP, 2 ** max(0, round(math.log2(max(c / (GROUPS_PER_M * max(m, 1)), 1)))))
     while g > 1 and (c % g or c // g < 2 * m):
         g //= 2
     return g
+
+
+def top_columns(v: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Top-m of each row of v (B, w), unsorted: values (B, m) and their columns (B, m) int64.
+
+    Recursive group pruning: the strided groups (group h = columns h, h + w/g, ...) with the m
+    largest maxima are kept (B, g m), and their top-m found the same way, until a plain ``topk``
+    over a few m columns is cheaper. Requires m <= w.
+    """
+    B, w = v.shape
+    g = group_size(w, m)
+    if g < 2:
+        return v.topk(m, dim=1, sorted=False)
+    slices = v.view(B, g, w // g)
+    hit = slices.amax(dim=1).topk(m, dim=1, sorted=False).indices  # (B, m) groups
+    cand = slices.gather(2, hit[:, None, :].expand(B, g, m)).view(B, g * m)  # column j m + s: slice j of hit s
+    values, pos = top_columns(cand, m)
+    return values, hit.gather(1, pos % m) + (pos // m) * (w // g)
+
+
+class RunningTopK:
+    """Running top-m per row over column chunks of width c: values (B, m), indices (B, m) int64.
+
+    A chunk pre (B, c) is cut into c/g contiguous groups of g columns (g from :func:`group_size`,
+    about 4 m groups); one vectorised max over each group gives the (B, c/g) group maxima, and the
+    m groups with the largest are kept whole: their maxima (B, m), group ids (B, m) and entries
+    (B m, g), written into buffers for ``MERGE_EVERY`` chunks. A merge takes the m groups with the
+    largest maxima over those chunks, finds the top-m of their m g entries by :func:`top_columns`,
+    and combines it with the running top-m (one ``topk`` over 2 m). A chunk of another width (the
+    last one) or too narrow to group goes through :func:`top_columns` and is combined directly.
+    """
+
+    def __init__(self, B: int, m: int, like: Tensor, chunk: int):
+        self.B, self.m, self.c, self.like = B, m, chunk, like
+        self.g = group_size(chunk, m) if m else 1
+        self.values: Tensor | None = None  # running exact top-m, (B, <= m)
+        self.indices: Tensor | None = None
+        self.offsets: list[int] = []  # chunks held in the buffers
+        if m and self.g >= 2:
+            self.maxima = like.new_empty(MERGE_EVERY, B, m)
+            self.hits = torch.empty(MERGE_EVERY, B, m, dtype=torch.long, device=like.device)
+            self.cand = like.new_empty(MERGE_EVERY, B * m, self.g)
+            self.rows = torch.arange(B, device=like.device)[:, None]  # (B, 1)
+
+    def update(self, pre: Tensor, offset: int) -> None:
+        """Add a chunk pre (B, c) whose column i is latent ``offset + i``."""
+        B, c = pre.shape
+        if self.m == 0 or c == 0:
+            return
+        if self.g < 2 or c != self.c:
+            values, cols = top_columns(pre, min(self.m, c))
+            self._combine(values, cols + offset)
+            return
+        s, groups = len(self.offsets), c // self.g
+        torch.topk(pre.view(B, groups, self.g).amax(dim=2), self.m, dim=1, sorted=False,
+                   out=(self.maxima[s], self.hits[s]))
+        with one_thread():
+            flat = (self.hits[s] + self.rows * groups).view(-1)
+        torch.index_select(pre.view(B * groups, self.g), 0, flat, out=self.cand[s])
+        self.offsets.append(offset)
+        if len(self.offsets) == MERGE_EVERY:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Top-m over the buffered chunks (by group maxima, then inside the m winning groups)."""
+        S, (B, m, g) = len(self.offsets), (self.B, self.m, self.g)
+        if S == 0:
+            return
+        maxima = self.maxima[:S].permute(1, 0, 2).reshape(B, S * m)
+        _, best = maxima.topk(m, dim=1, sorted=False)  # (B, m) winning (chunk, slot) = divmod(best, m)
+        with one_thread():
+            rows = (best // m) * (B * m) + self.rows * m + best % m  # rows of the (S B m, g) buffer
+        cand = self.cand[:S].view(-1, g).index_select(0, rows.view(-1)).view(B, m * g)
+        values, pos = top_columns(cand, m)
+        with one_thread():  # a few ops on (B, m) tensors
+            won = best.gather(1, pos // g)  # (B, m) in [0, S m)
+            hits = self.hits[:S].permute(1, 0, 2).reshape(B, S * m).gather(1, won)
+            offsets = torch.tensor(self.offsets, device=hits.device)[won // m]
+            indices = offsets + hits * g + pos % g
+        self.offsets = []
+        self._combine(values, indices)
+
+    def _combine(self, values: Tensor, indices: Tensor) -> None:
+        """Merge an exact top set (B, <= m) of other columns into the running top-m."""
+        if self.values is not None:
+            values, indices = torch.cat([self.values, values], 1), torch.cat([self.indices, indices], 1)
+            if values.shape[1] > self.m:
+                values, pos = values.topk(self.m, dim=1, sorted=False)
+                indices = indices.gather(1, pos)
+        self.values, self.indices = values, indices
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """(values, indices) sorted by value, descending: (B, m), or (B, 0) when m = 0."""
+        self._merge()
+        if self.values is None:
+            return self.like.new_empty(self.B, 0), self.like.new_empty(self.B, 0, dtype=torch.long)
+        values, pos = self.values.sort(dim=1, descending=True, stable=True)
+        return values, self.indices.gather(1, pos)
 
 
 @torch.no_grad()
@@ -151,10 +158,11 @@ def select_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Tensor 
     Requires m <= n and k_aux <= dead.sum().
     """
     B, n = x_c.shape[0], W_enc.shape[0]
-    main = RunningTopK(B, m, x_c)
-    aux = RunningTopK(B, k_aux if dead is not None else 0, x_c)
-    buf = x_c.new_empty(B * min(chunk, n))
-    masked = x_c.new_empty(B * min(chunk, n)) if aux.m else None
+    chunk = min(chunk, n)
+    main = RunningTopK(B, m, x_c, chunk)
+    aux = RunningTopK(B, k_aux if dead is not None else 0, x_c, chunk)
+    buf = x_c.new_empty(B * chunk)
+    masked = x_c.new_empty(B * chunk) if aux.m else None
     neg_inf = x_c.new_full((), float("-inf"))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saescale import losses
-from saescale.kernels import DEFAULT_CHUNK, fast_kernels, fused_topk_encode, sparse_decode
+from saescale.kernels import fast_kernels, fused_topk_encode, sparse_decode
+from saescale.kernels.select import CUDA_CHUNK, DEFAULT_CHUNK
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode
 from saescale.sae.registry import register
 from saescale.train.step import StepOutput
@@ -40,7 +41,12 @@ def auxk_code(pre: Tensor, dead: Tensor, k_aux: int) -> SparseCode:
 class TopKSAE(SparseAutoencoder):
     """The paper's TopK sparse autoencoder."""
 
-    kernel_chunk: int = DEFAULT_CHUNK  # latents per encoder matmul block in the fast path
+    kernel_chunk: int | None = None  # latents per encoder matmul block in the fast path; None: by device
+
+    def _chunk(self, x: Tensor) -> int:
+        if self.kernel_chunk is not None:
+            return self.kernel_chunk
+        return CUDA_CHUNK if x.is_cuda else DEFAULT_CHUNK
 
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
         """x_n (B, d) -> SparseCode (B, k)."""
@@ -50,7 +56,7 @@ class TopKSAE(SparseAutoencoder):
         """Encode with a different test-time k (progressive codes)."""
         if not fast_kernels():
             return topk_code(self.pre_acts(x_n), k)
-        sel = fused_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, min(k, self.cfg.n), chunk=self.kernel_chunk)
+        sel = fused_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, min(k, self.cfg.n), chunk=self._chunk(x_n))
         return SparseCode(F.relu(sel.values), sel.indices)
 
     def loss_terms(self, x_n: Tensor, ctx: LossContext) -> StepOutput:
@@ -69,7 +75,7 @@ class TopKSAE(SparseAutoencoder):
         k, n, k_aux = self.cfg.k, self.cfg.n, self._aux_k(ctx)
         m = min(4 * k, n) if ctx.multi_topk else k
         sel = fused_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, m,
-                                ctx.dead if k_aux else None, k_aux, self.kernel_chunk)
+                                ctx.dead if k_aux else None, k_aux, self._chunk(x_n))
         top = F.relu(sel.values)  # (B, m), sorted descending: the top-k are the first k columns
         code = SparseCode(top[:, :k], sel.indices[:, :k])
         codes = [code]

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from saescale import losses
 from saescale.errors import SaescaleError
+from saescale.threads import one_thread
 from saescale.sae.base import LossContext, SparseAutoencoder
 from saescale.train.checkpoint import save_checkpoint
 from saescale.train.config import TrainConfig
@@ -128,9 +129,10 @@ class Trainer:
 
     @torch.no_grad()
     def _update_dead(self, values: torch.Tensor, indices: torch.Tensor, batch: int) -> float:
-        fired = torch.zeros_like(self.state.since_fired, dtype=torch.bool)
-        fired[indices[values > self.cfg.fire_threshold]] = True
-        self.state.since_fired.add_(batch).masked_fill_(fired, 0)
+        with one_thread():  # (n,) and (B, k) bookkeeping
+            hits = (values > self.cfg.fire_threshold).reshape(-1).to(values.dtype)
+            fired = torch.bincount(indices.reshape(-1), weights=hits, minlength=self.state.since_fired.numel()) > 0
+            self.state.since_fired.add_(batch).masked_fill_(fired, 0)
         self.state.step += 1
         self.state.tokens_seen += batch
         return fired.float().mean().item()
