@@ -11,6 +11,7 @@ from saescale.errors import SaescaleError
 def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.activations.config import ActivationConfig
     from saescale.commands.eval import EvalConfig, run_eval
+    from saescale.commands.fit import FitConfig, run_fit
     from saescale.commands.train import TrainCommand, run_train
 
     def run_cache(cfg: ActivationConfig) -> None:
@@ -22,6 +23,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
         "train": ("train (or resume) an SAE; with no options: the main job on the embedded model", TrainCommand, run_train),
         "cache": ("harvest activations of a model at a hook point into an on-disk cache", ActivationConfig, run_cache),
         "eval": ("the paper's metrics for a trained SAE (--sae SAE_DIR) on its model", EvalConfig, run_eval),
+        "fit": ("scaling-law fits (joint L(n,k), L(C), lr rule) of finished sweeps (--results PATH)", FitConfig, run_fit),
     }
 
 
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name == "eval" and rest and not rest[0].startswith("-"):
         rest = ["--sae", *rest]  # `saescale eval SAE_DIR` is short for `--sae SAE_DIR`
+    if name == "fit" and rest and not rest[0].startswith("-"):
+        npos = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))
+        rest = ["--results", ",".join(rest[:npos]), *rest[npos:]]  # `saescale fit PATH...` is short for `--results PATH,...`
     try:
         if name not in cmds:
             raise SaescaleError(f"unknown command {name!r}; choose one of {', '.join(cmds)} (see 'saescale --help')")

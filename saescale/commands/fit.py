@@ -1,0 +1,83 @@
+"""``saescale fit``: the scaling laws of finished sweeps -> fit.json, a summary, and plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from saescale.atomic import atomic_write_json
+from saescale.cliargs import config_to_dict
+from saescale.errors import SaescaleError
+
+
+@dataclass
+class FitConfig:
+    """Fit the scaling laws (joint L(n, k), L(C) frontier, n_opt(C), L(N_model), lr rule) to finished sweeps."""
+
+    results: str
+    """Sweep folder(s) holding results.jsonl, or .jsonl file(s); comma-separated for several."""
+
+    out: str = ""
+    """Folder for fit.json and the plots. Empty: the first results folder (a file's own folder)."""
+
+    heldout: int = 3
+    """(n, k) points left out of the joint fit (drawn with --seed) to report its held-out relative error."""
+
+    seed: int = 0
+    """Seed of the held-out draw and of the bootstrap resamples; same seed, same numbers."""
+
+    bootstrap: int = 200
+    """Bootstrap resamples for the 95% confidence intervals (0: no intervals)."""
+
+    target_loss: float = 0.0
+    """Loss at which L(N_model) compares the latents each subject model needs; 0: the median final loss."""
+
+    plots: bool = True
+    """Save loss_vs_compute, loss_vs_n and joint_residuals as PNG and SVG next to fit.json (needs matplotlib)."""
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise SaescaleError("--results is empty: give a sweep folder or a results.jsonl file")
+        for f in ("heldout", "bootstrap"):
+            if getattr(self, f) < 0:
+                raise SaescaleError(f"--{f} must be >= 0, got {getattr(self, f)}")
+        if self.target_loss < 0:
+            raise SaescaleError(f"--target-loss must be >= 0 (0: the median loss), got {self.target_loss}")
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.strip() for p in self.results.split(",") if p.strip()]
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        first = Path(self.paths[0])
+        return first if first.is_dir() else first.parent
+
+
+def run_fit(cfg: FitConfig) -> dict:
+    """Load the members, fit every law, print a summary, write fit.json (and plots); returns the written dict."""
+    from saescale.eval.report import json_safe
+    from saescale.scaling.analysis import fit_all, summary_lines
+    from saescale.scaling.results import load_members, results_file
+
+    if cfg.plots:
+        from saescale.scaling.plots import pyplot, save_plots
+
+        pyplot()  # no matplotlib: fail before the fits, not after
+    members = load_members(cfg.paths)
+    fits = fit_all(members, cfg.heldout, cfg.seed, cfg.bootstrap, cfg.target_loss)
+    print(f"loaded {len(members)} members from {len(cfg.paths)} result file(s)")
+    print("\n".join(summary_lines(fits)))
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    if cfg.plots:
+        plots = [p.name for p in save_plots(fits, cfg.out_dir)]
+    doc = json_safe({"settings": {"config": config_to_dict(cfg), "files": [str(results_file(p)) for p in cfg.paths],
+                                  "heldout_seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap": cfg.bootstrap},
+                     **fits.to_dict(), "members": [m.to_dict() for m in members], "plots": plots})
+    path = cfg.out_dir / "fit.json"
+    atomic_write_json(path, doc)
+    print(f"wrote {path}" + (f" and {len(plots)} plot files" if plots else ""))
+    return doc

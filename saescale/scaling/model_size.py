@@ -1,0 +1,63 @@
+"""L(N_model): how many latents a bigger subject model needs for the same loss (paper, "Scaling laws").
+
+For one architecture swept over ≥ 2 subject models (``model_params`` given), at a shared
+sparsity k_ref (the median of the k every model has) and a target loss L* (default: the
+median final loss of the members at k_ref), each model's latents needed is read off its
+L(n) curve at k_ref (best loss per n, made non-increasing in n, interpolated in log-log;
+no extrapolation: a model whose range misses L* is left out), and
+
+    n_needed = exp(log_A) · N_model^q
+
+is fitted by least squares on (log N_model, log n_needed); bootstrap CIs only from ≥ 4 models.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from saescale.scaling.fitting import Skipped, fit_power_law
+from saescale.scaling.joint import best_per_nk
+from saescale.scaling.results import Member
+
+
+def n_needed(members: list[Member], k: int, target: float) -> float | None:
+    """Latents one model needs at sparsity ``k`` to reach loss ``target``; None outside its L(n) range."""
+    pts = [m for m in best_per_nk(members) if m.k == k]
+    if len(pts) < 2:
+        return None
+    n = np.log([m.n for m in pts])
+    loss = np.log(np.minimum.accumulate([m.loss for m in pts]))  # more latents never hurt
+    if not loss[-1] <= np.log(target) <= loss[0]:
+        return None
+    # np.interp needs increasing x: read log n off the reversed (increasing) log loss
+    return float(np.exp(np.interp(np.log(target), loss[::-1], n[::-1])))
+
+
+def fit_model_size(members: list[Member], target: float = 0.0, bootstrap: int = 200, seed: int = 0) -> dict:
+    """n_needed ∝ N_model^q for one architecture's members; ``target`` ≤ 0: the median loss at k_ref.
+
+    Raises :class:`Skipped` (with the reason) when fewer than 2 models can be compared.
+    """
+    by_model: dict[str, list[Member]] = defaultdict(list)
+    for m in members:
+        if m.model_params is not None:
+            by_model[m.model].append(m)
+    if len(by_model) < 2:
+        raise Skipped("needs sweeps over >= 2 models (with model_params)")
+    shared = sorted(set.intersection(*({m.k for m in ms} for ms in by_model.values())))
+    if not shared:
+        raise Skipped("no k is shared by every model's sweep")
+    k_ref = shared[(len(shared) - 1) // 2]
+    if target <= 0:
+        target = float(np.median([m.loss for ms in by_model.values() for m in ms if m.k == k_ref]))
+    needed = {name: n_needed(ms, k_ref, target) for name, ms in by_model.items()}
+    usable = {name: v for name, v in needed.items() if v is not None}
+    if len(usable) < 2:
+        raise Skipped(f"target loss {target:.4g} is inside the L(n) range (k={k_ref}) of < 2 models; pass --target-loss")
+    params = {name: by_model[name][0].model_params for name in usable}
+    fit = fit_power_law(np.array([params[x] for x in usable], dtype=np.float64), np.array(list(usable.values())),
+                        bootstrap if len(usable) >= 4 else 0, seed, names=("log_A", "q"))  # no CIs from < 4 models
+    return {"law": "n_needed = exp(log_A) * N_model^q", **fit.to_dict(), "k_ref": k_ref, "target_loss": target,
+            "n_needed": needed, "model_params": {name: ms[0].model_params for name, ms in by_model.items()}}
