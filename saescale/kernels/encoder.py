@@ -11,7 +11,8 @@ The outputs are the selected *pre-activations* (ReLU is applied by the caller to
 m survivors only). With G the upstream gradient on the selected entries (main and aux
 together, E = B (m + k_aux) pairs (b, j)):
 
-    dW_enc[j] = sum_(b,j) G[b, j] x_c[b]   = S @ x_c, S the CSR (n, B) of G   (n, d)
+    dW_enc[j] = sum_(b,j) G[b, j] x_c[b]   = S @ [x_c; x_c], S the CSR (n, 2B) of G,
+                                             main pairs in columns b, AuxK pairs in B + b    (n, d)
     db_enc[j] = sum_(b,j) G[b, j]                                              (n,)
     dx_c[b]   = sum_j G[b, j] W_enc[j]     (gather-sum, ``embedding_bag``)    (B, d)
     dx_n = dx_c,  db_pre = -sum_b dx_c[b]
@@ -54,11 +55,15 @@ class FusedTopKEncode(torch.autograd.Function):
         with one_thread():  # index bookkeeping on small tensors
             g = torch.cat([p[0] for p in pairs], dim=1)  # (B, E/B)
             i = torch.cat([p[1] for p in pairs], dim=1)
-            latents, values = i.reshape(-1), g.reshape(-1)
-            tokens = torch.arange(B, device=i.device).repeat_interleave(i.shape[1])
-            S = latent_major_csr(latents, tokens, values, n, B) if need_W else None
+            latents = torch.cat([p[1].reshape(-1) for p in pairs])  # code-major, as the columns below
+            values = torch.cat([p[0].reshape(-1) for p in pairs])
+            # code s's entries go to columns s B .. s B + B - 1 of S (n, S B): no (latent, column) twice,
+            # which cuSPARSE requires (a latent can be in the main code and the AuxK code of a token)
+            tokens = torch.cat([torch.arange(B, device=i.device).repeat_interleave(p[1].shape[1]) + s * B
+                                for s, p in enumerate(pairs)])
+            S = latent_major_csr(latents, tokens, values, n, B * len(pairs)) if need_W else None
             db = g.new_zeros(n).index_add_(0, latents, values) if need_b else None
-        dW = sparse_matmul(S, x_c) if need_W else None
+        dW = sparse_matmul(S, x_c if len(pairs) == 1 else torch.cat([x_c] * len(pairs))) if need_W else None
         dx = None
         if need_x or need_pre:
             dx = F.embedding_bag(i, W_enc, per_sample_weights=g, mode="sum")  # (B, d)
