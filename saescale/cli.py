@@ -12,6 +12,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.activations.config import ActivationConfig
     from saescale.commands.eval import EvalConfig, run_eval
     from saescale.commands.fit import FitConfig, run_fit
+    from saescale.commands.sweep import SweepConfig, run_sweep_command
     from saescale.commands.train import TrainCommand, run_train
 
     def run_cache(cfg: ActivationConfig) -> None:
@@ -23,6 +24,8 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
         "train": ("train (or resume) an SAE; with no options: the main job on the embedded model", TrainCommand, run_train),
         "cache": ("harvest activations of a model at a hook point into an on-disk cache", ActivationConfig, run_cache),
         "eval": ("the paper's metrics for a trained SAE (--sae SAE_DIR) on its model", EvalConfig, run_eval),
+        "sweep": ("train a grid of SAEs (spec file) together on one pass over the activations; rerun to resume",
+                  SweepConfig, run_sweep_command),
         "fit": ("scaling-law fits (joint L(n,k), L(C), lr rule) of finished sweeps (--results PATH)", FitConfig, run_fit),
     }
 
@@ -42,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(cmds))
         return 0
     name, rest = argv[0], argv[1:]
-    if name == "eval" and rest and not rest[0].startswith("-"):
-        rest = ["--sae", *rest]  # `saescale eval SAE_DIR` is short for `--sae SAE_DIR`
+    if name in ("eval", "sweep") and rest and not rest[0].startswith("-"):
+        # `saescale eval SAE_DIR` is short for `--sae SAE_DIR`, `saescale sweep SPEC` for `--spec SPEC`
+        rest = ["--sae" if name == "eval" else "--spec", *rest]
     if name == "fit" and rest and not rest[0].startswith("-"):
         npos = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))
         rest = ["--results", ",".join(rest[:npos]), *rest[npos:]]  # `saescale fit PATH...` is short for `--results PATH,...`

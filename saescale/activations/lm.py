@@ -14,6 +14,7 @@ into place, so a half-converted folder is never used.
 from __future__ import annotations
 
 import hashlib
+import math
 import importlib.metadata
 import importlib.util
 import json
@@ -187,3 +188,21 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def parameter_count(name: str) -> int | None:
+    """Parameters of model ``name`` from its safetensors headers (no weights read); None for a hub id.
+
+    Tied input/output embeddings are stored once and counted once, as in ``model.num_parameters()``.
+    """
+    from safetensors import safe_open
+
+    folder = resolve_model_folder(name)
+    if not isinstance(folder, Path):
+        return None
+    total = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total or None

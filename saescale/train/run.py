@@ -83,16 +83,11 @@ def _check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
         )
 
 
-def train_sae(
-    sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_dir: str | Path | None = None,
-    extra: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train (or resume) an SAE on ``source``; with ``out_dir`` save checkpoints, metrics and the SAE."""
-    t0 = time.perf_counter()
-    extra = extra or {}
-    out = Path(out_dir) if out_dir is not None else None
+def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Path | None,
+             extra: dict[str, Any]) -> Trainer:
+    """A trainer for the run in ``out``: resumed from its last checkpoint, or new (run.json written)."""
     record = _run_record(sae_cfg, cfg, extra)
-    trainer, resumed = None, 0
+    trainer = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         folder = latest_checkpoint(out) if (out / "run.json").exists() else None
@@ -101,19 +96,36 @@ def train_sae(
             sae, tensors, meta = load_checkpoint(folder, cfg.device)
             trainer = Trainer(sae, cfg, meta["loss_scale"], out)
             trainer.load_state(tensors, meta)
-            resumed = trainer.state.step
-            print(f"resuming {out} from step {resumed} ({trainer.state.tokens_seen:,} tokens)", flush=True)
+            print(f"resuming {out} from step {trainer.state.step} ({trainer.state.tokens_seen:,} tokens)", flush=True)
         else:
             atomic_write_json(out / "run.json", record)
     if trainer is None:
         trainer = new_trainer(sae_cfg, cfg, source, out)
     if source.d != trainer.sae.cfg.d:
         raise SaescaleError(f"data width {source.d} does not match the SAE's d={trainer.sae.cfg.d}")
-    metrics = trainer.fit(source.batches(cfg.batch_size, start=trainer.state.step))
+    return trainer
+
+
+def finish_run(trainer: Trainer, out: Path | None, extra: dict[str, Any], metrics: dict[str, float]) -> SparseAutoencoder:
+    """The trained SAE; with ``out``, saved to OUT/sae with its provenance, and OUT/summary.json."""
     sae = trainer.final_sae()
     if out is not None:
-        info = {**extra, "train": config_to_dict(cfg), "loss_scale": trainer.state.loss_scale,
+        info = {**extra, "train": config_to_dict(trainer.cfg), "loss_scale": trainer.state.loss_scale,
                 "tokens_seen": trainer.state.tokens_seen, "steps": trainer.state.step}
         save_sae(sae, out / "sae", extra=info)
         atomic_write_json(out / "summary.json", {"final_train_metrics": metrics, **info})
-    return TrainResult(sae, metrics, resumed, time.perf_counter() - t0)
+    return sae
+
+
+def train_sae(
+    sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_dir: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train (or resume) an SAE on ``source``; with ``out_dir`` save checkpoints, metrics and the SAE."""
+    t0 = time.perf_counter()
+    extra = extra or {}
+    out = Path(out_dir) if out_dir is not None else None
+    trainer = open_run(sae_cfg, cfg, source, out, extra)
+    resumed = trainer.state.step
+    metrics = trainer.fit(source.batches(cfg.batch_size, start=trainer.state.step))
+    return TrainResult(finish_run(trainer, out, extra, metrics), metrics, resumed, time.perf_counter() - t0)

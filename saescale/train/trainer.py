@@ -141,32 +141,45 @@ class Trainer:
     def fit(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
         """Run until cfg.steps; ``batches`` must start at batch number ``self.state.step``."""
         cfg = self.cfg
-        log = _MetricsLog(self.out_dir, self.state.step) if self.out_dir else None
+        log = self.open_log()
         bar = tqdm(total=cfg.steps * cfg.batch_size, initial=self.state.tokens_seen, unit="tok",
                    unit_scale=True, disable=not cfg.progress, dynamic_ncols=True, desc="train")
         last: dict[str, float] = {}
-        t0, tok0 = time.perf_counter(), self.state.tokens_seen
         try:
             while self.state.step < cfg.steps:
                 x = next(batches)
-                last = self.step(x)
+                last = self.advance(x, log)
                 bar.update(x.shape[0])
-                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
-                    dt = time.perf_counter() - t0
-                    last.update(step=self.state.step, tokens=self.state.tokens_seen,
-                                tokens_per_s=(self.state.tokens_seen - tok0) / max(dt, 1e-9))
+                if "step" in last:
                     bar.set_postfix(nmse=f"{last['nmse']:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead_frac']:.3f}")
-                    if log:
-                        log.write(last)
-                    for cb in self.callbacks:
-                        cb(last)
-                if self.out_dir and cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
-                    self.checkpoint()
         finally:
             bar.close()
         if self.out_dir:
             self.checkpoint()
         return last
+
+    def open_log(self) -> "MetricsLog | None":
+        """OUT/metrics.jsonl cut back to the current step (None without an output folder); starts the speed clock."""
+        self._clock = (time.perf_counter(), self.state.tokens_seen)
+        return MetricsLog(self.out_dir, self.state.step) if self.out_dir else None
+
+    def advance(self, x: torch.Tensor, log: "MetricsLog | None") -> dict[str, float]:
+        """One step, then the loop's bookkeeping: metrics logged every ``log_every`` steps (with
+        ``step``, ``tokens``, ``tokens_per_s`` added) and a checkpoint every ``checkpoint_every``."""
+        cfg = self.cfg
+        metrics = self.step(x)
+        if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
+            t0, tok0 = getattr(self, "_clock", (time.perf_counter(), self.state.tokens_seen))
+            dt = time.perf_counter() - t0
+            metrics.update(step=self.state.step, tokens=self.state.tokens_seen,
+                           tokens_per_s=(self.state.tokens_seen - tok0) / max(dt, 1e-9))
+            if log:
+                log.write(metrics)
+            for cb in self.callbacks:
+                cb(metrics)
+        if self.out_dir and cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+            self.checkpoint()
+        return metrics
 
     # ---- checkpoints ------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -214,11 +227,11 @@ class Trainer:
         return sae
 
 
-class _MetricsLog:
-    """metrics.jsonl: one JSON object per logged step. On resume, lines past the checkpoint are dropped."""
+class MetricsLog:
+    """A JSON-lines log (metrics.jsonl): one object per logged step. On resume, lines past the checkpoint are dropped."""
 
-    def __init__(self, out_dir: Path, resume_step: int):
-        self.path = out_dir / "metrics.jsonl"
+    def __init__(self, out_dir: Path, resume_step: int, name: str = "metrics.jsonl"):
+        self.path = out_dir / name
         kept = []
         if self.path.exists():
             for line in self.path.read_text().splitlines():

@@ -1,0 +1,49 @@
+"""``saescale sweep SPEC``: train a grid of SAEs together on one pass over the activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from saescale.errors import SaescaleError
+
+
+@dataclass
+class SweepConfig:
+    """Train every member of a sweep spec (TOML) on one pass over the activations; rerun to resume."""
+
+    spec: str
+    """Sweep spec file (TOML): [sweep], [grid], [sae], [train], [activations], [synthetic] tables; see examples/sweep-nk.toml."""
+
+    out: str = ""
+    """Output folder; overrides the spec's [sweep] out. Rerunning with the same folder trains only unfinished members."""
+
+    threads: int = 0
+    """Torch CPU threads; 0 = torch's default."""
+
+    progress: bool = True
+    """Show a progress bar with tokens/s and ETA."""
+
+    fit: bool = True
+    """Run 'saescale fit' on the results when every member is finished."""
+
+
+def run_sweep_command(cfg: SweepConfig) -> None:
+    from saescale.sweep.runner import run_sweep
+    from saescale.sweep.spec import load_spec
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    spec = load_spec(cfg.spec)
+    if cfg.out:
+        spec.settings.out = cfg.out
+    results = run_sweep(spec, progress=cfg.progress)
+    print(f"{len(results)} members finished; results in {spec.out / 'results.jsonl'}")
+    if cfg.fit and len(results) == len(spec.members):
+        from saescale.commands.fit import FitConfig, run_fit
+
+        try:
+            run_fit(FitConfig(results=str(spec.out)))
+        except SaescaleError as e:  # too few members to fit is not a failed sweep
+            print(f"fit skipped: {e}")

@@ -1,0 +1,190 @@
+"""Run a sweep: every unfinished member trained together on one pass over the activations.
+
+Layout of the output folder OUT::
+
+    OUT/spec.toml              a copy of the spec last run
+    OUT/<member>/              a ``saescale train`` run folder (run.json, checkpoints/, metrics.jsonl, sae/)
+    OUT/<member>/curve.jsonl   held-out nMSE at log-spaced token counts
+    OUT/<member>/result.json   written last, atomically: the member is finished
+    OUT/results.jsonl          one line per finished member, in spec order (the input of ``saescale fit``)
+
+Resumption, member by member: a member with result.json is skipped; the others resume from
+their own last checkpoint. Batch i of the shared stream goes to every member whose next step is
+i, so a member resumed at a later step than another waits for the stream to reach it, and each
+member gets exactly the weights it would get in an uninterrupted sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saescale.atomic import atomic_write_json, atomic_write_text
+from saescale.commands.train import cache_provenance, heldout_batches
+from saescale.data.source import BatchSource
+from saescale.data.synthetic import SyntheticSource
+from saescale.errors import SaescaleError
+from saescale.eval.recon import reconstruction_metrics
+from saescale.sweep.spec import Member, SweepSpec, member_record
+from saescale.train.run import finish_run, open_run
+from saescale.train.trainer import MetricsLog, Trainer
+
+
+@dataclass
+class _Run:
+    member: Member
+    trainer: Trainer
+    folder: Path
+    log: MetricsLog | None
+    curve: MetricsLog
+    curve_steps: set[int]
+    last: dict[str, float]
+    t0: float
+
+
+def curve_steps(steps: int, points: int) -> set[int]:
+    """Steps at which a curve point is taken: ``points`` log-spaced steps in [1, steps], the last = steps."""
+    if points <= 1 or steps <= 1:
+        return {steps}
+    return {max(1, round(steps ** (i / (points - 1)))) for i in range(points)}
+
+
+def flops_per_token(d: int, n: int) -> int:
+    """Notional training FLOPs per token of an SAE, 6 d n (forward 2 d n for the encoder, the same for the
+    decoder, backward twice the forward), so training compute is C = 6 d n tokens, as for a dense layer."""
+    return 6 * d * n
+
+
+def sources(spec: SweepSpec) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
+    """(train source, held-out source, provenance) for the spec's [sweep] source."""
+    src = spec.settings.source
+    if src == "synthetic":
+        s = SyntheticSource(spec.synthetic)
+        return s, s.heldout(), {"source": "synthetic", "model": "synthetic", "model_params": None}
+    from saescale.activations.cache import CacheReader, build_cache
+    from saescale.activations.lm import parameter_count
+
+    path = build_cache(spec.activations) if src == "cache" else Path(src)
+    if not path.exists():
+        raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or set source = \"cache\"")
+    train = CacheReader(path, "train", spec.train.seed)
+    extra = cache_provenance(train)
+    model = extra["activations"].get("model", "default")
+    return train, CacheReader(path, "val", spec.train.seed), {**extra, "model": model, "model_params": parameter_count(model)}
+
+
+def heldout_nmse(sae: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return reconstruction_metrics(sae, batches)["nmse"]
+
+
+def run_sweep(spec: SweepSpec, progress: bool = True) -> list[dict[str, Any]]:
+    """Train every unfinished member, then return all members' results (spec order)."""
+    out = spec.out
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "spec.toml", spec.path.read_text())
+    batch = spec.train.batch_size
+    pending = [m for m in spec.members if not (out / m.id / "result.json").exists()]
+    print(f"sweep {out}: {len(spec.members) - len(pending)} of {len(spec.members)} members finished, "
+          f"{len(pending)} to train", flush=True)
+    if pending:
+        source, held, extra = sources(spec)
+        held_batches = [x.float() for x in heldout_batches(held, spec.settings.heldout_tokens, batch)]
+        runs = [_open(m, source, out, extra, spec.settings.curve_points) for m in pending]
+        for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
+            _finish(r, held_batches, extra, spec)
+        _train(spec, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, held_batches, extra,
+               progress)
+    return write_results(spec)
+
+
+def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], points: int) -> _Run:
+    folder = out / m.id
+    trainer = open_run(m.sae, m.train, source, folder, _member_extra(extra))
+    steps = trainer.cfg.steps
+    return _Run(m, trainer, folder, trainer.open_log(), MetricsLog(folder, trainer.state.step, "curve.jsonl"),
+                curve_steps(steps, points), {}, time.perf_counter())
+
+
+def _member_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in extra.items() if k not in ("model", "model_params")}
+
+
+def _train(spec: SweepSpec, runs: list[_Run], source: BatchSource, held: list[torch.Tensor],
+           extra: dict[str, Any], progress: bool) -> None:
+    if not runs:
+        return
+    batch = spec.train.batch_size
+    start = min(r.trainer.state.step for r in runs)
+    stop = max(r.trainer.cfg.steps for r in runs)
+    bar = tqdm(total=(stop - start) * batch, unit="tok", unit_scale=True, disable=not progress,
+               dynamic_ncols=True, desc=f"sweep ({len(runs)} SAEs)")
+    active = list(runs)
+    try:
+        for i, x in enumerate(source.batches(batch, start=start), start=start):
+            if not active:
+                break
+            for r in list(active):
+                t = r.trainer
+                if t.state.step != i:  # resumed at a later step: waits for the stream
+                    continue
+                r.last = t.advance(x, r.log)
+                if t.state.step in r.curve_steps:
+                    r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen, "loss": heldout_nmse(t.sae, held)})
+                if t.state.step >= t.cfg.steps:
+                    _finish(r, held, extra, spec)
+                    active.remove(r)
+            bar.update(batch)
+            bar.set_postfix(training=len(active))
+    finally:
+        bar.close()
+
+
+def _finish(r: _Run, held: list[torch.Tensor], extra: dict[str, Any], spec: SweepSpec) -> None:
+    """Save the member's SAE, evaluate it on the held-out tokens, write result.json and results.jsonl."""
+    t = r.trainer
+    sae = finish_run(t, r.folder, _member_extra(extra), r.last)
+    rep = reconstruction_metrics(sae, held)
+    curve = [{"tokens": c["tokens"], "loss": c["loss"]} for c in _read_jsonl(r.folder / "curve.jsonl")]
+    cfg = sae.cfg
+    result = {
+        "id": r.member.id, "arch": cfg.arch, "n": cfg.n, "k": cfg.k, "d": cfg.d, "lr": t.base_lr,
+        "tokens": t.state.tokens_seen, "seed": t.cfg.seed, "multi_topk": t.cfg.multi_topk,
+        "model": extra.get("model"), "model_params": extra.get("model_params"),
+        "hook": extra.get("activations", {}).get("hook"),
+        "loss": rep["nmse"], "l0": rep["l0"], "dead_frac": rep["dead_frac"],
+        "train_dead_frac": r.last.get("dead_frac"), "heldout_tokens": rep["tokens"],
+        "flops_per_token": flops_per_token(cfg.d, cfg.n), "curve": curve,
+        "settings": member_record(r.member),
+    }
+    atomic_write_json(r.folder / "result.json", result)
+    shutil.rmtree(r.folder / "checkpoints", ignore_errors=True)  # the SAE is saved; its optimiser state is not needed
+    write_results(spec)
+    tqdm.write(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, dead {rep['dead_frac']:.1%}, "
+          f"{t.state.tokens_seen:,} tokens")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_results(spec: SweepSpec) -> list[dict[str, Any]]:
+    """OUT/results.jsonl from every finished member's result.json, in spec order (atomic)."""
+    results = []
+    for m in spec.members:
+        f = spec.out / m.id / "result.json"
+        if f.exists():
+            results.append(json.loads(f.read_text()))
+    atomic_write_text(spec.out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+    return results
+
+

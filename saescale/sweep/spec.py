@@ -1,0 +1,141 @@
+"""Sweep spec files (TOML): a grid of SAE and training settings over one activation source.
+
+A spec has these tables, all optional except ``[grid]``::
+
+    [sweep]        SweepSettings: output folder, held-out tokens, curve points, data source
+    [grid]         lists; every combination is one member. Keys: any SAEConfig or TrainConfig field
+    [sae]          SAEConfig fields shared by all members (a grid key overrides)
+    [train]        TrainConfig fields shared by all members (a grid key overrides)
+    [activations]  ActivationConfig: model, hook, corpus, cache size (when source = "cache")
+    [synthetic]    SyntheticConfig: the planted-dictionary source (when source = "synthetic")
+
+Members share the data stream (its order comes from [train].seed and the batch size) and each
+keeps its own initialisation seed, optimiser, schedule and token budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saescale.activations.config import ActivationConfig
+from saescale.cliargs import config_from_dict, config_to_dict
+from saescale.data.synthetic import SyntheticConfig
+from saescale.errors import SaescaleError
+from saescale.sae.config import SAEConfig
+from saescale.train.config import TrainConfig
+
+
+@dataclass
+class SweepSettings:
+    """Where a sweep's data comes from and what it records."""
+
+    source: str = "cache"
+    """Activation source: 'cache' (build or reuse the on-disk cache of [activations]), 'synthetic' (see [synthetic]), or the path of an existing cache folder."""
+
+    out: str = ""
+    """Output folder (one sub-folder per member, results.jsonl). Empty: runs/sweep-<spec file name>."""
+
+    heldout_tokens: int = 65_536
+    """Held-out tokens (validation split) for every curve point and the final loss (fewer if the split is smaller)."""
+
+    curve_points: int = 8
+    """Points per loss-versus-tokens curve, log-spaced in tokens (the last one at the member's budget)."""
+
+    def __post_init__(self) -> None:
+        if self.heldout_tokens <= 0 or self.curve_points < 1:
+            raise SaescaleError("[sweep] heldout_tokens and curve_points must be positive")
+
+
+@dataclass
+class Member:
+    """One SAE of the sweep."""
+
+    id: str  # folder name, e.g. n1024-k8 (the grid keys that vary, in spec order)
+    sae: SAEConfig
+    train: TrainConfig
+    grid: dict[str, Any] = field(default_factory=dict)  # this member's grid values
+
+
+@dataclass
+class SweepSpec:
+    path: Path
+    settings: SweepSettings
+    members: list[Member]
+    activations: ActivationConfig
+    synthetic: SyntheticConfig
+    train: TrainConfig  # the shared [train] table (data order seed, batch size)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.settings.out) if self.settings.out else Path("runs") / f"sweep-{self.path.stem}"
+
+
+TABLES = ("sweep", "grid", "sae", "train", "activations", "synthetic")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Parse and check a spec file; every problem is a one-line :class:`SaescaleError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaescaleError(f"sweep spec {path} not found; see examples/sweep-nk.toml for the format")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SaescaleError(f"{path} is not valid TOML ({e}); fix the file") from None
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:
+        raise SaescaleError(f"{path}: unknown table(s) {', '.join(unknown)}; use {', '.join(TABLES)}")
+    where = lambda t: f"{path} [{t}]"  # noqa: E731
+    settings = config_from_dict(SweepSettings, data.get("sweep", {}), where("sweep"))
+    acts = config_from_dict(ActivationConfig, data.get("activations", {}), where("activations"))
+    synth = config_from_dict(SyntheticConfig, data.get("synthetic", {}), where("synthetic"))
+    sae_base, train_base = data.get("sae", {}), data.get("train", {})
+    train = config_from_dict(TrainConfig, train_base, where("train"))
+    members = _expand(path, data.get("grid", {}), sae_base, train_base)
+    return SweepSpec(path, settings, members, acts, synth, train)
+
+
+def _expand(path: Path, grid: dict[str, Any], sae_base: dict[str, Any], train_base: dict[str, Any]) -> list[Member]:
+    """One member per combination of the grid's lists (first key varies slowest)."""
+    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not grid:
+        raise SaescaleError(f"{path}: [grid] is empty; list values to sweep, e.g. n = [1024, 2048]")
+    for key, values in grid.items():
+        if key not in sae_fields | train_fields:
+            raise SaescaleError(f"{path} [grid]: unknown key '{key}'; use fields of [sae] or [train] (e.g. n, k, arch, lr, tokens, seed)")
+        if not isinstance(values, list) or not values:
+            raise SaescaleError(f"{path} [grid]: '{key}' must be a non-empty list, e.g. {key} = [{values!r}]")
+        if len(set(map(repr, values))) != len(values):
+            raise SaescaleError(f"{path} [grid]: '{key}' lists a value twice")
+    if "batch_size" in grid:
+        raise SaescaleError(f"{path} [grid]: members trained together share batch_size; set it in [train]")
+    members = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        sae = config_from_dict(SAEConfig, {**sae_base, **{k: v for k, v in values.items() if k in sae_fields}},
+                               f"{path} [sae]+[grid] {values}")
+        train = config_from_dict(TrainConfig, {**train_base, **{k: v for k, v in values.items() if k in train_fields}},
+                                 f"{path} [train]+[grid] {values}")
+        train = dataclasses.replace(train, progress=False)
+        members.append(Member(member_id(values), sae, train, values))
+    return members
+
+
+def member_id(values: dict[str, Any]) -> str:
+    """Folder name from grid values: n1024-k8-lr0.001 (n and k without a separator, others with '_' when needed)."""
+    parts = []
+    for key, v in values.items():
+        text = f"{v:g}" if isinstance(v, float) else str(v).lower()
+        parts.append(f"{key}{text}" if key in ("n", "k") else f"{key}_{text}")
+    return "-".join(parts).replace("/", "_")
+
+
+def member_record(m: Member) -> dict[str, Any]:
+    """The settings of a member as recorded next to its results."""
+    return {"id": m.id, "grid": m.grid, "sae": config_to_dict(m.sae), "train": config_to_dict(m.train)}
