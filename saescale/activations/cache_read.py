@@ -51,6 +51,7 @@ class CacheReader:
         if self.n_tokens == 0:
             raise SaescaleError(f"activation cache at {self.path} has no {split} tokens; rebuild it with a larger --n-tokens or --val-fraction")
         self.max_buffer_tokens = 0
+        self._perm_key, self._perm = None, None  # (epoch, window) and its row permutation, for ``rows``
 
     def _check(self, entry: dict, checksum: bool) -> None:
         problem = shard_problem(self.path, entry, self.d, self.manifest["dtype"], checksum)
@@ -118,6 +119,38 @@ class CacheReader:
                     i += batch_size
                 carry = window[order[i:]].float()
             del window  # so the next window can replace it
+
+    def rows(self, position: int, count: int) -> torch.Tensor:
+        """Stream tokens ``[position, position + count)`` as float32 (count, d): the rows ``batches``
+        yields there, read straight from the memory-mapped shards (only these rows, no window).
+        A data-parallel rank reads its disjoint slice of every global batch this way."""
+        parts = []
+        while count > 0:
+            epoch, skip = divmod(position, self.n_tokens)
+            lo = 0
+            for w, shards in enumerate(self._windows(epoch)):
+                n = sum(self.sizes[i] for i in shards)
+                if skip < lo + n:
+                    break
+                lo += n
+            take = min(count, lo + n - skip)
+            if self._perm_key != (epoch, w):  # one window's permutation, kept for the next call
+                self._perm_key, self._perm = (epoch, w), np.random.default_rng([self.seed, epoch, w]).permutation(n)
+            parts.append(self._window_rows(shards, self._perm[skip - lo : skip - lo + take]))
+            position, count = position + take, count - take
+        return torch.cat(parts) if parts else torch.empty(0, self.d)
+
+    def _window_rows(self, shards: list[int], rows: np.ndarray) -> torch.Tensor:
+        """float32 (len(rows), d): rows of the concatenation of ``shards`` (window row numbers)."""
+        ends = np.cumsum([self.sizes[i] for i in shards])
+        which = np.searchsorted(ends, rows, side="right")
+        out = torch.empty(len(rows), self.d)
+        for j, i in enumerate(shards):
+            sel = np.nonzero(which == j)[0]
+            if len(sel):
+                local = rows[sel] - (ends[j] - self.sizes[i])
+                out[torch.from_numpy(sel)] = to_torch(self._acts(i)[local], self.dtype).float()
+        return out
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """(n, d) float32 activations drawn uniformly without replacement, in random order; one shard mapped at a time."""

@@ -13,8 +13,10 @@ from saescale.activations.config import ActivationConfig
 from saescale.cliargs import config_to_dict
 from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
+from saescale.distributed.config import DistConfig
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
+from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
 from saescale.train.run import train_sae
@@ -46,9 +48,10 @@ class TrainCommand:
     train: TrainConfig = field(default_factory=TrainConfig)
     activations: ActivationConfig = field(default_factory=ActivationConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
-def _sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
+def train_sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
     """(train source, held-out source, provenance recorded with the SAE)."""
     acts = cmd.run.acts
     if acts == "synthetic":
@@ -91,15 +94,30 @@ def default_out(cmd: TrainCommand) -> Path:
 
 
 def run_train(cmd: TrainCommand) -> dict[str, float]:
-    """Train, then print and return held-out metrics (and the recovered-feature score on synthetic data)."""
+    """Train, then print and return held-out metrics (and the recovered-feature score on synthetic data).
+
+    Under torchrun (or with --latent-shards > 1, or resuming a distributed run) every process runs
+    this as one rank of a distributed run: see :mod:`saescale.distributed.launch`.
+    """
     if cmd.run.threads > 0:
         torch.set_num_threads(cmd.run.threads)
-    src, held, extra = _sources(cmd)
     out = Path(cmd.run.out) if cmd.run.out else default_out(cmd)
+    from saescale.distributed.launch import run_train_distributed, wants_distributed
+
+    if wants_distributed(cmd.dist, out):
+        return run_train_distributed(cmd, out)
+    src, held, extra = train_sources(cmd)
     result = train_sae(cmd.sae, cmd.train, src, out, extra)
-    report = reconstruction_metrics(result.sae, heldout_batches(held, cmd.run.eval_tokens, cmd.train.batch_size))
+    return heldout_report(cmd, result.sae, src, held, out)
+
+
+def heldout_report(cmd: TrainCommand, sae: SparseAutoencoder, src: BatchSource, held: BatchSource,
+                   out: Path) -> dict[str, float]:
+    """Held-out nMSE / L0 / dead fraction of a trained SAE (+ recovered features on synthetic data),
+    printed and written to OUT/eval.json."""
+    report = reconstruction_metrics(sae, heldout_batches(held, cmd.run.eval_tokens, cmd.train.batch_size))
     if isinstance(src, SyntheticSource):
-        mmc, frac = feature_recovery(result.sae.W_dec.detach().cpu(), src.features)
+        mmc, frac = feature_recovery(sae.W_dec.detach().cpu(), src.features)
         report.update(mean_max_cos=mmc, recovered_frac=frac)
     from saescale.atomic import atomic_write_json
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,11 @@ from saescale.data.synthetic import SyntheticConfig
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 @dataclass

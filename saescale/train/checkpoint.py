@@ -48,11 +48,12 @@ def save_checkpoint(
     os.replace(tmp, final)
     fsync_dir(ckdir)
     atomic_write_json(ckdir / "latest.json", {"folder": name, "step": meta["step"]})
-    _prune(ckdir, keep, name)
+    prune_checkpoints(ckdir, keep, name)
     return final
 
 
-def _prune(ckdir: Path, keep: int, current: str) -> None:
+def prune_checkpoints(ckdir: Path, keep: int, current: str) -> None:
+    """Keep the ``keep`` newest step-* folders (and ``current``); remove temporaries left by a killed run."""
     done = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
     for p in done[:-keep]:
         if p.name != current:

@@ -66,11 +66,12 @@ def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_d
     return Trainer(sae, cfg, scale, out_dir)
 
 
-def _run_record(sae_cfg: SAEConfig, cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
+def run_record(sae_cfg: SAEConfig, cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
     return {"sae": config_to_dict(sae_cfg), "train": config_to_dict(cfg), "extra": extra}
 
 
-def _check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
+def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
+    """One-line error when ``out_dir/run.json`` records other settings than ``record`` (resumable ones aside)."""
     old = json.loads((out_dir / "run.json").read_text())
     strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in _RESUMABLE_CHANGES}}  # noqa: E731
     if strip(old) != strip(record):
@@ -86,13 +87,13 @@ def _check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
 def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Path | None,
              extra: dict[str, Any]) -> Trainer:
     """A trainer for the run in ``out``: resumed from its last checkpoint, or new (run.json written)."""
-    record = _run_record(sae_cfg, cfg, extra)
+    record = run_record(sae_cfg, cfg, extra)
     trainer = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         folder = latest_checkpoint(out) if (out / "run.json").exists() else None
         if folder is not None:
-            _check_same_run(out, record)
+            check_same_run(out, record)
             sae, tensors, meta = load_checkpoint(folder, cfg.device)
             trainer = Trainer(sae, cfg, meta["loss_scale"], out)
             trainer.load_state(tensors, meta)
@@ -106,9 +107,10 @@ def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Pat
     return trainer
 
 
-def finish_run(trainer: Trainer, out: Path | None, extra: dict[str, Any], metrics: dict[str, float]) -> SparseAutoencoder:
-    """The trained SAE; with ``out``, saved to OUT/sae with its provenance, and OUT/summary.json."""
-    sae = trainer.final_sae()
+def finish_run(trainer: Trainer, out: Path | None, extra: dict[str, Any], metrics: dict[str, float],
+               sae: SparseAutoencoder | None = None) -> SparseAutoencoder:
+    """The trained SAE (``sae``, or the trainer's); with ``out``, saved to OUT/sae with its provenance, and OUT/summary.json."""
+    sae = trainer.final_sae() if sae is None else sae
     if out is not None:
         info = {**extra, "train": config_to_dict(trainer.cfg), "loss_scale": trainer.state.loss_scale,
                 "tokens_seen": trainer.state.tokens_seen, "steps": trainer.state.step}
