@@ -236,3 +236,17 @@ def test_plots_without_matplotlib_name_the_extra(tmp_path, monkeypatch, capsys):
     assert "pip install 'saescale[plots]'" in capsys.readouterr().err
     assert main(["fit", str(folder), "--bootstrap", "0", "--no-plots"]) == 0
     assert (folder / "fit.json").exists() and not (folder / "loss_vs_n.png").exists()
+
+
+def test_best_lr_ignores_diverged_runs_far_from_the_optimum():
+    """A parabola through all points would be dragged by the diverged largest lrs; the local one is not."""
+    from saescale.scaling.lr_rule import best_lr
+
+    lrs = np.array([5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2])
+    true = 4e-3
+    losses = 0.3 * np.exp(0.05 * np.log(lrs / true) ** 2)
+    losses[-2:] = 1.0  # diverged
+    lr, clamped = best_lr(lrs, losses)
+    assert lr == pytest.approx(true, rel=0.05) and not clamped
+    lr_edge, clamped_edge = best_lr(lrs[:3], losses[:3])  # optimum beyond the tried range
+    assert clamped_edge and lr_edge == pytest.approx(2e-3)

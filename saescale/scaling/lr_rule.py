@@ -26,15 +26,26 @@ DEFAULT = {"log_A": math.log(2e-4 * 2**7), "p": -0.5}
 
 
 def best_lr(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, bool]:
-    """(best lr, clamped?) from the parabola of log loss in log lr through lrs (P,) and losses (P,)."""
+    """(best lr, clamped?) from the parabola of log loss in log lr through lrs (P,) and losses (P,).
+
+    The parabola goes through the best tried lr and its two neighbours only (the three points
+    of the window of three consecutive lrs with the lowest summed loss when the best is at an edge),
+    so runs far from the optimum, e.g. diverged ones at a too-large lr, do not pull the vertex.
+    'clamped' is True when the optimum lies at or beyond the edge of the tried range.
+    """
     x, y = np.log(lrs), np.log(losses)
     xs = np.unique(x)
     ym = np.array([y[x == v].mean() for v in xs])  # mean over seeds at each lr
+    best = int(np.argmin(ym))
+    if len(xs) > 3:
+        lo = min(max(best - 1, 0), len(xs) - 3)
+        xs, ym = xs[lo : lo + 3], ym[lo : lo + 3]
+        best -= lo
     u, v, _ = np.polyfit(xs, ym, 2)
     if u <= 0:
-        return float(np.exp(xs[np.argmin(ym)])), True
+        return float(np.exp(xs[best])), best in (0, len(xs) - 1)
     x_star = -v / (2 * u)
-    clamped = not xs[0] <= x_star <= xs[-1]
+    clamped = not xs[0] < x_star < xs[-1]
     return float(np.exp(np.clip(x_star, xs[0], xs[-1]))), clamped
 
 
