@@ -24,7 +24,6 @@ any moment leaves the previous checkpoint valid.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -34,13 +33,13 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from saescale.atomic import atomic_write_json, fsync_dir
+from saescale.atomic import atomic_write_json
 from saescale.cliargs import config_to_dict
 from saescale.distributed.mesh import Mesh, error_reason
 from saescale.distributed.sharded_sae import LatentShard, row_sharded
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig
-from saescale.train.checkpoint import prune_checkpoints
+from saescale.train.checkpoint import publish_checkpoint
 
 FORMAT = "saescale-dcp-v1"
 
@@ -100,12 +99,7 @@ def save_dist_checkpoint(root: Path, mesh: Mesh, sae_cfg: SAEConfig, tensors: di
     if mesh.rank == 0:
         layout = {"world": mesh.world, "latent_shards": mesh.latent_shards}
         atomic_write_json(tmp / "state.json", {**meta, "format": FORMAT, "sae": config_to_dict(sae_cfg), "layout": layout})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(ckdir)
-        atomic_write_json(ckdir / "latest.json", {"folder": name, "step": meta["step"]})
-        prune_checkpoints(ckdir, keep, name)
+        publish_checkpoint(tmp, ckdir, name, meta["step"], keep)
     return final
 
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from saescale.distributed.checkpoint import save_dist_checkpoint
 from saescale.distributed.mesh import Mesh
@@ -134,26 +133,10 @@ class DistTrainer(Trainer):
         self.state.tokens_seen += batch
         return both[0].item() / self.sae.cfg.n
 
-    # ---- the loop: one progress bar and one log (rank 0's); every rank checkpoints --------
-    def fit(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
-        """Run until cfg.steps on this rank's rows; ``batches`` starts at batch ``self.state.step``."""
-        cfg = self.cfg
-        log = self.open_log()
-        bar = tqdm(total=cfg.steps * cfg.batch_size, initial=self.state.tokens_seen, unit="tok",
-                   unit_scale=True, disable=not cfg.progress, dynamic_ncols=True, desc="train")
-        last: dict[str, float] = {}
-        try:
-            while self.state.step < cfg.steps:
-                x = next(batches)
-                last = self.advance(x, log)
-                bar.update(x.shape[0] * self.mesh.data_shards)
-                if "step" in last:
-                    bar.set_postfix(nmse=f"{last['nmse']:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead_frac']:.3f}")
-        finally:
-            bar.close()
-        if self.out_dir:
-            self.checkpoint()
-        return last
+    # ---- the loop (Trainer.fit): one progress bar and one log (rank 0's); every rank checkpoints ----
+    def batch_tokens(self, x: torch.Tensor) -> int:
+        """This rank holds 1 / data_shards of the global batch."""
+        return x.shape[0] * self.mesh.data_shards
 
     def open_log(self) -> MetricsLog | None:
         if self.mesh.rank == 0:

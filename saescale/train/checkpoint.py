@@ -42,12 +42,17 @@ def save_checkpoint(
     write_sae_files(sae, tmp)
     atomic_save_safetensors(tensors, tmp / "state.safetensors")
     atomic_write_json(tmp / "state.json", meta)
+    return publish_checkpoint(tmp, ckdir, name, meta["step"], keep)
+
+
+def publish_checkpoint(tmp: Path, ckdir: Path, name: str, step: int, keep: int) -> Path:
+    """Rename a complete temporary folder to ckdir/name, point latest.json at it, prune old ones."""
     final = ckdir / name
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(ckdir)
-    atomic_write_json(ckdir / "latest.json", {"folder": name, "step": meta["step"]})
+    atomic_write_json(ckdir / "latest.json", {"folder": name, "step": step})
     prune_checkpoints(ckdir, keep, name)
     return final
 

@@ -149,7 +149,7 @@ class Trainer:
             while self.state.step < cfg.steps:
                 x = next(batches)
                 last = self.advance(x, log)
-                bar.update(x.shape[0])
+                bar.update(self.batch_tokens(x))
                 if "step" in last:
                     bar.set_postfix(nmse=f"{last['nmse']:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead_frac']:.3f}")
         finally:
@@ -157,6 +157,10 @@ class Trainer:
         if self.out_dir:
             self.checkpoint()
         return last
+
+    def batch_tokens(self, x: torch.Tensor) -> int:
+        """Tokens of the whole step whose batch (or share of it) is x, for the progress bar."""
+        return x.shape[0]
 
     def open_log(self) -> "MetricsLog | None":
         """OUT/metrics.jsonl cut back to the current step (None without an output folder); starts the speed clock."""
