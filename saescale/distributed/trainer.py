@@ -31,7 +31,6 @@ from saescale.sae.base import SparseAutoencoder
 from saescale.sae.registry import build_sae
 from saescale.threads import one_thread
 from saescale.train.config import TrainConfig
-from saescale.train.optim import lr_at
 from saescale.train.trainer import MetricsLog, Trainer
 
 
@@ -59,25 +58,7 @@ class DistTrainer(Trainer):
             raise SaescaleError(
                 f"training diverged at step {self.state.step} (loss {totals[0].item()}); lower --lr or check the data"
             )
-        lr = lr_at(self.state.step, cfg, self.base_lr)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        self._in_backward = True
-        try:
-            out.loss.backward()  # without clipping W_dec is reduced and stepped in here: _step_decoder_early
-        finally:
-            self._in_backward = False
-        for p in self._params().values():
-            if p.grad is not None:
-                mesh.all_reduce(p.grad, "data")
-        sae.project_decoder_grad()
-        if cfg.grad_clip > 0:
-            self._clip(cfg.grad_clip)
-        self.opt.step()
-        sae.normalize_decoder()
-        if self.ema is not None:
-            self.ema.update(self._params())
+        lr = self.optimise(out.loss)  # without clipping W_dec is reduced and stepped inside: _step_decoder_early
         fired = self._update_dead(out.values, out.indices, batch)
         l0 = mesh.all_reduce((out.values > 0).sum().double(), "world").item() / batch
         return {"loss": totals[0].item(), "nmse": self._nmse(totals, batch), "l0": l0,
@@ -96,8 +77,14 @@ class DistTrainer(Trainer):
         """nMSE over the global batch: sum ||x - x̂||^2 / (sum ||x||^2 - ||sum x||^2 / B)."""
         return (totals[2] / (totals[3] - totals[4:].pow(2).sum() / batch)).item()
 
+    def reduce_grads(self) -> None:
+        """Sum the gradients over the data-parallel replicas (W_dec's already, when stepped early)."""
+        for p in self._params().values():
+            if p.grad is not None:
+                self.mesh.all_reduce(p.grad, "data")
+
     @torch.no_grad()
-    def _clip(self, max_norm: float) -> None:
+    def clip(self, max_norm: float) -> None:
         """Scale all gradients by min(1, max_norm / (global norm + 1e-6)), as clip_grad_norm_ in one process."""
         params = self._params()
         sq = torch.zeros((), dtype=torch.float64, device=self.cfg.device)

@@ -79,22 +79,7 @@ class Trainer:
             raise SaescaleError(
                 f"training diverged at step {self.state.step} (loss {out.loss.item()}); lower --lr or check the data"
             )
-        lr = lr_at(self.state.step, cfg, self.base_lr)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        self._in_backward = True
-        try:
-            out.loss.backward()  # without clipping, W_dec is already stepped here: see _step_decoder_early
-        finally:
-            self._in_backward = False
-        sae.project_decoder_grad()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        self.opt.step()
-        sae.normalize_decoder()
-        if self.ema is not None:
-            self.ema.update(self._params())
+        lr = self.optimise(out.loss)
         fired = self._update_dead(out.code.values, out.code.indices, x.shape[0])
         with torch.no_grad():
             return {
@@ -106,6 +91,37 @@ class Trainer:
                 "fired_frac": fired,
                 "lr": lr,
             }
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        """Backward and the update: lr schedule, backward (without clipping W_dec is stepped inside it:
+        see :meth:`_step_decoder_early`), gradient reduction hook, projection, clipping, Adam,
+        renormalisation, EMA. Returns the learning rate used."""
+        cfg, sae = self.cfg, self.sae
+        lr = lr_at(self.state.step, cfg, self.base_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        self._in_backward = True
+        try:
+            loss.backward()
+        finally:
+            self._in_backward = False
+        self.reduce_grads()
+        sae.project_decoder_grad()
+        if cfg.grad_clip > 0:
+            self.clip(cfg.grad_clip)
+        self.opt.step()
+        sae.normalize_decoder()
+        if self.ema is not None:
+            self.ema.update(self._params())
+        return lr
+
+    def reduce_grads(self) -> None:
+        """Combine gradients across processes (none in one process; see the distributed trainer)."""
+
+    def clip(self, max_norm: float) -> None:
+        """Scale all gradients so their global L2 norm is at most max_norm."""
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), max_norm)
 
     @torch.no_grad()
     def _step_decoder_early(self, W_dec: torch.Tensor) -> None:
