@@ -14,10 +14,10 @@ into place, so a half-converted folder is never used.
 from __future__ import annotations
 
 import hashlib
-import math
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile

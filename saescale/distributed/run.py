@@ -24,9 +24,9 @@ from saescale.distributed.sharded_sae import LatentShard, ShardedTopK
 from saescale.distributed.trainer import DistTrainer
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig
-from saescale.train.checkpoint import latest_checkpoint, load_checkpoint
+from saescale.train.checkpoint import load_checkpoint
 from saescale.train.config import TrainConfig
-from saescale.train.run import TrainResult, check_same_run, finish_run, init_sample, run_record
+from saescale.train.run import TrainResult, finish_run, init_sample, resume_folder, run_record
 from saescale.train.trainer import PARAMS
 
 
@@ -54,10 +54,8 @@ def open_dist_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out
     record = run_record(sae_cfg, cfg, extra)
     trainer = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        folder = latest_checkpoint(out) if (out / "run.json").exists() else None
+        folder = resume_folder(out, record)
         if folder is not None:
-            check_same_run(out, record)
             trainer = resume_trainer(folder, cfg, out, mesh)
             print(f"resuming {out} from step {trainer.state.step} ({trainer.state.tokens_seen:,} tokens) on "
                   f"{mesh.world} process(es), {mesh.latent_shards} latent shard(s)", flush=True)

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from saescale.atomic import atomic_write_json, atomic_write_text
-from saescale.commands.train import cache_provenance, heldout_batches
+from saescale.commands.train import RunConfig, TrainCommand, heldout_batches, train_sources
 from saescale.data.source import BatchSource
-from saescale.data.synthetic import SyntheticSource
-from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sweep.spec import Member, SweepSpec, member_record
 from saescale.train.run import finish_run, open_run
@@ -46,7 +43,6 @@ class _Run:
     curve: MetricsLog
     curve_steps: set[int]
     last: dict[str, float]
-    t0: float
 
 
 def curve_steps(steps: int, points: int) -> set[int]:
@@ -62,22 +58,27 @@ def flops_per_token(d: int, n: int) -> int:
     return 6 * d * n
 
 
-def sources(spec: SweepSpec) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
-    """(train source, held-out source, provenance) for the spec's [sweep] source."""
-    src = spec.settings.source
-    if src == "synthetic":
-        s = SyntheticSource(spec.synthetic)
-        return s, s.heldout(), {"source": "synthetic", "model": "synthetic", "model_params": None}
-    from saescale.activations.cache import CacheReader, build_cache
+class _Shared(NamedTuple):
+    """What every member of one sweep run shares."""
+
+    spec: SweepSpec
+    held: list[torch.Tensor]  # held-out batches, float32
+    extra: dict[str, Any]  # data provenance recorded with each SAE (as ``saescale train`` records it)
+    model: dict[str, Any]  # subject model name and parameter count, for results.jsonl
+
+
+def sources(spec: SweepSpec) -> tuple[BatchSource, BatchSource, dict[str, Any], dict[str, Any]]:
+    """(train source, held-out source, provenance, model) for the spec's [sweep] source, built as
+    ``saescale train --acts SOURCE`` builds them (one data order: [train] seed)."""
+    cmd = TrainCommand(run=RunConfig(acts=spec.settings.source), train=spec.train,
+                       activations=spec.activations, synthetic=spec.synthetic)
+    train, held, extra = train_sources(cmd)
+    if extra["source"] == "synthetic":
+        return train, held, extra, {"model": "synthetic", "model_params": None}
     from saescale.activations.lm import parameter_count
 
-    path = build_cache(spec.activations) if src == "cache" else Path(src)
-    if not path.exists():
-        raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or set source = \"cache\"")
-    train = CacheReader(path, "train", spec.train.seed)
-    extra = cache_provenance(train)
     model = extra["activations"].get("model", "default")
-    return train, CacheReader(path, "val", spec.train.seed), {**extra, "model": model, "model_params": parameter_count(model)}
+    return train, held, extra, {"model": model, "model_params": parameter_count(model)}
 
 
 def heldout_nmse(sae: torch.nn.Module, batches: list[torch.Tensor]) -> float:
@@ -95,33 +96,27 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> list[dict[str, Any]]:
     print(f"sweep {out}: {len(spec.members) - len(pending)} of {len(spec.members)} members finished, "
           f"{len(pending)} to train", flush=True)
     if pending:
-        source, held, extra = sources(spec)
+        source, held, extra, model = sources(spec)
         held_batches = [x.float() for x in heldout_batches(held, spec.settings.heldout_tokens, batch)]
+        shared = _Shared(spec, held_batches, extra, model)
         runs = [_open(m, source, out, extra, spec.settings.curve_points) for m in pending]
         for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
-            _finish(r, held_batches, extra, spec)
-        _train(spec, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, held_batches, extra,
-               progress)
+            _finish(r, shared)
+        _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress)
     return write_results(spec)
 
 
 def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], points: int) -> _Run:
     folder = out / m.id
-    trainer = open_run(m.sae, m.train, source, folder, _member_extra(extra))
-    steps = trainer.cfg.steps
+    trainer = open_run(m.sae, m.train, source, folder, extra)
     return _Run(m, trainer, folder, trainer.open_log(), MetricsLog(folder, trainer.state.step, "curve.jsonl"),
-                curve_steps(steps, points), {}, time.perf_counter())
+                curve_steps(trainer.cfg.steps, points), {})
 
 
-def _member_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in extra.items() if k not in ("model", "model_params")}
-
-
-def _train(spec: SweepSpec, runs: list[_Run], source: BatchSource, held: list[torch.Tensor],
-           extra: dict[str, Any], progress: bool) -> None:
+def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: bool) -> None:
     if not runs:
         return
-    batch = spec.train.batch_size
+    held, batch = shared.held, shared.spec.train.batch_size
     start = min(r.trainer.state.step for r in runs)
     stop = max(r.trainer.cfg.steps for r in runs)
     bar = tqdm(total=(stop - start) * batch, unit="tok", unit_scale=True, disable=not progress,
@@ -139,7 +134,7 @@ def _train(spec: SweepSpec, runs: list[_Run], source: BatchSource, held: list[to
                 if t.state.step in r.curve_steps:
                     r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen, "loss": heldout_nmse(t.sae, held)})
                 if t.state.step >= t.cfg.steps:
-                    _finish(r, held, extra, spec)
+                    _finish(r, shared)
                     active.remove(r)
             bar.update(batch)
             bar.set_postfix(training=len(active))
@@ -147,17 +142,17 @@ def _train(spec: SweepSpec, runs: list[_Run], source: BatchSource, held: list[to
         bar.close()
 
 
-def _finish(r: _Run, held: list[torch.Tensor], extra: dict[str, Any], spec: SweepSpec) -> None:
+def _finish(r: _Run, shared: _Shared) -> None:
     """Save the member's SAE, evaluate it on the held-out tokens, write result.json and results.jsonl."""
-    t = r.trainer
-    sae = finish_run(t, r.folder, _member_extra(extra), r.last)
-    rep = reconstruction_metrics(sae, held)
+    t, extra = r.trainer, shared.extra
+    sae = finish_run(t, r.folder, extra, r.last)
+    rep = reconstruction_metrics(sae, shared.held)
     curve = [{"tokens": c["tokens"], "loss": c["loss"]} for c in _read_jsonl(r.folder / "curve.jsonl")]
     cfg = sae.cfg
     result = {
         "id": r.member.id, "arch": cfg.arch, "n": cfg.n, "k": cfg.k, "d": cfg.d, "lr": t.base_lr,
         "tokens": t.state.tokens_seen, "seed": t.cfg.seed, "multi_topk": t.cfg.multi_topk,
-        "model": extra.get("model"), "model_params": extra.get("model_params"),
+        **shared.model,
         "hook": extra.get("activations", {}).get("hook"),
         "loss": rep["nmse"], "l0": rep["l0"], "dead_frac": rep["dead_frac"],
         "train_dead_frac": r.last.get("dead_frac"), "heldout_tokens": rep["tokens"],
@@ -166,7 +161,7 @@ def _finish(r: _Run, held: list[torch.Tensor], extra: dict[str, Any], spec: Swee
     }
     atomic_write_json(r.folder / "result.json", result)
     shutil.rmtree(r.folder / "checkpoints", ignore_errors=True)  # the SAE is saved; its optimiser state is not needed
-    write_results(spec)
+    write_results(shared.spec)
     tqdm.write(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, dead {rep['dead_frac']:.1%}, "
           f"{t.state.tokens_seen:,} tokens")
 

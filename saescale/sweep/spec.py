@@ -39,7 +39,7 @@ class SweepSettings:
     """Where a sweep's data comes from and what it records."""
 
     source: str = "cache"
-    """Activation source: 'cache' (build or reuse the on-disk cache of [activations]), 'synthetic' (see [synthetic]), or the path of an existing cache folder."""
+    """Activation source, as 'saescale train --acts': 'cache' (build or reuse the on-disk cache of [activations]), 'stream' (run the model live), 'synthetic' (see [synthetic]), or the path of an existing cache folder."""
 
     out: str = ""
     """Output folder (one sub-folder per member, results.jsonl). Empty: runs/sweep-<spec file name>."""

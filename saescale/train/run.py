@@ -84,16 +84,24 @@ def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
         )
 
 
+def resume_folder(out: Path, record: dict[str, Any]) -> Path | None:
+    """The last checkpoint of the run in ``out`` (created if missing), its settings checked against
+    ``record`` (one-line error if they differ); None when the run is new."""
+    out.mkdir(parents=True, exist_ok=True)
+    folder = latest_checkpoint(out) if (out / "run.json").exists() else None
+    if folder is not None:
+        check_same_run(out, record)
+    return folder
+
+
 def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Path | None,
              extra: dict[str, Any]) -> Trainer:
     """A trainer for the run in ``out``: resumed from its last checkpoint, or new (run.json written)."""
     record = run_record(sae_cfg, cfg, extra)
     trainer = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        folder = latest_checkpoint(out) if (out / "run.json").exists() else None
+        folder = resume_folder(out, record)
         if folder is not None:
-            check_same_run(out, record)
             sae, tensors, meta = load_checkpoint(folder, cfg.device)
             trainer = Trainer(sae, cfg, meta["loss_scale"], out)
             trainer.load_state(tensors, meta)

@@ -58,6 +58,7 @@ class Trainer:
         self.k_aux, self.dead_tokens = cfg.resolved_k_aux(d, n), cfg.resolved_dead_tokens()
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._in_backward = False  # the early decoder step acts only inside this trainer's own backward
+        self._clock = (time.perf_counter(), 0)  # (time, tokens_seen) the tokens/s figure counts from: open_log
         if cfg.grad_clip == 0:  # clipping needs every gradient at once
             sae.W_dec.register_post_accumulate_grad_hook(self._step_decoder_early)
 
@@ -189,7 +190,7 @@ class Trainer:
         cfg = self.cfg
         metrics = self.step(x)
         if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
-            t0, tok0 = getattr(self, "_clock", (time.perf_counter(), self.state.tokens_seen))
+            t0, tok0 = self._clock
             dt = time.perf_counter() - t0
             metrics.update(step=self.state.step, tokens=self.state.tokens_seen,
                            tokens_per_s=(self.state.tokens_seen - tok0) / max(dt, 1e-9))
