@@ -153,3 +153,16 @@ def test_bad_batches_give_one_line_errors(bad):
     msg = str(e.value)
     assert "\n" not in msg
     assert ("NaN/inf" in msg) if bad in ("nan", "inf") else (f"expected (batch, {D})" in msg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_finite_check_catches_nan_and_inf_and_passes_huge_finite_values(dtype):
+    """The check sums the batch first (one pass); a sum that overflows must not reject finite data."""
+    sae = make_sae("topk", N, K, D)
+    big = torch.full((B, D), torch.finfo(dtype).max / 2, dtype=dtype)  # the sum overflows (but float16's)
+    sae.check_input(big)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.randn(B, D).to(dtype)
+        x[B - 1, D - 1] = bad
+        with pytest.raises(SaescaleError, match=f"NaN/inf in 1 row\\(s\\) \\(first: \\[{B - 1}\\]\\)"):
+            sae.check_input(x)

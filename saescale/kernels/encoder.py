@@ -15,7 +15,7 @@ together, E = B (m + k_aux) pairs (b, j)):
                                              main pairs in columns b, AuxK pairs in B + b    (n, d)
     db_enc[j] = sum_(b,j) G[b, j]                                              (n,)
     dx_c[b]   = sum_j G[b, j] W_enc[j]     (gather-sum, ``embedding_bag``)    (B, d)
-    dx_n = dx_c,  db_pre = -sum_b dx_c[b]
+    dx_n = dx_c,  db_pre = -sum_b dx_c[b] = -db_enc W_enc   (no (B, d) gather when x_n needs none)
 """
 
 from __future__ import annotations
@@ -62,13 +62,15 @@ class FusedTopKEncode(torch.autograd.Function):
             tokens = torch.cat([torch.arange(B, device=i.device).repeat_interleave(p[1].shape[1]) + s * B
                                 for s, p in enumerate(pairs)])
             S = latent_major_csr(latents, tokens, values, n, B * len(pairs)) if need_W else None
-            db = g.new_zeros(n).index_add_(0, latents, values) if need_b else None
+            db = g.new_zeros(n).index_add_(0, latents, values) if need_b or need_pre else None
         dW = sparse_matmul(S, x_c if len(pairs) == 1 else torch.cat([x_c] * len(pairs))) if need_W else None
-        dx = None
-        if need_x or need_pre:
-            dx = F.embedding_bag(i, W_enc, per_sample_weights=g, mode="sum")  # (B, d)
-        d_pre = -dx.sum(0) if need_pre else None
-        return (dx if need_x else None), d_pre, dW, db, None, None, None, None
+        dx = F.embedding_bag(i, W_enc, per_sample_weights=g, mode="sum") if need_x else None  # (B, d)
+        d_pre = None
+        if need_pre:  # -sum_b dx_c[b] = -db W_enc: reads min(n, E) rows of W_enc, not E
+            d_pre = -(dx.sum(0) if dx is not None else
+                      torch.mv(W_enc.T, db) if n <= values.numel() else
+                      F.embedding_bag(latents[None], W_enc, per_sample_weights=values[None], mode="sum")[0])
+        return dx, d_pre, dW, (db if need_b else None), None, None, None, None
 
 
 def fused_topk_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, m: int,

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from saescale.kernels.workspace import scratch
 from saescale.threads import one_thread
 
 DEFAULT_CHUNK = 4096  # CPU: a (4096, 4096) float32 block (64 MB) per matmul
@@ -81,16 +82,17 @@ class RunningTopK:
     last one) or too narrow to group goes through :func:`top_columns` and is combined directly.
     """
 
-    def __init__(self, B: int, m: int, like: Tensor, chunk: int):
+    def __init__(self, B: int, m: int, like: Tensor, chunk: int, name: str = "top"):
         self.B, self.m, self.c, self.like = B, m, chunk, like
         self.g = group_size(chunk, m) if m else 1
         self.values: Tensor | None = None  # running exact top-m, (B, <= m)
         self.indices: Tensor | None = None
         self.offsets: list[int] = []  # chunks held in the buffers
-        if m and self.g >= 2:
-            self.maxima = like.new_empty(MERGE_EVERY, B, m)
-            self.hits = torch.empty(MERGE_EVERY, B, m, dtype=torch.long, device=like.device)
-            self.cand = like.new_empty(MERGE_EVERY, B * m, self.g)
+        if m and self.g >= 2:  # reused memory (see workspace): the candidate buffer is 16 MB a chunk
+            dt, dev = like.dtype, like.device
+            self.maxima = scratch(f"{name}.maxima", (MERGE_EVERY, B, m), dt, dev)
+            self.hits = scratch(f"{name}.hits", (MERGE_EVERY, B, m), torch.long, dev)
+            self.cand = scratch(f"{name}.cand", (MERGE_EVERY, B * m, self.g), dt, dev)
             self.rows = torch.arange(B, device=like.device)[:, None]  # (B, 1)
 
     def update(self, pre: Tensor, offset: int) -> None:
@@ -159,10 +161,10 @@ def select_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Tensor 
     """
     B, n = x_c.shape[0], W_enc.shape[0]
     chunk = min(chunk, n)
-    main = RunningTopK(B, m, x_c, chunk)
-    aux = RunningTopK(B, k_aux if dead is not None else 0, x_c, chunk)
-    buf = x_c.new_empty(B * chunk)
-    masked = x_c.new_empty(B * chunk) if aux.m else None
+    main = RunningTopK(B, m, x_c, chunk, "top")
+    aux = RunningTopK(B, k_aux if dead is not None else 0, x_c, chunk, "aux")
+    buf = scratch("select.block", (B * chunk,), x_c.dtype, x_c.device)
+    masked = scratch("select.masked", (B * chunk,), x_c.dtype, x_c.device) if aux.m else None
     neg_inf = x_c.new_full((), float("-inf"))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)

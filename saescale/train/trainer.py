@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from saescale import losses
 from saescale.errors import SaescaleError
+from saescale.kernels import workspace
 from saescale.threads import one_thread
 from saescale.sae.base import LossContext, SparseAutoencoder
 from saescale.train.checkpoint import save_checkpoint
@@ -101,7 +102,7 @@ class Trainer:
         lr = lr_at(self.state.step, cfg, self.base_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
+        self.drop_grads()
         self._in_backward = True
         try:
             loss.backward()
@@ -116,6 +117,15 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self._params())
         return lr
+
+    def drop_grads(self) -> None:
+        """Set every gradient to None, giving the tensors back to the kernels' pool
+        (:mod:`saescale.kernels.workspace`): the next backward writes its (n, d) gradients into
+        them instead of page-faulting fresh memory (~12 ms each at n = 16384 on CPU). They are
+        the trainer's own: autograd stored the kernels' outputs as ``.grad`` without copying."""
+        for p in self._params().values():
+            workspace.recycle(p.grad)
+            p.grad = None
 
     def reduce_grads(self) -> None:
         """Combine gradients across processes (none in one process; see the distributed trainer)."""
@@ -140,6 +150,7 @@ class Trainer:
             p.grad = None
         self.sae.project_decoder_grad()
         self.opt.step()
+        workspace.recycle(W_dec.grad)  # the encoder's backward, next, writes its gradient into it
         W_dec.grad = None
         for p, g in others.items():
             p.grad = g
