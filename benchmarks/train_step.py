@@ -5,6 +5,8 @@ Usage: python benchmarks/train_step.py [--n 16384] [--k 32] [--d 576] [--batch 4
 Measures, on random inputs of width d, for B = --batch tokens and n latents:
   * the encoder matmul x (B, d) @ W_enc^T (d, n) + b_enc: GFLOP/s and its bound B / time;
     one ``F.linear`` when the (B, n) result fits in 2 GB, else in 16384-latent blocks into a reused buffer;
+    with one ``F.linear`` (which page-faults a fresh (B, n) output each call), also, for reference,
+    the same matmul in the step's own blocks into a reused buffer, and our step's ratio to that;
   * our full step, ``Trainer.step`` (forward + AuxK when latents are dead + backward + Adam + decoder-norm
     maintenance), with whatever ``SAESCALE_KERNELS`` selects (fast by default);
   * a naive dense reference step in plain PyTorch (dense pre-activations, topk, dense decode,
@@ -26,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from saescale.kernels.select import DEFAULT_CHUNK
 from saescale.sae.config import SAEConfig
 from saescale.sae.registry import build_sae
 from saescale.train.config import TrainConfig
@@ -53,11 +56,17 @@ def encoder_matmul(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor):
     B, n = x.shape[0], W.shape[0]
     if B * n * 4 <= DENSE_LIMIT_BYTES:
         return lambda: F.linear(x, W, b)
-    buf = x.new_empty(B, MATMUL_BLOCK)
+    return blocked_matmul(x, W, b, MATMUL_BLOCK)
+
+
+def blocked_matmul(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, block: int):
+    """A closure computing x W^T + b in ``block``-latent column blocks into one reused (B, block) buffer."""
+    B, n = x.shape[0], W.shape[0]
+    buf = x.new_empty(B, block)
 
     def blocked() -> None:
-        for s in range(0, n, MATMUL_BLOCK):
-            e = min(s + MATMUL_BLOCK, n)
+        for s in range(0, n, block):
+            e = min(s + block, n)
             torch.addmm(b[s:e], x, W[s:e].T, out=buf[:, : e - s])
 
     return blocked
@@ -137,6 +146,12 @@ def main() -> None:
     bound = B / mm
     print(f"encoder matmul: best {mm * 1e3:.0f} ms (median {statistics.median(t_mm) * 1e3:.0f}), "
           f"{gflop / mm:.1f} GFLOP/s, bound {bound:,.0f} tokens/s")
+    if not blocked and not cuda:  # the same flops the way our step runs them: no fresh (B, n) output
+        blocks = timed(blocked_matmul(x, trainer.sae.W_enc.detach(), trainer.sae.b_enc.detach(), DEFAULT_CHUNK),
+                       reps + 1)[1:]
+        print(f"  (for reference, not the bound: the same matmul in {DEFAULT_CHUNK}-latent blocks into one reused "
+              f"buffer, as our step runs it, best {min(blocks) * 1e3:.0f} ms; our step is "
+              f"{min(blocks) / step:.2f} of that rate)")
     print(f"our step (Trainer.step): best {step * 1e3:.0f} ms (median {statistics.median(ours) * 1e3:.0f}), "
           f"{B / step:,.0f} tokens/s  (timed steps: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
     naive_fits = 4 * B * args.n * 4 <= (32 if cuda else 8) * 1024**3

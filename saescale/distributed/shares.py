@@ -26,7 +26,7 @@ def mse_share(x_hat: Tensor, x: Tensor, scale: float, batch: int, mesh: Mesh) ->
     """This rank's share of scale * E_B ||x - x̂||^2; x, x_hat (B_r, d), ``batch`` = B."""
     if mesh.data_shards == 1:
         return losses.scaled_mse(x_hat, x, scale)
-    return (x - x_hat).pow(2).sum(-1).sum() / batch * scale
+    return losses.squared_error(x_hat, x) * (scale / batch)
 
 
 def centered_sq_sum(x: Tensor, batch: int, mesh: Mesh) -> Tensor:
@@ -41,5 +41,5 @@ def auxk_share(e_hat: Tensor, e: Tensor, batch: int, mesh: Mesh) -> Tensor:
     if mesh.data_shards == 1:
         return losses.auxk_loss(e_hat, e)
     e = e.detach()
-    ratio = (e - e_hat).pow(2).sum() / centered_sq_sum(e, batch, mesh).to(e.dtype)
+    ratio = losses.squared_error(e_hat, e) / centered_sq_sum(e, batch, mesh).to(e.dtype)
     return torch.nan_to_num(ratio, nan=0.0, posinf=0.0)

@@ -58,7 +58,7 @@ def _weight_grad(n: int, values: list[Tensor], indices: list[Tensor], grads: lis
         cols = [torch.arange(B, device=v.device).repeat_interleave(v.shape[1]) + s * B for s, v in enumerate(values)]
         S = latent_major_csr(torch.cat([i.reshape(-1) for i in indices]), torch.cat(cols),
                              torch.cat([v.reshape(-1) for v in values]), n, B * len(values))
-    return sparse_matmul(S, torch.cat(grads, dim=0))
+    return sparse_matmul(S, grads[0] if len(grads) == 1 else torch.cat(grads, dim=0))  # no copy of a lone one
 
 
 def sparse_decode(W_dec: Tensor, codes: list[SparseCode]) -> list[Tensor]:
