@@ -208,3 +208,22 @@ def test_top_columns_recursion_equals_topk():
     torch.testing.assert_close(values.sort(1, descending=True).values, v.topk(32, dim=1).values, rtol=0, atol=0)
     torch.testing.assert_close(values, v.gather(1, cols), rtol=0, atol=0)
     assert all(len(set(row.tolist())) == 32 for row in cols)
+
+
+def test_latent_major_dots_equal_token_major_and_dense():
+    """The decoder's two sampled-matmul orders (CPU latent-major, CUDA token-major) against dense dots,
+    with repeated latents across codes and activation values that must not leak in (NaN)."""
+    from saescale.kernels.csr import latent_major, latent_major_dots, rowwise_dots
+
+    g = torch.Generator().manual_seed(2)
+    B, n, d = 40, 30, 8
+    W, grads = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(2, B, d, generator=g, dtype=torch.float64)
+    idx = [torch.randint(0, n, (B, 5), generator=g), torch.randint(0, n, (B, 3), generator=g)]
+    latents = torch.cat([i.reshape(-1) for i in idx])
+    cols = torch.cat([torch.arange(B).repeat_interleave(i.shape[1]) + s * B for s, i in enumerate(idx)])
+    lm = latent_major(latents, cols, torch.full_like(latents, float("nan"), dtype=torch.float64), n, 2 * B)
+    dots = latent_major_dots(lm, W, grads.reshape(2 * B, d))
+    dense = torch.cat([(grads[s] @ W.T).gather(1, i).reshape(-1) for s, i in enumerate(idx)])
+    torch.testing.assert_close(dots, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat([rowwise_dots(grads[s], W, i).reshape(-1) for s, i in enumerate(idx)]),
+                               dense, rtol=1e-12, atol=1e-12)

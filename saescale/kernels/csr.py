@@ -9,6 +9,7 @@ matmul (~25 ms for B k = 131k entries at d = 576, against ~140 ms for ``index_ad
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,7 +32,14 @@ def stable_argsort(keys: Tensor) -> Tensor:
         return torch.sort(keys, stable=True).indices
 
 
-def latent_major_csr(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_cols: int) -> Tensor:
+class LatentMajor(NamedTuple):
+    """A latent-major CSR and where its entries came from."""
+
+    S: Tensor  # CSR (n, n_cols)
+    order: Tensor  # (E,) int64: entry e of S (in CSR order) is input entry order[e]
+
+
+def latent_major(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_cols: int) -> LatentMajor:
     """CSR (n, n_cols) with S[latents[e], cols[e]] += values[e]; inputs are flat (E,).
 
     Entries are sorted by latent with a stable sort, so within a latent row the
@@ -40,7 +48,25 @@ def latent_major_csr(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_co
     order = stable_argsort(latents)
     crow = torch.zeros(n + 1, dtype=torch.long, device=latents.device)
     torch.cumsum(torch.bincount(latents, minlength=n), 0, out=crow[1:])
-    return _csr(crow, cols[order], values[order], (n, n_cols))
+    return LatentMajor(_csr(crow, cols[order], values[order], (n, n_cols)), order)
+
+
+def latent_major_csr(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_cols: int) -> Tensor:
+    """The CSR of :func:`latent_major` alone."""
+    return latent_major(latents, cols, values, n, n_cols).S
+
+
+def latent_major_dots(lm: LatentMajor, W: Tensor, Y: Tensor) -> Tensor:
+    """out[e] = W[latents[e]] . Y[cols[e]] for every entry e of ``lm``, in input order: (E,).
+
+    W (n, d), Y (n_cols, d). A sampled matmul over the latent-major pattern: each row of W is
+    read once and dotted with its tokens' rows of Y (which stay in cache), ~12 ms against ~21 ms
+    for :func:`rowwise_dots`' token-major order (B k = 131k entries, n = 16384, d = 576, CPU).
+    """
+    S = lm.S
+    pattern = _csr(S.crow_indices(), S.col_indices(), torch.zeros_like(S.values()), S.shape)  # beta = 0 still
+    dots = torch.sparse.sampled_addmm(pattern, W, Y.T, beta=0.0).values()  # propagates NaN: zero values
+    return torch.empty_like(dots).index_copy_(0, lm.order, dots)
 
 
 def sparse_matmul(S: Tensor, Y: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ Backward, with upstream gradients G_s (B, d):
 
     dW_dec = sum_s S_s^T-rows:  dW_dec[l] = sum_(s,b,j: i_s[b,j]=l) v_s[b, j] G_s[b]
            = S @ [G_1; ...; G_S]   S the CSR (n, S B) of all values       (n, d)
-    dv_s[b, j] = G_s[b] . W_dec[i_s[b, j]]   (``sampled_addmm``, no (B, k, d) gather)
+    dv_s[b, j] = G_s[b] . W_dec[i_s[b, j]]   (``sampled_addmm`` on the pattern of S, latent-major
+                                              on CPU: each row of W_dec read once; no (B, k, d) gather)
 
 Decoding all codes in one function gives one sparse matmul and one dense (n, d)
 gradient, not one per code (at n = 2^20 each is 2.4 GB).
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from saescale.kernels.csr import latent_major_csr, rowwise_dots, sparse_matmul
+from saescale.kernels.csr import LatentMajor, latent_major, latent_major_dots, rowwise_dots, sparse_matmul
 from saescale.threads import one_thread
 from saescale.sae.base import SparseCode
 
@@ -42,23 +43,35 @@ class SparseDecode(torch.autograd.Function):
         W_dec, *flat = ctx.saved_tensors
         values, indices = flat[0::2], flat[1::2]
         live = [s for s, g in enumerate(grads) if g is not None and indices[s].shape[1] > 0]
-        dW = _weight_grad(W_dec.shape[0], [values[s] for s in live], [indices[s] for s in live],
-                          [grads[s] for s in live]) if ctx.needs_input_grad[0] and live else None
+        need_v = [s for s in live if ctx.needs_input_grad[1 + 2 * s]]
+        dv: dict[int, Tensor] = {}
+        dW = None
+        if live and (ctx.needs_input_grad[0] or need_v):
+            G = grads[live[0]] if len(live) == 1 else torch.cat([grads[s] for s in live])  # (S B, d), no lone copy
+            lm = _pattern(W_dec.shape[0], [values[s] for s in live], [indices[s] for s in live])
+            dW = sparse_matmul(lm.S, G) if ctx.needs_input_grad[0] else None
+            if need_v and not W_dec.is_cuda:  # one latent-major sampled matmul for every code
+                dots, start = latent_major_dots(lm, W_dec, G), 0
+                for s in live:
+                    size = indices[s].numel()
+                    dv[s] = dots[start:start + size].view_as(indices[s])
+                    start += size
+            for s in need_v:  # CUDA: the token-major sampled matmul, as verified there
+                if s not in dv:
+                    dv[s] = rowwise_dots(grads[s], W_dec, indices[s])
         out: list[Tensor | None] = [dW]
         for s in range(len(values)):
-            need = ctx.needs_input_grad[1 + 2 * s] and grads[s] is not None
-            out += [rowwise_dots(grads[s], W_dec, indices[s]) if need else None, None]
+            out += [dv.get(s) if s in need_v else None, None]
         return tuple(out)
 
 
-def _weight_grad(n: int, values: list[Tensor], indices: list[Tensor], grads: list[Tensor]) -> Tensor:
-    """dW_dec (n, d) = S @ cat(grads), S the CSR (n, S B) with S[i_s[b,j], s B + b] = v_s[b, j]."""
-    B = grads[0].shape[0]
+def _pattern(n: int, values: list[Tensor], indices: list[Tensor]) -> LatentMajor:
+    """S, the CSR (n, S B) with S[i_s[b,j], s B + b] = v_s[b, j]: dW_dec = S @ cat(grads)."""
+    B = values[0].shape[0]
     with one_thread():  # index bookkeeping on small tensors
         cols = [torch.arange(B, device=v.device).repeat_interleave(v.shape[1]) + s * B for s, v in enumerate(values)]
-        S = latent_major_csr(torch.cat([i.reshape(-1) for i in indices]), torch.cat(cols),
-                             torch.cat([v.reshape(-1) for v in values]), n, B * len(values))
-    return sparse_matmul(S, grads[0] if len(grads) == 1 else torch.cat(grads, dim=0))  # no copy of a lone one
+        return latent_major(torch.cat([i.reshape(-1) for i in indices]), torch.cat(cols),
+                            torch.cat([v.reshape(-1) for v in values]), n, B * len(values))
 
 
 def sparse_decode(W_dec: Tensor, codes: list[SparseCode]) -> list[Tensor]:
