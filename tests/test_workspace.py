@@ -91,3 +91,15 @@ def test_backward_outside_the_trainer_never_reuses_a_live_gradient():
     once = sae.W_enc.grad.clone()
     sae.loss_terms(x, ctx).loss.backward()
     torch.testing.assert_close(sae.W_enc.grad, 2 * once)
+
+
+def test_scratch_buffers_are_per_thread():
+    import threading
+
+    here = workspace.scratch("t", (8,), torch.float32, torch.device("cpu")).data_ptr()
+    there = []
+    th = threading.Thread(target=lambda: there.append(
+        workspace.scratch("t", (8,), torch.float32, torch.device("cpu")).data_ptr()))
+    th.start()
+    th.join()
+    assert there and there[0] != here

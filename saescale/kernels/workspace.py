@@ -9,7 +9,7 @@ so both helpers below only cache CPU memory and allocate plainly elsewhere.
 
 * :func:`scratch` returns a buffer owned by this module, the same memory on every call with
   the same name: for temporaries that never leave a kernel (selection blocks, candidates).
-  Kernels run one at a time per process; the contents are undefined on return.
+  Each thread has its own buffers; the contents are undefined on return.
 * :func:`recycle` takes a tensor its caller owns outright (nobody else holds it or a view of
   it) and :func:`take` hands one of the same shape back out, for outputs that leave a kernel:
   the trainer recycles last step's (n, d) gradients and the sparse backward writes this
@@ -19,13 +19,14 @@ so both helpers below only cache CPU memory and allocate plainly elsewhere.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
 
 POOL_DEPTH = 2  # recycled tensors kept per (shape, dtype): a step has at most two (n, d) gradients
 
-_scratch: dict[tuple[str, torch.dtype], Tensor] = {}
+_scratch: dict[tuple[int, str, torch.dtype], Tensor] = {}  # (thread, name, dtype) -> flat buffer
 _pool: dict[tuple[tuple[int, ...], torch.dtype], list[Tensor]] = {}
 
 
@@ -38,7 +39,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     numel = math.prod(shape)
     if not _cached(device):
         return torch.empty(shape, dtype=dtype, device=device)
-    key = (name, dtype)
+    key = (threading.get_ident(), name, dtype)
     buf = _scratch.get(key)
     if buf is None or buf.numel() < numel:
         _scratch.pop(key, None)  # free the old one first: peak memory is one buffer, not two
