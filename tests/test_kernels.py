@@ -52,7 +52,8 @@ def same_code(a, b):
 CASES = [  # n, k, chunk, n_dead, multi
     (64, 4, 16, 0, False), (64, 4, 16, 20, False), (64, 4, 16, 0, True), (64, 4, 16, 20, True),
     (64, 4, 7, 50, True), (300, 8, 64, 100, True), (64, 60, 16, 0, False), (64, 64, 16, 10, False),
-    (64, 20, 16, 64, True), (4096, 32, 512, 300, True), (4096, 8, 512, 300, False),  # last: n > B k
+    (64, 20, 16, 64, True), (4096, 32, 512, 300, True), (4096, 8, 512, 300, False),  # n > B k
+    (16, 16, 8, 4, True),  # k = n with Multi-TopK: no latents beyond the top k
 ]
 
 

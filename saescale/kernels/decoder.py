@@ -35,7 +35,8 @@ class SparseDecode(torch.autograd.Function):
         values, indices = flat[0::2], flat[1::2]
         ctx.save_for_backward(W_dec, *flat)
         ctx.set_materialize_grads(False)
-        return tuple(F.embedding_bag(i, W_dec, per_sample_weights=v, mode="sum") for v, i in zip(values, indices))
+        return tuple(F.embedding_bag(i, W_dec, per_sample_weights=v, mode="sum") if i.shape[1] else
+                     W_dec.new_zeros(i.shape[0], W_dec.shape[1]) for v, i in zip(values, indices))  # empty code: 0
 
     @staticmethod
     @once_differentiable

@@ -79,15 +79,15 @@ class TopKSAE(SparseAutoencoder):
         top = F.relu(sel.values)  # (B, m), sorted descending: the top-k are the first k columns
         code = SparseCode(top[:, :k], sel.indices[:, :k])
         codes = [code]
-        if ctx.multi_topk:
-            codes.append(SparseCode(top, sel.indices))
+        if ctx.multi_topk:  # the top-4k code decoded as the top-k code's decoding plus the other 3k latents':
+            codes.append(SparseCode(top[:, k:], sel.indices[:, k:]))  # 4k gathered rows a token, not 5k
         if k_aux:
             codes.append(SparseCode(F.relu(sel.aux_values), sel.aux_indices))
         decoded = sparse_decode(self.W_dec, codes)
         x_hat = decoded[0] + self.b_pre
         loss = main = losses.scaled_mse(x_hat, x_n, ctx.loss_scale)
         if ctx.multi_topk:
-            loss = losses.multi_topk_loss(main, losses.scaled_mse(decoded[1] + self.b_pre, x_n, ctx.loss_scale))
+            loss = losses.multi_topk_loss(main, losses.scaled_mse(x_hat + decoded[1], x_n, ctx.loss_scale))
         aux = x_n.new_zeros(())
         if k_aux:
             aux = losses.auxk_loss(decoded[-1], x_n - x_hat)
