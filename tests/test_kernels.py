@@ -184,7 +184,9 @@ def test_bad_switch_value_is_an_error(monkeypatch):
 
 @pytest.mark.parametrize("n,m,chunk,ties", [
     (64 * 20 + 24, 4, 64, False),  # 20 grouped chunks (more than MERGE_EVERY) and a narrow last chunk
-    (64 * 20 + 24, 4, 64, True),
+    (64 * 20 + 24, 4, 64, True),  # (groups of 4 columns: strided)
+    (1024 * 10 + 50, 4, 1024, False),  # groups of 64 columns: contiguous
+    (1024 * 10 + 50, 4, 1024, True),
     (2048, 32, 512, True),  # integer values: many ties across groups and chunks
     (1000, 100, 250, False),  # chunks too narrow to group for this m
     (96, 96, 32, True),  # m = n
