@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from saescale.kernels import workspace
-from saescale.kernels.csr import latent_major_csr, sparse_matmul
+from saescale.kernels.csr import latent_major, sparse_matmul
 from saescale.sae.base import LossContext
 from saescale.train.config import TrainConfig
 from saescale.train.trainer import PARAMS, Trainer
@@ -21,7 +21,7 @@ def empty_pool():
 def test_sparse_matmul_writes_every_row_of_a_recycled_buffer():
     """A recycled gradient full of NaN is reused as the output; rows without entries come out 0."""
     n, C, d = 50, 8, 16
-    S = latent_major_csr(torch.tensor([3, 3, 7, 40]), torch.tensor([0, 5, 2, 7]), torch.randn(4), n, C)
+    S = latent_major(torch.tensor([3, 3, 7, 40]), torch.tensor([0, 5, 2, 7]), torch.randn(4), n, C).S
     Y = torch.randn(C, d)
     old = torch.full((n, d), float("nan"))
     workspace.recycle(old)

@@ -119,12 +119,10 @@ class ShardedTopK(nn.Module):
     def _decode(self, codes: list[SparseCode], x_n: Tensor) -> list[Tensor]:
         """Partial decodes sum_j v[:, j] W_dec[i[:, j]] of this shard's codes, each (B_r, d); zeros for
         an empty code (no local AuxK candidates: this shard has no dead latent)."""
-        live = [c for c in codes if c.indices.shape[1] > 0]
         if fast_kernels():
-            parts = iter(sparse_decode(self.W_dec, live))
-        else:
-            parts = iter([F.embedding_bag(c.indices, self.W_dec, per_sample_weights=c.values, mode="sum") for c in live])
-        return [next(parts) if c.indices.shape[1] > 0 else torch.zeros_like(x_n) for c in codes]
+            return sparse_decode(self.W_dec, codes)  # an empty code decodes to zeros there too
+        return [F.embedding_bag(c.indices, self.W_dec, per_sample_weights=c.values, mode="sum")
+                if c.indices.shape[1] > 0 else torch.zeros_like(x_n) for c in codes]
 
     def loss_terms(self, x_n: Tensor, ctx: ShardContext, mesh: Mesh) -> ShardStep:
         """This rank's share of the loss for its rows x_n (B_r, d); see the module docstring."""
@@ -145,9 +143,9 @@ class ShardedTopK(nn.Module):
             codes.append(SparseCode(torch.where(aux_order < ctx.k_aux, F.relu(sel.aux_values), 0.0), sel.aux_indices))
         decoded = sum_over_shards(torch.stack(self._decode(codes, x_n)), mesh)  # (S, B_r, d)
         x_hat = decoded[0] + self.b_pre
-        loss = main = mse_share(x_hat, x_n, ctx.loss_scale, ctx.batch, mesh)
+        loss = main = mse_share(x_hat, x_n, ctx.loss_scale, ctx.batch)
         if ctx.multi_topk:
-            loss = losses.multi_topk_loss(main, mse_share(decoded[1] + self.b_pre, x_n, ctx.loss_scale, ctx.batch, mesh))
+            loss = losses.multi_topk_loss(main, mse_share(decoded[1] + self.b_pre, x_n, ctx.loss_scale, ctx.batch))
         aux = x_n.new_zeros(())
         if ctx.k_aux:
             aux = auxk_share(decoded[-1], x_n - x_hat, ctx.batch, mesh)

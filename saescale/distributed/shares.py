@@ -22,10 +22,9 @@ from saescale import losses
 from saescale.distributed.mesh import Mesh
 
 
-def mse_share(x_hat: Tensor, x: Tensor, scale: float, batch: int, mesh: Mesh) -> Tensor:
-    """This rank's share of scale * E_B ||x - x̂||^2; x, x_hat (B_r, d), ``batch`` = B."""
-    if mesh.data_shards == 1:
-        return losses.scaled_mse(x_hat, x, scale)
+def mse_share(x_hat: Tensor, x: Tensor, scale: float, batch: int) -> Tensor:
+    """This rank's share of scale * E_B ||x - x̂||^2; x, x_hat (B_r, d), ``batch`` = B (with one replica,
+    B_r = B and this is :func:`saescale.losses.scaled_mse` exactly)."""
     return losses.squared_error(x_hat, x) * (scale / batch)
 
 

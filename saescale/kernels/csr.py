@@ -51,9 +51,14 @@ def latent_major(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_cols: 
     return LatentMajor(_csr(crow, cols[order], values[order], (n, n_cols)), order)
 
 
-def latent_major_csr(latents: Tensor, cols: Tensor, values: Tensor, n: int, n_cols: int) -> Tensor:
-    """The CSR of :func:`latent_major` alone."""
-    return latent_major(latents, cols, values, n, n_cols).S
+def codes_csr(latents: Tensor, values: Tensor, widths: list[int], B: int, n: int) -> LatentMajor:
+    """The latent-major CSR (n, S B) of S codes over the same B tokens, from their entries flattened
+    code-major (code s is (B, widths[s]), row-major): code s's entries go to columns s B .. s B + B - 1,
+    S[i_s[b, j], s B + b] = v_s[b, j], so no (latent, column) pair repeats (cuSPARSE requires it, and a
+    latent can be in two codes of one token)."""
+    cols = torch.cat([torch.arange(B, device=latents.device).repeat_interleave(w) + s * B
+                      for s, w in enumerate(widths)])
+    return latent_major(latents, cols, values, n, B * len(widths))
 
 
 def latent_major_dots(lm: LatentMajor, W: Tensor, Y: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from saescale.kernels.csr import LatentMajor, latent_major, latent_major_dots, rowwise_dots, sparse_matmul
+from saescale.kernels.csr import codes_csr, latent_major_dots, rowwise_dots, sparse_matmul
 from saescale.threads import one_thread
 from saescale.sae.base import SparseCode
 
@@ -45,34 +45,23 @@ class SparseDecode(torch.autograd.Function):
         values, indices = flat[0::2], flat[1::2]
         live = [s for s, g in enumerate(grads) if g is not None and indices[s].shape[1] > 0]
         need_v = [s for s in live if ctx.needs_input_grad[1 + 2 * s]]
-        dv: dict[int, Tensor] = {}
-        dW = None
+        dW, dv = None, {}
         if live and (ctx.needs_input_grad[0] or need_v):
             G = grads[live[0]] if len(live) == 1 else torch.cat([grads[s] for s in live])  # (S B, d), no lone copy
-            lm = _pattern(W_dec.shape[0], [values[s] for s in live], [indices[s] for s in live])
+            with one_thread():  # index bookkeeping on small tensors
+                lm = codes_csr(torch.cat([indices[s].reshape(-1) for s in live]),
+                               torch.cat([values[s].reshape(-1) for s in live]),
+                               [indices[s].shape[1] for s in live], grads[live[0]].shape[0], W_dec.shape[0])
             dW = sparse_matmul(lm.S, G) if ctx.needs_input_grad[0] else None
-            if need_v and not W_dec.is_cuda:  # one latent-major sampled matmul for every code
-                dots, start = latent_major_dots(lm, W_dec, G), 0
-                for s in live:
-                    size = indices[s].numel()
-                    dv[s] = dots[start:start + size].view_as(indices[s])
-                    start += size
-            for s in need_v:  # CUDA: the token-major sampled matmul, as verified there
-                if s not in dv:
-                    dv[s] = rowwise_dots(grads[s], W_dec, indices[s])
+            if need_v and W_dec.is_cuda:  # the token-major sampled matmul, as verified there
+                dv = {s: rowwise_dots(grads[s], W_dec, indices[s]) for s in need_v}
+            elif need_v:  # one latent-major sampled matmul for every code, split back per code
+                dots = latent_major_dots(lm, W_dec, G).split([indices[s].numel() for s in live])
+                dv = {s: d.view_as(indices[s]) for s, d in zip(live, dots)}
         out: list[Tensor | None] = [dW]
         for s in range(len(values)):
             out += [dv.get(s) if s in need_v else None, None]
         return tuple(out)
-
-
-def _pattern(n: int, values: list[Tensor], indices: list[Tensor]) -> LatentMajor:
-    """S, the CSR (n, S B) with S[i_s[b,j], s B + b] = v_s[b, j]: dW_dec = S @ cat(grads)."""
-    B = values[0].shape[0]
-    with one_thread():  # index bookkeeping on small tensors
-        cols = [torch.arange(B, device=v.device).repeat_interleave(v.shape[1]) + s * B for s, v in enumerate(values)]
-        return latent_major(torch.cat([i.reshape(-1) for i in indices]), torch.cat(cols),
-                            torch.cat([v.reshape(-1) for v in values]), n, B * len(values))
 
 
 def sparse_decode(W_dec: Tensor, codes: list[SparseCode]) -> list[Tensor]:

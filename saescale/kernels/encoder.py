@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from saescale.kernels.csr import latent_major_csr, sparse_matmul
+from saescale.kernels.csr import codes_csr, sparse_matmul
 from saescale.kernels.select import DEFAULT_CHUNK, Selection, select_topk
 from saescale.threads import one_thread
 
@@ -55,21 +55,20 @@ class FusedTopKEncode(torch.autograd.Function):
         with one_thread():  # index bookkeeping on small tensors
             g = torch.cat([p[0] for p in pairs], dim=1)  # (B, E/B)
             i = torch.cat([p[1] for p in pairs], dim=1)
-            latents = torch.cat([p[1].reshape(-1) for p in pairs])  # code-major, as the columns below
+            latents = torch.cat([p[1].reshape(-1) for p in pairs])  # code-major, as codes_csr wants
             values = torch.cat([p[0].reshape(-1) for p in pairs])
-            # code s's entries go to columns s B .. s B + B - 1 of S (n, S B): no (latent, column) twice,
-            # which cuSPARSE requires (a latent can be in the main code and the AuxK code of a token)
-            tokens = torch.cat([torch.arange(B, device=i.device).repeat_interleave(p[1].shape[1]) + s * B
-                                for s, p in enumerate(pairs)])
-            S = latent_major_csr(latents, tokens, values, n, B * len(pairs)) if need_W else None
+            S = codes_csr(latents, values, [p[1].shape[1] for p in pairs], B, n).S if need_W else None
             db = g.new_zeros(n).index_add_(0, latents, values) if need_b or need_pre else None
         dW = sparse_matmul(S, x_c if len(pairs) == 1 else torch.cat([x_c] * len(pairs))) if need_W else None
         dx = F.embedding_bag(i, W_enc, per_sample_weights=g, mode="sum") if need_x else None  # (B, d)
         d_pre = None
         if need_pre:  # -sum_b dx_c[b] = -db W_enc: reads min(n, E) rows of W_enc, not E
-            d_pre = -(dx.sum(0) if dx is not None else
-                      torch.mv(W_enc.T, db) if n <= values.numel() else
-                      F.embedding_bag(latents[None], W_enc, per_sample_weights=values[None], mode="sum")[0])
+            if dx is not None:
+                d_pre = -dx.sum(0)
+            elif n <= values.numel():
+                d_pre = -torch.mv(W_enc.T, db)
+            else:
+                d_pre = -F.embedding_bag(latents[None], W_enc, per_sample_weights=values[None], mode="sum")[0]
         return dx, d_pre, dW, (db if need_b else None), None, None, None, None
 
 
