@@ -19,11 +19,11 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-import types
 import typing
 from functools import lru_cache
 from typing import Any, Literal, get_args, get_origin
 
+from saescale.configs import field_default, unwrap_optional
 from saescale.errors import SaescaleError
 
 
@@ -55,14 +55,6 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
 def _none_or(conv):
     def parse(s: str):
         return None if s.lower() in ("none", "") else conv(s)
@@ -80,14 +72,6 @@ def _leaf_fields(cls: type, prefix: tuple[str, ...] = ()):
             yield from _leaf_fields(tp, prefix + (f.name,))
         else:
             yield prefix + (f.name,), f, tp, cls
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,9 +98,9 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
             groups[owner] = parser.add_argument_group(owner.__name__, (inspect.getdoc(owner) or "").split("\n\n")[0])
         group = groups[owner]
         help_ = field_docs(owner).get(f.name, "").replace("%", "%%")
-        default = _default(f)
+        default = field_default(f)
         dest = ".".join(path)
-        base, optional = _unwrap_optional(tp)
+        base, optional = unwrap_optional(tp)
         kwargs: dict[str, Any] = {"dest": dest, "help": help_, "default": default}
         if default is dataclasses.MISSING:
             kwargs.pop("default")
@@ -155,7 +139,7 @@ def _construct(cls: type, values: dict[str, Any], prefix: tuple[str, ...] = ()) 
             kwargs[f.name] = _construct(tp, values, path)
         else:
             v = values[".".join(path)]
-            if get_origin(_unwrap_optional(tp)[0]) is tuple and isinstance(v, list):
+            if get_origin(unwrap_optional(tp)[0]) is tuple and isinstance(v, list):
                 v = tuple(v)
             kwargs[f.name] = v
     return cls(**kwargs)
@@ -168,61 +152,3 @@ def parse_config(cls: type, argv: list[str], prog: str) -> Any:
         return _construct(cls, vars(ns))
     except (TypeError, ValueError) as e:
         raise SaescaleError(f"invalid option value: {e} (see '{prog} --help')") from None
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) dataclass config."""
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(cls: type, data: dict[str, Any], what: str = "config", strict: bool = False) -> Any:
-    """Rebuild a (nested) dataclass from a dict, with one-line errors for missing/unknown/wrong fields.
-
-    ``strict``: every field must be present (a file we wrote has them all), defaults are not filled in.
-    """
-    if not isinstance(data, dict):
-        raise SaescaleError(f"{what}: expected a JSON object, got {type(data).__name__}")
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SaescaleError(f"{what}: unknown field(s) {', '.join(unknown)}; remove them or upgrade saescale")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if strict or _default(f) is dataclasses.MISSING:
-                raise SaescaleError(f"{what}: missing required field '{f.name}'")
-            continue
-        tp = hints[f.name]
-        v = data[f.name]
-        if dataclasses.is_dataclass(tp):
-            v = config_from_dict(tp, v, f"{what}.{f.name}", strict)
-        else:
-            v = _check_type(v, tp, f"{what}.{f.name}")
-        kwargs[f.name] = v
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise SaescaleError(f"{what}: {e}") from None
-
-
-def _check_type(v: Any, tp: Any, where: str) -> Any:
-    base, optional = _unwrap_optional(tp)
-    if v is None:
-        if optional:
-            return None
-        raise SaescaleError(f"{where}: must not be null")
-    origin = get_origin(base)
-    if origin is Literal:
-        if v not in get_args(base):
-            raise SaescaleError(f"{where}: {v!r} is not one of {list(get_args(base))}")
-        return v
-    if origin in (tuple, list):
-        if not isinstance(v, list):
-            raise SaescaleError(f"{where}: expected a list, got {type(v).__name__}")
-        return tuple(v) if origin is tuple else list(v)
-    if base is float and isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
-    if base in (int, float, str, bool) and (type(v) is not base):
-        raise SaescaleError(f"{where}: expected {base.__name__}, got {type(v).__name__} {v!r}")
-    return v

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from saescale.atomic import atomic_write_json
-from saescale.cliargs import config_to_dict
+from saescale.configs import config_to_dict
 from saescale.errors import SaescaleError
 
 ALL_METRICS = ("recon", "downstream", "probes", "n2g", "ablation", "refine", "progressive")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saescale.atomic import atomic_write_json
-from saescale.cliargs import config_to_dict
+from saescale.configs import config_to_dict
 from saescale.errors import SaescaleError
 
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import torch
 
 from saescale.activations.config import ActivationConfig
-from saescale.cliargs import config_to_dict
+from saescale.configs import config_to_dict
 from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
 from saescale.distributed.config import DistConfig

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from saescale.atomic import atomic_write_json
-from saescale.cliargs import config_to_dict
+from saescale.configs import config_to_dict
 from saescale.distributed.mesh import Mesh, error_reason
 from saescale.distributed.sharded_sae import LatentShard, row_sharded
 from saescale.errors import SaescaleError

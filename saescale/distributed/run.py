@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from saescale.atomic import atomic_write_json
-from saescale.cliargs import config_from_dict
+from saescale.configs import config_from_dict
 from saescale.data.source import BatchSource
 from saescale.distributed.checkpoint import is_dist_checkpoint, load_dist_checkpoint, read_dist_meta
 from saescale.distributed.data import DataParallelSlice

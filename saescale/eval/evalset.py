@@ -24,7 +24,7 @@ from saescale.activations.corpus import SPLIT_SEED, load_documents, split_docume
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.hooks import default_hook, hook_width
 from saescale.activations.lm import load_model
-from saescale.cliargs import config_from_dict
+from saescale.configs import config_from_dict
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.io import load_sae, read_cfg

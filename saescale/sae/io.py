@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from saescale.atomic import atomic_save_safetensors, atomic_write_json, fsync_dir
-from saescale.cliargs import config_from_dict, config_to_dict
+from saescale.configs import config_from_dict, config_to_dict
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from saescale.activations.config import ActivationConfig
-from saescale.cliargs import config_from_dict, config_to_dict
+from saescale.configs import config_from_dict, config_to_dict
 from saescale.data.synthetic import SyntheticConfig
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from saescale.atomic import atomic_write_json
-from saescale.cliargs import config_to_dict
+from saescale.configs import config_to_dict
 from saescale.data.source import BatchSource
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder

@@ -1,0 +1,91 @@
+"""Typed dataclass configs <-> JSON-ready dicts, with one-line errors for a damaged record.
+
+The lowest layer: cfg.json, run.json, checkpoints and sweep specs all go through these two
+functions, and nothing here knows about the command line (:mod:`saescale.cliargs` builds the
+options from the same dataclasses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from saescale.errors import SaescaleError
+
+
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(T, True) for ``T | None``, else (tp, False)."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (calling its factory), or ``dataclasses.MISSING``."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) dataclass config."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type, data: dict[str, Any], what: str = "config", strict: bool = False) -> Any:
+    """Rebuild a (nested) dataclass from a dict, with one-line errors for missing/unknown/wrong fields.
+
+    ``strict``: every field must be present (a file we wrote has them all), defaults are not filled in.
+    """
+    if not isinstance(data, dict):
+        raise SaescaleError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SaescaleError(f"{what}: unknown field(s) {', '.join(unknown)}; remove them or upgrade saescale")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if strict or field_default(f) is dataclasses.MISSING:
+                raise SaescaleError(f"{what}: missing required field '{f.name}'")
+            continue
+        tp = hints[f.name]
+        v = data[f.name]
+        if dataclasses.is_dataclass(tp):
+            v = config_from_dict(tp, v, f"{what}.{f.name}", strict)
+        else:
+            v = _check_type(v, tp, f"{what}.{f.name}")
+        kwargs[f.name] = v
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SaescaleError(f"{what}: {e}") from None
+
+
+def _check_type(v: Any, tp: Any, where: str) -> Any:
+    base, optional = unwrap_optional(tp)
+    if v is None:
+        if optional:
+            return None
+        raise SaescaleError(f"{where}: must not be null")
+    origin = get_origin(base)
+    if origin is Literal:
+        if v not in get_args(base):
+            raise SaescaleError(f"{where}: {v!r} is not one of {list(get_args(base))}")
+        return v
+    if origin in (tuple, list):
+        if not isinstance(v, list):
+            raise SaescaleError(f"{where}: expected a list, got {type(v).__name__}")
+        return tuple(v) if origin is tuple else list(v)
+    if base is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if base in (int, float, str, bool) and (type(v) is not base):
+        raise SaescaleError(f"{where}: expected {base.__name__}, got {type(v).__name__} {v!r}")
+    return v
