@@ -21,7 +21,7 @@ from pathlib import Path
 
 from saescale.activations.cache import CacheReader, build_cache
 from saescale.activations.config import ActivationConfig
-from saescale.commands.train import cache_provenance, heldout_batches
+from saescale.activations.sources import cache_provenance, heldout_batches
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig

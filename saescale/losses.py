@@ -25,22 +25,27 @@ def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
     return F.mse_loss(x_hat, x, reduction="sum")
 
 
-def scaled_mse(x_hat: Tensor, x: Tensor, scale: float) -> Tensor:
-    """scale * E_b ||x - x̂||^2 with a constant scale (1 / E||x - E x||^2 from a data sample).
+def scaled_mse(x_hat: Tensor, x: Tensor, scale: float, batch: int | None = None) -> Tensor:
+    """scale * sum_b ||x_b - x̂_b||^2 / B with a constant scale (1 / E||x - E x||^2 from a data sample).
 
     The main training loss: the same as nMSE but with a denominator fixed once,
-    not recomputed per batch (PAPER.md, 'Optimiser and schedule').
+    not recomputed per batch (PAPER.md, 'Optimiser and schedule'). B = ``batch``, the global
+    batch, when x holds one data-parallel rank's rows of it (then the ranks' values sum to the
+    loss on the whole batch); x.shape[0] by default.
     """
-    return squared_error(x_hat, x) * (scale / x.shape[0])
+    return squared_error(x_hat, x) * (scale / (batch or x.shape[0]))
 
 
-def auxk_loss(e_hat: Tensor, e: Tensor) -> Tensor:
-    """L_aux = ||e - ê||^2 / ||e - mean_b e||^2, 0 when NaN (no dead latents / constant e).
+def auxk_loss(e_hat: Tensor, e: Tensor, var: Tensor | None = None) -> Tensor:
+    """L_aux = ||e - ê||^2 / V, V = sum_b ||e_b - mean_B e||^2; 0 when NaN/inf (no dead latents, constant e).
 
-    e = x - x̂ is the main model's residual (no gradient through it); ê is the
-    reconstruction of e from the top-k_aux dead latents (decoder without bias).
+    e = x - x̂ is the main model's residual (no gradient through it, nor through V); ê is the
+    reconstruction of e from the top-k_aux dead latents (decoder without bias). ``var`` is V
+    over the global batch when e holds one data-parallel rank's rows (see
+    :func:`saescale.distributed.collectives.centered_sq_sum`); by default V is e's own.
     """
-    return torch.nan_to_num(normalized_mse(e_hat, e.detach()), nan=0.0, posinf=0.0)
+    ratio = normalized_mse(e_hat, e.detach()) if var is None else squared_error(e_hat, e.detach()) / var.to(e.dtype)
+    return torch.nan_to_num(ratio, nan=0.0, posinf=0.0)
 
 
 def multi_topk_loss(loss_k: Tensor, loss_4k: Tensor) -> Tensor:

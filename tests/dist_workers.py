@@ -21,12 +21,11 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
-from saescale.distributed.config import DistConfig
-from saescale.distributed.mesh import check_layout, init_mesh
-from saescale.distributed.run import train_sae_distributed
+from saescale.distributed.mesh import DistConfig, check_layout, init_mesh
 from saescale.distributed.sharded_topk import sharded_topk
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
+from saescale.train.run import train_sae
 
 D, N, K, BATCH, STEPS = 16, 128, 4, 64, 4
 SAE_CFG = SAEConfig(n=N, k=K)  # layernorm inputs
@@ -41,7 +40,7 @@ TRAIN_CFGS = {
 
 
 def source() -> SyntheticSource:
-    return SyntheticSource(SyntheticConfig(synth_d=D, synth_features=64, synth_k=4))
+    return SyntheticSource(SyntheticConfig(d=D, features=64, k=4))
 
 
 def tie_pre(B: int = 32, n: int = N, seed: int = 0) -> torch.Tensor:
@@ -98,14 +97,14 @@ def train_layouts(rank: int, world: int, tmp: str, shard_counts: list[int]) -> N
     for shards in shard_counts:
         mesh = _mesh(rank, world, shards)
         for name, cfg in TRAIN_CFGS.items():
-            train_sae_distributed(SAE_CFG, cfg, source(), mesh, Path(tmp) / f"{name}-w{world}-l{shards}")
+            train_sae(SAE_CFG, cfg, source(), Path(tmp) / f"{name}-w{world}-l{shards}", mesh=mesh)
 
 
 def resume_layout(rank: int, world: int, tmp: str, shards: int, runs: list[tuple[str, str]]) -> None:
     """Resume each (training setting, rewound run folder tmp/<folder>) under ``shards`` latent shards and finish it."""
     mesh = _mesh(rank, world, shards)
     for name, folder in runs:
-        r = train_sae_distributed(SAE_CFG, TRAIN_CFGS[name], source(), mesh, Path(tmp) / folder)
+        r = train_sae(SAE_CFG, TRAIN_CFGS[name], source(), Path(tmp) / folder, mesh=mesh)
         if rank == 0:
             (Path(tmp) / folder / "resumed.json").write_text(json.dumps({"from": r.resumed_from}))
 
@@ -132,7 +131,7 @@ def train_cache(rank: int, world: int, tmp: str, cache: str) -> None:
     from saescale.activations.cache import CacheReader
 
     mesh = _mesh(rank, world, 1)
-    train_sae_distributed(SAE_CFG, CACHE_CFG, CacheReader(cache, "train", 0), mesh, Path(tmp) / f"cache-w{world}")
+    train_sae(SAE_CFG, CACHE_CFG, CacheReader(cache, "train", 0), Path(tmp) / f"cache-w{world}", mesh=mesh)
 
 
 def train_cuda(rank: int, world: int, tmp: str) -> None:
@@ -143,7 +142,7 @@ def train_cuda(rank: int, world: int, tmp: str) -> None:
         mesh = init_mesh(layout, rank, DistConfig(dist_timeout=60), torch.device("cuda", 0))
         for name, cfg in TRAIN_CFGS.items():
             cfg = dataclasses.replace(cfg, device="cuda")
-            train_sae_distributed(SAE_CFG, cfg, source(), mesh, Path(tmp) / f"{name}-w{world}-l{shards}")
+            train_sae(SAE_CFG, cfg, source(), Path(tmp) / f"{name}-w{world}-l{shards}", mesh=mesh)
 
 
 def train_reference(rank: int, world: int, tmp: str) -> None:
@@ -152,14 +151,14 @@ def train_reference(rank: int, world: int, tmp: str) -> None:
     os.environ["SAESCALE_KERNELS"] = "reference"
     mesh = _mesh(rank, world, world)
     for name, cfg in TRAIN_CFGS.items():
-        train_sae_distributed(SAE_CFG, cfg, source(), mesh, Path(tmp) / f"{name}-w{world}-reference")
+        train_sae(SAE_CFG, cfg, source(), Path(tmp) / f"{name}-w{world}-reference", mesh=mesh)
 
 
 def sharded_grads(rank: int, world: int, tmp: str) -> None:
-    """One forward/backward of ShardedTopK on a float64 SAE with the dead latents all on shard 0, under
+    """One forward/backward of a TopK SAE's shard on a float64 SAE with the dead latents all on shard 0, under
     latent sharding (L = world) and data parallelism (D = world): rank 0 writes loss, x̂ and whole gradients."""
-    from saescale.distributed.init import shard_of
-    from saescale.distributed.sharded_sae import LatentShard, ShardContext
+    from saescale.sae.base import PARAMS, SHARDED, LossContext
+    from saescale.sae.registry import build_sae
     from tests.helpers import make_sae
 
     sae = make_sae("topk", N, K, D, dtype=torch.float64, seed=5)
@@ -168,11 +167,15 @@ def sharded_grads(rank: int, world: int, tmp: str) -> None:
     out = {}
     for shards in (world, 1):
         mesh = _mesh(rank, world, shards)
-        shard = LatentShard(N, shards, mesh.latent_rank)
-        part = shard_of(sae, shard)
+        part = build_sae(sae.cfg, mesh).double()
+        shard = part.shard
+        with torch.no_grad():
+            for name in PARAMS:
+                whole = getattr(sae, name)
+                getattr(part, name).copy_(whole[shard.lo : shard.hi] if name in SHARDED else whole)
         rows = x.chunk(mesh.data_shards)[mesh.data_rank]
-        ctx = ShardContext(dead[shard.lo : shard.hi], 8, 1 / 32, 1.3, True, BATCH)
-        step = part.loss_terms(rows, ctx, mesh)
+        ctx = LossContext(dead[shard.lo : shard.hi], 8, 1 / 32, 1.3, True, 0.0, BATCH)
+        step = part.loss_terms(rows, ctx)
         step.loss.backward()
         for name, p in part.named_parameters():
             mesh.all_reduce(p.grad, "data")

@@ -14,7 +14,8 @@ def make_sae(arch: str = "topk", n: int = 64, k: int = 4, d: int = 16, normalize
              dtype: torch.dtype = torch.float32, seed: int = 0) -> SparseAutoencoder:
     """A randomly initialised SAE (tied init on a Gaussian sample, random encoder bias to break symmetry)."""
     g = torch.Generator().manual_seed(seed)
-    sae = build_sae(SAEConfig(arch=arch, n=n, k=k, d=d, normalize=normalize))
+    scale = 1.0 if normalize == "mean_sq" else None  # mean_sq's scale, as init would estimate it
+    sae = build_sae(SAEConfig(arch=arch, n=n, k=k, d=d, normalize=normalize, norm_scale=scale))
     init_sae(sae, torch.randn(256, d, generator=g), g)
     with torch.no_grad():
         sae.b_enc.copy_(0.1 * torch.randn(n, generator=g))

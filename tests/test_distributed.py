@@ -24,15 +24,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saescale.activations.cache import CacheReader, build_cache
+from saescale.activations.cache import CacheReader, build_cache, built_cache
 from saescale.activations.config import ActivationConfig
 from saescale.cli import main as cli_main
-from saescale.distributed.data import built_cache
-from saescale.distributed.init import randn_rows
 from saescale.distributed.mesh import Mesh, check_layout
-from saescale.distributed.run import train_sae_distributed
 from saescale.distributed.sharded_topk import merge_candidates, stable_topk
 from saescale.errors import SaescaleError
+from saescale.train.init import randn_rows
 from saescale.train.run import train_sae
 from tests import dist_workers as W
 
@@ -72,7 +70,7 @@ def runs(tmp_path_factory) -> Path:
         W.rewind(tmp / f"{name}-w4-l2", tmp / f"{name}-w4l2-to-w1", step=2)
     W.launch(4, "resume_layout", str(tmp), 4, [(name, f"{name}-w4l2-to-w4l4") for name in W.TRAIN_CFGS])
     for name, cfg in W.TRAIN_CFGS.items():  # one process, no process group, reads the 4-rank checkpoint whole
-        r = train_sae_distributed(W.SAE_CFG, cfg, W.source(), Mesh.single(), tmp / f"{name}-w4l2-to-w1")
+        r = train_sae(W.SAE_CFG, cfg, W.source(), tmp / f"{name}-w4l2-to-w1", mesh=Mesh.single())
         (tmp / f"{name}-w4l2-to-w1" / "resumed.json").write_text(json.dumps({"from": r.resumed_from}))
     for world in (2, 4):
         W.launch(world, "topk_ties", str(tmp))

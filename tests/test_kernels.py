@@ -150,7 +150,7 @@ def test_one_adam_step_gives_the_same_weights(multi, n_dead, monkeypatch):
         monkeypatch.setenv("SAESCALE_KERNELS", kernels)
         sae = make_sae("topk", 512, 8, 16)
         sae.kernel_chunk = 128
-        opt = make_optimizer(list(sae.parameters()), TrainConfig(), 1e-3)
+        opt = make_optimizer(list(sae.parameters()), TrainConfig(lr=1e-3))
         sae.loss_terms(x, ctx(512, n_dead, multi)).loss.backward()
         sae.project_decoder_grad()
         opt.step()

@@ -1,40 +1,60 @@
-"""Several SAEs on one pass over the data get exactly the weights they get alone."""
+"""Several SAEs on one pass over the data (the sweep runner) get exactly the weights they get alone."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from saescale.data.synthetic import SyntheticConfig, SyntheticSource
+from saescale.data.synthetic import SyntheticSource
 from saescale.errors import SaescaleError
-from saescale.sae.config import SAEConfig
-from saescale.train.config import TrainConfig
+from saescale.sweep.runner import run_sweep
+from saescale.sweep.spec import load_spec
 from saescale.train.run import train_sae
-from saescale.train.together import train_together
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+SPEC = """
+[sweep]
+source = "synthetic"
+heldout_tokens = 256
+curve_points = 2
+[grid]
+arch = ["topk", "relu"]
+tokens = [1280, 1920]
+[sae]
+n = 64
+k = 4
+normalize = "none"
+[train]
+batch_size = 64
+init_tokens = 64
+lr = 1e-3
+[synthetic]
+d = 16
+features = 48
+k = 3
+"""
 
-def test_members_match_separate_runs_and_data_is_read_once():
-    src = SyntheticSource(SyntheticConfig(synth_d=16, synth_features=48, synth_k=3))
+
+def test_members_match_separate_runs_and_data_is_read_once(tmp_path, monkeypatch):
+    (tmp_path / "s.toml").write_text(SPEC)
+    spec = load_spec(tmp_path / "s.toml")
+    spec.settings.out = str(tmp_path / "sweep")
     reads = []
-    batch = src.batch
-    src.batch = lambda bs, i: (reads.append(i), batch(bs, i))[1]  # count batch reads, data unchanged
-    members = [
-        (SAEConfig(n=64, k=4, normalize="none"), TrainConfig(tokens=64 * 30, batch_size=64, progress=False, init_tokens=64)),
-        (SAEConfig(n=96, k=2, normalize="none"), TrainConfig(tokens=64 * 20, batch_size=64, progress=False, init_tokens=64, seed=3)),
-        (SAEConfig(arch="relu", n=32, normalize="none"), TrainConfig(tokens=64 * 30, batch_size=64, progress=False, init_tokens=64, lr=1e-3)),
-    ]
-    together = train_together(members, src, progress=False)
-    training_reads = len(reads) - 3  # each member's init reads batch 0 once
-    assert training_reads == 30
-    for (sae_cfg, cfg), (sae, metrics) in zip(members, together):
-        alone = train_sae(sae_cfg, cfg, src).sae
+    batch = SyntheticSource.batch  # count training-stream batch reads, data unchanged
+    monkeypatch.setattr(SyntheticSource, "batch",
+                        lambda self, bs, i: (reads.append(i) if self.stream == 0 else None, batch(self, bs, i))[1])
+    results = run_sweep(spec)
+    assert len(reads) - len(spec.members) == 30  # each member's init reads batch 0 once; the longest budget: 30 steps
+    monkeypatch.undo()
+    for m, r in zip(spec.members, results):
+        alone = train_sae(m.sae, m.train, SyntheticSource(spec.synthetic)).sae
+        got = load_file(str(tmp_path / "sweep" / m.id / "sae" / "sae.safetensors"))
         for name in ("W_enc", "b_enc", "W_dec", "b_pre"):
-            assert torch.equal(getattr(sae, name), getattr(alone, name)), name
-        assert metrics["l0"] > 0 and torch.isfinite(torch.tensor(metrics["loss"]))
+            assert torch.equal(got[name], getattr(alone, name).detach()), (m.id, name)
+        assert r["l0"] > 0 and torch.isfinite(torch.tensor(r["loss"]))
 
 
-def test_members_must_share_the_batch_size():
-    src = SyntheticSource(SyntheticConfig(synth_d=16, synth_features=48, synth_k=3))
-    members = [(SAEConfig(n=64, k=4), TrainConfig(batch_size=64)), (SAEConfig(n=64, k=4), TrainConfig(batch_size=32))]
-    with pytest.raises(SaescaleError, match="share --batch-size"):
-        train_together(members, src, progress=False)
+def test_members_must_share_the_batch_size(tmp_path):
+    (tmp_path / "s.toml").write_text(SPEC.replace('arch = ["topk", "relu"]', "batch_size = [64, 32]"))
+    with pytest.raises(SaescaleError, match="share batch_size"):
+        load_spec(tmp_path / "s.toml")

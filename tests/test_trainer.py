@@ -40,3 +40,23 @@ def test_backward_outside_a_training_step_does_not_touch_the_weights():
     sae.loss_terms(torch.randn(32, 16), ctx).loss.backward()
     assert torch.equal(sae.W_dec.detach(), before)
     assert sae.W_dec.grad is not None  # an ordinary gradient, left for the user
+
+
+def test_trained_sae_holds_no_hook_and_keeps_no_trainer_alive():
+    """Before: the early-decoder-step hook stayed on W_dec, so the returned SAE kept the trainer and Adam alive."""
+    import gc
+    import weakref
+
+    from saescale.data.synthetic import SyntheticConfig, SyntheticSource
+    from saescale.sae.config import SAEConfig
+    from saescale.train.run import new_trainer
+
+    src = SyntheticSource(SyntheticConfig(d=16, features=32, k=2))
+    cfg = TrainConfig(tokens=64 * 3, batch_size=64, progress=False, init_tokens=128)
+    trainer = new_trainer(SAEConfig(n=64, k=4, normalize="none"), cfg, src, None)
+    trainer.fit(src.batches(64))
+    sae, alive = trainer.final_sae(), weakref.ref(trainer)
+    del trainer
+    gc.collect()
+    assert alive() is None
+    assert not sae.W_dec._post_accumulate_grad_hooks and all(p.grad is None for p in sae.parameters())

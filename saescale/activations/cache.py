@@ -4,8 +4,8 @@ Format and checks: :mod:`saescale.activations.manifest`; writer: :mod:`~saescale
 reader: :mod:`~saescale.activations.cache_read`.
 """
 
-from saescale.activations.cache_read import CacheReader
+from saescale.activations.cache_read import CacheReader, built_cache
 from saescale.activations.cache_write import build_cache
 from saescale.activations.manifest import default_cache_dir
 
-__all__ = ["CacheReader", "build_cache", "default_cache_dir"]
+__all__ = ["CacheReader", "build_cache", "built_cache", "default_cache_dir"]

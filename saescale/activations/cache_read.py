@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import SPLITS
 from saescale.activations.manifest import (
     META_KEYS, REBUILD, STATS, TORCH_DTYPES, open_shard, raw_dtype, read_manifest, shard_problem, sha256_file, to_torch,
@@ -188,3 +189,26 @@ class CacheReader:
             parts.append({k: v[: limit - have] for k, v in shard.items()})
             have += len(parts[-1]["acts"])
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def built_cache(cfg: ActivationConfig) -> Path:
+    """The folder of the complete activation cache for ``cfg``, checked against ``cfg`` without the
+    writer's lock (all ranks of a distributed run open it at once; harvesting is one process's job,
+    ``saescale cache``); a one-line error when it is missing or unfinished."""
+    from saescale.activations.lm import model_fingerprint
+    from saescale.activations.manifest import (
+        MANIFEST,
+        check_compatible,
+        default_cache_dir,
+        read_manifest,
+    )
+
+    folder = Path(cfg.cache_dir or default_cache_dir(cfg)).expanduser()
+    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+    if manifest is None or not manifest["complete"]:
+        raise SaescaleError(
+            f"the activation cache {folder} is not built yet; build it in one process first ('saescale cache' with the "
+            "same --model/--hook/--corpus/--n-tokens... options), then launch the distributed run again"
+        )
+    check_compatible(manifest, cfg, model_fingerprint(cfg.model), folder)
+    return folder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,7 +13,7 @@ from saescale.errors import SaescaleError
 class SweepConfig:
     """Train every member of a sweep spec (TOML) on one pass over the activations; rerun to resume."""
 
-    spec: str
+    spec: str = field(metadata={"positional": True})
     """Sweep spec file (TOML): [sweep], [grid], [sae], [train], [activations], [synthetic] tables; see examples/sweep-nk.toml."""
 
     out: str = ""
@@ -38,7 +38,14 @@ def run_sweep_command(cfg: SweepConfig) -> None:
     spec = load_spec(cfg.spec)
     if cfg.out:
         spec.settings.out = cfg.out
-    results = run_sweep(spec, progress=cfg.progress)
+    from saescale.commands.progress import ProgressBar
+
+    total = max(m.train.steps for m in spec.members) * spec.train.batch_size
+    bar = ProgressBar(total, desc=f"sweep ({len(spec.members)} SAEs)", enabled=cfg.progress)
+    try:
+        results = run_sweep(spec, progress=bar, log=bar.write)
+    finally:
+        bar.close()
     print(f"{len(results)} members finished; results in {spec.out / 'results.jsonl'}")
     if cfg.fit and len(results) == len(spec.members):
         from saescale.commands.fit import FitConfig, run_fit

@@ -1,19 +1,27 @@
-"""``saescale train``: pick an activation source, train (or resume) an SAE, report held-out figures."""
+"""``saescale train``: pick an activation source, train (or resume) an SAE, report held-out figures.
+
+The same command is one process or one rank of a distributed run under torchrun (the
+process's place in the mesh comes from torchrun's environment; one process is a one-rank mesh).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from saescale.activations.config import ActivationConfig
-from saescale.configs import config_to_dict
+from saescale.activations.sources import activation_sources, heldout_batches
+from saescale.atomic import atomic_write_json
+from saescale.commands.progress import ProgressBar
 from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
-from saescale.distributed.config import DistConfig
+from saescale.distributed.launch import rank_output, stop_on_sigterm, train_device
+from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, env_ranks, init_mesh
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.base import SparseAutoencoder
@@ -47,45 +55,13 @@ class TrainCommand:
     sae: SAEConfig = field(default_factory=SAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     activations: ActivationConfig = field(default_factory=ActivationConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"prefix": "synth"})
     dist: DistConfig = field(default_factory=DistConfig)
 
 
 def train_sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
-    """(train source, held-out source, provenance recorded with the SAE)."""
-    acts = cmd.run.acts
-    if acts == "synthetic":
-        src = SyntheticSource(cmd.synthetic)
-        return src, src.heldout(), {"source": "synthetic", "synthetic": config_to_dict(cmd.synthetic)}
-    if acts == "stream":
-        from saescale.activations.lm_text import load_lm_text
-        from saescale.activations.stream import StreamSource
-
-        a, seed = cmd.activations, cmd.train.seed
-        lt = load_lm_text(a)  # one model load and one tokenisation for both splits
-        return (StreamSource(a, "train", seed, lm_text=lt), StreamSource(a, "val", seed, lm_text=lt),
-                {"source": "stream", "activations": config_to_dict(a)})
-    from saescale.activations.cache import CacheReader, build_cache
-
-    path = Path(acts) if acts != "cache" else build_cache(cmd.activations)
-    if not path.exists():
-        raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
-    train = CacheReader(path, "train", cmd.train.seed)
-    return train, CacheReader(path, "val", cmd.train.seed), cache_provenance(train)
-
-
-def cache_provenance(reader: Any) -> dict[str, Any]:
-    """What an SAE trained on a cache records about its data: the cache folder and the activation
-    settings (hook resolved, e.g. 'layers.20'), so evaluation can rerun the same model and corpus."""
-    acts = {**reader.manifest.get("config", {}), "hook": reader.manifest["hook"]}
-    return {"source": "cache", "cache": str(reader.path), "activations": acts}
-
-
-def heldout_batches(held: BatchSource, tokens: int, batch_size: int) -> Iterable[torch.Tensor]:
-    """Up to ``tokens`` held-out tokens, each once: a cache's split read in order, or a stream's first batches."""
-    if hasattr(held, "read_all"):
-        return held.read_all(max_tokens=tokens)["acts"].split(batch_size)
-    return islice(held.batches(batch_size), max(1, tokens // batch_size))
+    """(train source, held-out source, provenance recorded with the SAE) for ``--acts``."""
+    return activation_sources(cmd.run.acts, cmd.activations, cmd.synthetic, cmd.train.seed)
 
 
 def default_out(cmd: TrainCommand) -> Path:
@@ -94,21 +70,36 @@ def default_out(cmd: TrainCommand) -> Path:
 
 
 def run_train(cmd: TrainCommand) -> dict[str, float]:
-    """Train, then print and return held-out metrics (and the recovered-feature score on synthetic data).
-
-    Under torchrun (or with --latent-shards > 1, or resuming a distributed run) every process runs
-    this as one rank of a distributed run: see :mod:`saescale.distributed.launch`.
-    """
+    """Train as this process's rank (rank 0 of 1 without torchrun), then print and return held-out
+    metrics (and the recovered-feature score on synthetic data) on rank 0."""
     if cmd.run.threads > 0:
         torch.set_num_threads(cmd.run.threads)
     out = Path(cmd.run.out) if cmd.run.out else default_out(cmd)
-    from saescale.distributed.launch import run_train_distributed, wants_distributed
+    rank, world, local_rank = env_ranks()
+    try:
+        layout = check_layout(world, cmd.dist.latent_shards, cmd.sae.n, cmd.train.batch_size, cmd.sae.arch)
+        device = train_device(cmd.train.device, local_rank, world)
+        cfg = dataclasses.replace(cmd.train, device=str(device))
+        if world > 1 and cmd.run.acts == "cache":  # open the built cache; never harvest in several processes
+            from saescale.activations.cache import built_cache
 
-    if wants_distributed(cmd.dist, out):
-        return run_train_distributed(cmd, out)
-    src, held, extra = train_sources(cmd)
-    result = train_sae(cmd.sae, cmd.train, src, out, extra)
-    return heldout_report(cmd, result.sae, src, held, out)
+            cmd = dataclasses.replace(cmd, run=dataclasses.replace(cmd.run, acts=str(built_cache(cmd.activations))))
+        with rank_output(rank), stop_on_sigterm(rank, world):
+            src, held, extra = train_sources(cmd)
+            mesh = init_mesh(layout, rank, cmd.dist, device)
+            bar = ProgressBar(cfg.steps * cfg.batch_size, enabled=cfg.progress and rank == 0)
+            try:
+                result = train_sae(cmd.sae, cfg, src, out, extra, mesh, [bar], log=bar.write)
+            finally:
+                bar.close()
+                close_mesh(mesh)
+            return heldout_report(cmd, result.sae, src, held, out) if result.sae is not None else {}
+    except SaescaleError as e:
+        if world > 1 and not str(e).startswith("rank "):
+            raise type(e)(f"rank {rank} of {world}: {e}") from None
+        raise
+    finally:
+        sys.stdout.flush()
 
 
 def heldout_report(cmd: TrainCommand, sae: SparseAutoencoder, src: BatchSource, held: BatchSource,
@@ -119,8 +110,6 @@ def heldout_report(cmd: TrainCommand, sae: SparseAutoencoder, src: BatchSource, 
     if isinstance(src, SyntheticSource):
         mmc, frac = feature_recovery(sae.W_dec.detach().cpu(), src.features)
         report.update(mean_max_cos=mmc, recovered_frac=frac)
-    from saescale.atomic import atomic_write_json
-
     atomic_write_json(out / "eval.json", {"heldout": report, "eval_tokens": report["tokens"], "seed": cmd.train.seed})
     line = (f"held-out nMSE {report['nmse']:.4f} | L0 {report['l0']:.1f} | dead {report['dead_frac']:.2%} "
             f"({report['tokens']:,} tokens)")

@@ -11,6 +11,9 @@ its own rows only, and every rank computes the same loss from the summed result:
                                                                             already holds dL/dy)
 
 With one latent shard both are the identity and add no autograd node.
+
+:func:`centered_sq_sum` is the one batch statistic a data-parallel loss needs over the whole
+global batch (the AuxK denominator, see :func:`saescale.losses.auxk_loss`).
 """
 
 from __future__ import annotations
@@ -51,3 +54,11 @@ def copy_to_shards(x: Tensor, mesh: Mesh) -> Tensor:
 def sum_over_shards(p: Tensor, mesh: Mesh) -> Tensor:
     """sum over the latent group of each rank's partial p (any shape); the gradient passes through."""
     return p if mesh.latent_shards == 1 else _SumOverShards.apply(p, mesh)
+
+
+def centered_sq_sum(x: Tensor, batch: int, mesh: Mesh) -> Tensor:
+    """sum over the global batch (``batch`` rows on the data group) of ||x_b - mean_B x||^2, from this
+    rank's rows x (B_r, d); no gradient; () float64, with two all-reduces (the mean, then the sum)."""
+    x = x.detach().double()
+    mean = mesh.all_reduce(x.sum(0), "data") / batch  # (d,)
+    return mesh.all_reduce((x - mean).pow(2).sum(), "data")

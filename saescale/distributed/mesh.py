@@ -22,16 +22,55 @@ import datetime
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from saescale.distributed.config import DistConfig
 from saescale.errors import SaescaleError
 
 Dim = Literal["data", "latent", "world"]
+
+
+@dataclass
+class DistConfig:
+    """Distributed training (launch with torchrun; a single process ignores these unless --latent-shards > 1)."""
+
+    latent_shards: int = 1
+    """Split the latents (rows of W_enc and W_dec, b_enc, their Adam moments and dead-latent counters) over this many processes; the world size divided by it is the number of data-parallel replicas. 1 = data parallel only."""
+
+    dist_timeout: float = 300.0
+    """Seconds a process waits for the others in a collective before it gives up with an error (a rank that died or hung)."""
+
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend: 'auto' = nccl on CUDA, gloo on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.latent_shards < 1:
+            raise SaescaleError(f"--latent-shards must be at least 1, got {self.latent_shards}")
+        if not self.dist_timeout > 0:
+            raise SaescaleError(f"--dist-timeout must be positive, got {self.dist_timeout}")
+
+
+class LatentShard(NamedTuple):
+    """Latents [lo, hi) of n, shard ``index`` of ``shards`` (n divisible by shards)."""
+
+    n: int
+    shards: int
+    index: int
+
+    @property
+    def size(self) -> int:
+        return self.n // self.shards
+
+    @property
+    def lo(self) -> int:
+        return self.index * self.size
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.size
 
 
 class RankLost(SaescaleError):
@@ -122,6 +161,10 @@ class Mesh:
 
     def size(self, dim: Dim) -> int:
         return {"data": self.data_shards, "latent": self.latent_shards, "world": self.world}[dim]
+
+    def shard(self, n: int) -> LatentShard:
+        """This rank's latents of an SAE with n latents (all of them in one process)."""
+        return LatentShard(n, self.latent_shards, self.latent_rank)
 
     # ---- guarded collectives --------------------------------------------
     @contextmanager

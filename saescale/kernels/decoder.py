@@ -17,6 +17,8 @@ gradient, not one per code (at n = 2^20 each is 2.4 GB).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,7 +26,18 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from saescale.kernels.csr import codes_csr, latent_major_dots, rowwise_dots, sparse_matmul
 from saescale.threads import one_thread
-from saescale.sae.base import SparseCode
+
+
+class SparseCode(NamedTuple):
+    """A sparse latent code: row b has latents ``indices[b]`` with ``values[b]`` (zeros allowed)."""
+
+    values: Tensor  # (B, k) float
+    indices: Tensor  # (B, k) int64
+
+    def to_dense(self, n: int) -> Tensor:
+        """(B, n) dense code (for references and small analyses only)."""
+        out = self.values.new_zeros(self.values.shape[0], n)
+        return out.scatter_add(1, self.indices, self.values)
 
 
 class SparseDecode(torch.autograd.Function):

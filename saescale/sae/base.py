@@ -12,6 +12,11 @@ x_n is the normalised input (see :mod:`saescale.sae.normalize`). Codes are kept
 sparse as :class:`SparseCode` (values, indices), each (B, k); decoding is a
 gather-sum over the k active decoder rows (``F.embedding_bag``), so neither the
 forward nor the gradient ever forms a dense (B, n) code.
+
+Every SAE lives on a :class:`~saescale.distributed.mesh.Mesh` (one process: ``Mesh.single()``).
+Latent rank l of L holds rows [lo, hi) = [l n_L, (l+1) n_L), n_L = n / L, of the row-split
+parameters (:data:`SHARDED`) and b_pre whole; in one process that is all n rows. The
+architectures' losses are written once for any mesh (see :mod:`saescale.sae.topk`).
 """
 
 from __future__ import annotations
@@ -22,24 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
-from saescale.threads import one_thread
+from saescale.kernels.decoder import SparseCode
 from saescale.sae.config import SAEConfig
 from saescale.sae.normalize import NormStats, denormalize, normalize
+from saescale.threads import one_thread
 
 ROW_BLOCK = 2048  # decoder rows per block of the gradient projection
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_pre")
+SHARDED = ("W_enc", "b_enc", "W_dec")  # split by latent (rows) over a mesh's latent group; b_pre is replicated
 
-
-class SparseCode(NamedTuple):
-    """A sparse latent code: row b has latents ``indices[b]`` with ``values[b]`` (zeros allowed)."""
-
-    values: Tensor  # (B, k) float
-    indices: Tensor  # (B, k) int64
-
-    def to_dense(self, n: int) -> Tensor:
-        """(B, n) dense code (for references and small analyses only)."""
-        out = self.values.new_zeros(self.values.shape[0], n)
-        return out.scatter_add(1, self.indices, self.values)
+__all__ = ["PARAMS", "SHARDED", "LossContext", "SparseAutoencoder", "SparseCode", "StepOutput", "decode_sparse"]
 
 
 def decode_sparse(code: SparseCode, W_dec: Tensor, b_pre: Tensor) -> Tensor:
@@ -57,12 +56,13 @@ class SparseAutoencoder(nn.Module):
 
     arch: str = ""
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig, mesh: Mesh | None = None):
         super().__init__()
-        if cfg.d <= 0:
+        if not cfg.d:
             raise SaescaleError("SAEConfig.d must be set (the input width) before building an SAE")
-        self.cfg = cfg
-        n, d = cfg.n, cfg.d
+        self.cfg, self.mesh = cfg, mesh or Mesh.single()
+        self.shard = self.mesh.shard(cfg.n)  # latents [lo, hi) held here
+        n, d = self.shard.size, cfg.d
         self.W_enc = nn.Parameter(torch.zeros(n, d))
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.zeros(n, d))
@@ -118,7 +118,7 @@ class SparseAutoencoder(nn.Module):
         x_n, stats = self.normalize(x)
         return self.decode(self.encode_normalized(x_n), stats)
 
-    def loss_terms(self, x_n: Tensor, ctx: "LossContext") -> dict[str, Tensor]:
+    def loss_terms(self, x_n: Tensor, ctx: "LossContext") -> "StepOutput":
         """The training losses for a normalised batch; key 'loss' is minimised."""
         raise NotImplementedError
 
@@ -145,9 +145,19 @@ class SparseAutoencoder(nn.Module):
 class LossContext(NamedTuple):
     """What the trainer passes to :meth:`SparseAutoencoder.loss_terms` besides the batch."""
 
-    dead: Tensor  # (n,) bool, latents currently counted as dead
-    k_aux: int  # latents used by the AuxK loss
+    dead: Tensor  # (n_L,) bool, this shard's latents currently counted as dead
+    k_aux: int  # latents used by the AuxK loss (at most the dead count over all shards)
     aux_coef: float  # alpha of the AuxK loss (paper: 1/32)
     loss_scale: float  # 1 / E||x_n - E x_n||^2 from a data sample (fixed, not per batch)
     multi_topk: bool  # add L(4k)/8 (Multi-TopK)
     l1_coef: float  # lambda for the ReLU + L1 baseline
+    batch: int | None = None  # B, the global batch over the data-parallel ranks; None: this batch
+
+
+class StepOutput(NamedTuple):
+    """Outputs of :meth:`SparseAutoencoder.loss_terms` for a batch of B_r tokens (this rank's rows)."""
+
+    loss: Tensor  # () total loss to minimise (this rank's share of the global batch's loss)
+    x_hat: Tensor  # (B_r, d) reconstruction in the normalised space
+    code: SparseCode  # (B_r, c) this shard's part of the main sparse code (zeros allowed), local indices
+    aux_loss: Tensor  # () AuxK loss (topk) or L1 penalty (relu), for logging

@@ -23,21 +23,34 @@ class SAEConfig:
     k: int = 32
     """Active latents per token for TopK (ignored by 'relu')."""
 
-    d: int = 0
-    """Input width; 0 = taken from the data."""
+    d: int | None = None
+    """Input width; unset (None) = taken from the data."""
 
     normalize: Normalization = "layernorm"
     """Input normalisation: 'layernorm' (paper: per token subtract the channel mean, scale to unit L2 norm), 'std' (released code: subtract mean, divide by std), 'mean_sq' (one scalar so E||x||^2 = d), 'none'. All errors are measured in the normalised space."""
 
-    norm_scale: float = 1.0
-    """Scalar for 'mean_sq' normalisation (x * norm_scale); estimated from a data sample at init."""
+    norm_scale: float | None = None
+    """Scalar s of 'mean_sq' normalisation (x_n = s x); unset (None) = estimated at init from a data sample so that E||x_n||^2 = d. Only for --normalize mean_sq."""
 
     def __post_init__(self) -> None:
         if self.n <= 0:
             raise SaescaleError(f"--n must be positive, got {self.n}")
-        if self.d < 0:
-            raise SaescaleError(f"--d must be >= 0, got {self.d}")
+        if self.d is not None and self.d <= 0:
+            raise SaescaleError(f"--d must be positive (or unset: taken from the data), got {self.d}")
         if self.arch == "topk" and not 0 < self.k <= self.n:
             raise SaescaleError(f"--k must be in [1, n={self.n}], got {self.k}")
-        if not self.norm_scale > 0:
-            raise SaescaleError(f"norm_scale must be positive, got {self.norm_scale}")
+        if self.norm_scale is not None and not self.norm_scale > 0:
+            raise SaescaleError(f"--norm-scale must be positive, got {self.norm_scale}")
+        if self.norm_scale is not None and self.normalize != "mean_sq":
+            raise SaescaleError(f"--norm-scale applies to --normalize mean_sq only, not {self.normalize!r}; drop it")
+
+
+def upgrade_sae_record(record: dict) -> dict:
+    """An SAEConfig record written before unset settings were None (cfg.json, run.json, checkpoints):
+    d = 0 meant 'from the data'; norm_scale was 1.0 (unused) for every normalisation but mean_sq."""
+    out = dict(record)
+    if out.get("d") == 0:
+        out["d"] = None
+    if out.get("normalize") != "mean_sq" and out.get("norm_scale") == 1.0:
+        out["norm_scale"] = None
+    return out

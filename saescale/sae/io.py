@@ -21,12 +21,11 @@ from safetensors.torch import load_file
 from saescale.atomic import atomic_save_safetensors, atomic_write_json, fsync_dir
 from saescale.configs import config_from_dict, config_to_dict
 from saescale.errors import SaescaleError
-from saescale.sae.base import SparseAutoencoder
-from saescale.sae.config import SAEConfig
+from saescale.sae.base import PARAMS, SparseAutoencoder
+from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sae.registry import build_sae
 
 FORMAT = "saescale-sae-v1"
-PARAMS = ("W_enc", "b_enc", "W_dec", "b_pre")
 
 
 def write_sae_files(sae: SparseAutoencoder, folder: Path, extra: dict[str, Any] | None = None) -> None:
@@ -68,7 +67,7 @@ def read_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
     raw = dict(raw)
     raw.pop("format")
     extra = raw.pop("extra", {}) or {}
-    return config_from_dict(SAEConfig, raw, what=str(f), strict=True), extra
+    return config_from_dict(SAEConfig, upgrade_sae_record(raw), what=str(f), strict=True), extra
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:

@@ -25,11 +25,13 @@ class NormStats(NamedTuple):
     scale: Tensor  # (B, 1) or scalar
 
 
-def normalize(x: Tensor, kind: str, norm_scale: float = 1.0) -> tuple[Tensor, NormStats]:
+def normalize(x: Tensor, kind: str, norm_scale: float | None = None) -> tuple[Tensor, NormStats]:
     """Normalise x (B, d) -> (x_n (B, d), stats)."""
     if kind == "none":
         return x, NormStats(x.new_zeros(()), x.new_ones(()))
     if kind == "mean_sq":
+        if norm_scale is None:
+            raise ValueError("'mean_sq' normalisation needs its scale (estimated at init)")
         return x * norm_scale, NormStats(x.new_zeros(()), x.new_tensor(1.0 / norm_scale))
     mu = x.mean(dim=-1, keepdim=True)
     xc = x - mu

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
@@ -20,11 +21,12 @@ def register(name: str) -> Callable[[type[SparseAutoencoder]], type[SparseAutoen
     return wrap
 
 
-def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
-    """Instantiate the architecture named by ``cfg.arch`` (weights zero: see saescale.train.init)."""
+def build_sae(cfg: SAEConfig, mesh: Mesh | None = None) -> SparseAutoencoder:
+    """Instantiate the architecture named by ``cfg.arch`` on ``mesh`` (this rank's rows; default one
+    process), weights zero: see saescale.train.init."""
     import saescale.sae.relu  # noqa: F401  (registers)
     import saescale.sae.topk  # noqa: F401
 
     if cfg.arch not in REGISTRY:
         raise SaescaleError(f"unknown SAE architecture {cfg.arch!r}; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[cfg.arch](cfg)
+    return REGISTRY[cfg.arch](cfg, mesh)

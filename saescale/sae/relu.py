@@ -1,5 +1,7 @@
 """ReLU SAE baseline: z = ReLU(W_enc (x_n - b_pre) + b_enc), x̂_n = W_dec^T z + b_pre.
 
+One process only (distributed training is TopK's: see saescale.distributed.mesh.check_layout).
+
 Loss: scale * ||x_n - x̂_n||^2 + lambda * sum_i z_i ||W_dec[i]|| (the L1 penalty
 weighted by decoder row norms, equal to plain L1 under the unit-norm constraint
 but not gameable by rescaling).
@@ -11,9 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saescale import losses
-from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode
+from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
 from saescale.sae.registry import register
-from saescale.train.step import StepOutput
 
 
 def dense_to_code(z: Tensor) -> SparseCode:

@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
+from saescale.activations.sources import activation_sources, heldout_batches
 from saescale.atomic import atomic_write_json, atomic_write_text
-from saescale.commands.train import RunConfig, TrainCommand, heldout_batches, train_sources
 from saescale.data.source import BatchSource
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sweep.spec import Member, SweepSpec, member_record
-from saescale.train.run import finish_run, open_run
-from saescale.train.trainer import MetricsLog, Trainer
+from saescale.train.run import Log, finish_run, open_run
+from saescale.train.trainer import Callback, MetricsLog, Trainer
 
 
 @dataclass
@@ -65,14 +64,13 @@ class _Shared(NamedTuple):
     held: list[torch.Tensor]  # held-out batches, float32
     extra: dict[str, Any]  # data provenance recorded with each SAE (as ``saescale train`` records it)
     model: dict[str, Any]  # subject model name and parameter count, for results.jsonl
+    log: Log  # one line per finished member
 
 
 def sources(spec: SweepSpec) -> tuple[BatchSource, BatchSource, dict[str, Any], dict[str, Any]]:
     """(train source, held-out source, provenance, model) for the spec's [sweep] source, built as
     ``saescale train --acts SOURCE`` builds them (one data order: [train] seed)."""
-    cmd = TrainCommand(run=RunConfig(acts=spec.settings.source), train=spec.train,
-                       activations=spec.activations, synthetic=spec.synthetic)
-    train, held, extra = train_sources(cmd)
+    train, held, extra = activation_sources(spec.settings.source, spec.activations, spec.synthetic, spec.train.seed)
     if extra["source"] == "synthetic":
         return train, held, extra, {"model": "synthetic", "model_params": None}
     from saescale.activations.lm import parameter_count
@@ -86,23 +84,30 @@ def heldout_nmse(sae: torch.nn.Module, batches: list[torch.Tensor]) -> float:
         return reconstruction_metrics(sae, batches)["nmse"]
 
 
-def run_sweep(spec: SweepSpec, progress: bool = True) -> list[dict[str, Any]]:
-    """Train every unfinished member, then return all members' results (spec order)."""
+def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None = None) -> list[dict[str, Any]]:
+    """Train every unfinished member, then return all members' results (spec order).
+
+    ``progress`` gets {"tokens": tokens of the shared stream so far, "training": members still
+    training} after every batch (once first with the starting point); ``log`` one line per event.
+    """
+    log = log or (lambda line: None)
     out = spec.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.toml", spec.path.read_text())
     batch = spec.train.batch_size
     pending = [m for m in spec.members if not (out / m.id / "result.json").exists()]
-    print(f"sweep {out}: {len(spec.members) - len(pending)} of {len(spec.members)} members finished, "
-          f"{len(pending)} to train", flush=True)
+    log(f"sweep {out}: {len(spec.members) - len(pending)} of {len(spec.members)} members finished, "
+        f"{len(pending)} to train")
     if pending:
         source, held, extra, model = sources(spec)
         held_batches = [x.float() for x in heldout_batches(held, spec.settings.heldout_tokens, batch)]
-        shared = _Shared(spec, held_batches, extra, model)
+        shared = _Shared(spec, held_batches, extra, model, log)
         runs = [_open(m, source, out, extra, spec.settings.curve_points) for m in pending]
         for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
             _finish(r, shared)
         _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress)
+        for r in runs:
+            r.trainer.close()
     return write_results(spec)
 
 
@@ -113,33 +118,28 @@ def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], poin
                 curve_steps(trainer.cfg.steps, points), {})
 
 
-def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: bool) -> None:
+def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: Callback | None) -> None:
     if not runs:
         return
     held, batch = shared.held, shared.spec.train.batch_size
     start = min(r.trainer.state.step for r in runs)
-    stop = max(r.trainer.cfg.steps for r in runs)
-    bar = tqdm(total=(stop - start) * batch, unit="tok", unit_scale=True, disable=not progress,
-               dynamic_ncols=True, desc=f"sweep ({len(runs)} SAEs)")
     active = list(runs)
-    try:
-        for i, x in enumerate(source.batches(batch, start=start), start=start):
-            if not active:
-                break
-            for r in list(active):
-                t = r.trainer
-                if t.state.step != i:  # resumed at a later step: waits for the stream
-                    continue
-                r.last = t.advance(x, r.log)
-                if t.state.step in r.curve_steps:
-                    r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen, "loss": heldout_nmse(t.sae, held)})
-                if t.state.step >= t.cfg.steps:
-                    _finish(r, shared)
-                    active.remove(r)
-            bar.update(batch)
-            bar.set_postfix(training=len(active))
-    finally:
-        bar.close()
+    report = progress or (lambda m: None)
+    report({"tokens": start * batch, "training": len(active)})
+    for i, x in enumerate(source.batches(batch, start=start), start=start):
+        for r in list(active):
+            t = r.trainer
+            if t.state.step != i:  # resumed at a later step: waits for the stream
+                continue
+            r.last = t.advance(x, r.log)
+            if t.state.step in r.curve_steps:
+                r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen, "loss": heldout_nmse(t.sae, held)})
+            if t.state.step >= t.cfg.steps:
+                _finish(r, shared)
+                active.remove(r)
+        report({"tokens": (i + 1) * batch, "training": len(active)})
+        if not active:  # before the stream reads a batch nobody needs
+            break
 
 
 def _finish(r: _Run, shared: _Shared) -> None:
@@ -150,7 +150,7 @@ def _finish(r: _Run, shared: _Shared) -> None:
     curve = [{"tokens": c["tokens"], "loss": c["loss"]} for c in _read_jsonl(r.folder / "curve.jsonl")]
     cfg = sae.cfg
     result = {
-        "id": r.member.id, "arch": cfg.arch, "n": cfg.n, "k": cfg.k, "d": cfg.d, "lr": t.base_lr,
+        "id": r.member.id, "arch": cfg.arch, "n": cfg.n, "k": cfg.k, "d": cfg.d, "lr": t.cfg.lr,
         "tokens": t.state.tokens_seen, "seed": t.cfg.seed, "multi_topk": t.cfg.multi_topk,
         **shared.model,
         "hook": extra.get("activations", {}).get("hook"),
@@ -162,8 +162,8 @@ def _finish(r: _Run, shared: _Shared) -> None:
     atomic_write_json(r.folder / "result.json", result)
     shutil.rmtree(r.folder / "checkpoints", ignore_errors=True)  # the SAE is saved; its optimiser state is not needed
     write_results(shared.spec)
-    tqdm.write(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, dead {rep['dead_frac']:.1%}, "
-          f"{t.state.tokens_seen:,} tokens")
+    shared.log(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, dead {rep['dead_frac']:.1%}, "
+               f"{t.state.tokens_seen:,} tokens")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -19,11 +20,11 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimiser step."""
 
-    lr: float = 0.0
-    """Learning rate; 0 = the paper's rule 2e-4 / sqrt(n / 2^14)."""
+    lr: float | None = None
+    """Learning rate; unset (None) = the paper's rule 2e-4 / sqrt(n / 2^14)."""
 
-    warmup_steps: int = -1
-    """Linear learning-rate warm-up steps; -1 = min(1000, 5% of steps)."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warm-up steps; unset (None) = min(1000, 5% of steps)."""
 
     lr_decay: Literal["constant", "linear", "cosine"] = "constant"
     """Learning-rate schedule after warm-up (the paper keeps it constant)."""
@@ -49,14 +50,14 @@ class TrainConfig:
     tied_init: bool = True
     """Initialise W_enc = W_dec^T (paper). --no-tied-init draws the encoder independently."""
 
-    k_aux: int = 0
-    """Dead latents used by the AuxK loss; 0 = the power of two nearest d/2."""
+    k_aux: int | None = None
+    """Dead latents used by the AuxK loss; unset (None) = the power of two nearest d/2, at most n."""
 
     aux_coef: float = 1 / 32
     """Weight alpha of the AuxK loss (paper: 1/32); 0 turns AuxK off."""
 
-    dead_tokens: int = 0
-    """A latent is dead after this many tokens without firing; 0 = min(10M, tokens / 10)."""
+    dead_tokens: int | None = None
+    """A latent is dead after this many tokens without firing; unset (None) = min(10M, tokens / 10)."""
 
     fire_threshold: float = 1e-3
     """A latent 'fires' on a token when its value exceeds this (released code: 1e-3)."""
@@ -92,8 +93,12 @@ class TrainConfig:
         for name in ("tokens", "batch_size", "log_every", "keep_checkpoints", "init_tokens"):
             if getattr(self, name) <= 0:
                 raise SaescaleError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.lr < 0 or self.aux_coef < 0 or self.l1_coef < 0 or self.grad_clip < 0:
-            raise SaescaleError("--lr, --aux-coef, --l1-coef and --grad-clip must be >= 0")
+        for name in ("lr", "warmup_steps", "k_aux", "dead_tokens"):
+            v = getattr(self, name)
+            if v is not None and (v < 0 or (v == 0 and name != "warmup_steps")):
+                raise SaescaleError(f"--{name.replace('_', '-')} must be positive (or unset for the default), got {v}")
+        if self.aux_coef < 0 or self.l1_coef < 0 or self.grad_clip < 0:
+            raise SaescaleError("--aux-coef, --l1-coef and --grad-clip must be >= 0")
         if not 0 <= self.ema < 1:
             raise SaescaleError(f"--ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.decay_start <= 1:
@@ -103,17 +108,24 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
-    def resolved_lr(self, n: int) -> float:
-        """The learning rate: given, or 2e-4 / sqrt(n / 2^14)."""
-        return self.lr if self.lr > 0 else 2e-4 / math.sqrt(n / 2**14)
+    def resolved(self, n: int, d: int) -> "TrainConfig":
+        """These settings with every unset one filled in for an SAE of n latents on width d:
 
-    def resolved_warmup(self) -> int:
-        return self.warmup_steps if self.warmup_steps >= 0 else min(1000, self.steps // 20)
+        lr = 2e-4 / sqrt(n / 2^14) (the paper's rule), warmup_steps = min(1000, steps / 20),
+        k_aux = the power of two nearest d/2 (512 for GPT-2's d = 768), at most n,
+        dead_tokens = max(1, min(10M, tokens / 10)).
+        """
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else 2e-4 / math.sqrt(n / 2**14),
+            warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20),
+            k_aux=min(self.k_aux if self.k_aux is not None else 2 ** round(math.log2(max(d / 2, 1))), n),
+            dead_tokens=self.dead_tokens if self.dead_tokens is not None else max(1, min(10_000_000, self.tokens // 10)),
+        )
 
-    def resolved_k_aux(self, d: int, n: int) -> int:
-        """k_aux: given, or the power of two nearest d/2 (512 for GPT-2's d=768), at most n."""
-        k = self.k_aux if self.k_aux > 0 else 2 ** round(math.log2(max(d / 2, 1)))
-        return min(k, n)
 
-    def resolved_dead_tokens(self) -> int:
-        return self.dead_tokens if self.dead_tokens > 0 else max(1, min(10_000_000, self.tokens // 10))
+def upgrade_train_record(record: dict) -> dict:
+    """A TrainConfig record written before unset settings were None (run.json of an older run):
+    lr = 0, warmup_steps = -1, k_aux = 0 and dead_tokens = 0 meant 'the default'."""
+    legacy = {"lr": 0.0, "warmup_steps": -1, "k_aux": 0, "dead_tokens": 0}
+    return {k: None if k in legacy and v == legacy[k] else v for k, v in record.items()}

@@ -7,9 +7,12 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.normalize import estimate_norm_scale, normalize
+
+RANDN_ROWS = 4096  # rows per block of the blocked normal draw of a shard; a multiple of 16
 
 
 def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-7) -> Tensor:
@@ -27,9 +30,13 @@ def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-7) -> Ten
 
 
 def resolve_sae_config(cfg: SAEConfig, sample: Tensor) -> SAEConfig:
-    """Fill the data-dependent fields (d, norm_scale) from a raw sample (N, d); returns a new config."""
+    """Fill the data-dependent fields (d; norm_scale for 'mean_sq' unless given) from a raw sample (N, d)."""
     d = sample.shape[-1]
-    scale = estimate_norm_scale(sample) if cfg.normalize == "mean_sq" else cfg.norm_scale
+    if cfg.d is not None and cfg.d != d:
+        raise SaescaleError(f"--d {cfg.d} does not match the data width {d}; drop --d")
+    scale = cfg.norm_scale
+    if cfg.normalize == "mean_sq" and scale is None:
+        scale = estimate_norm_scale(sample)
     return dataclasses.replace(cfg, d=d, norm_scale=scale)
 
 
@@ -39,19 +46,47 @@ def loss_scale(x_n: Tensor) -> float:
     return 1.0 / max(var, 1e-30)
 
 
+def randn_rows(n: int, d: int, lo: int, hi: int, generator: torch.Generator) -> Tensor:
+    """Rows [lo, hi) of ``torch.randn(n, d, generator=generator)`` (CPU), leaving the generator in
+    the same state as the whole draw, with at most RANDN_ROWS + (hi - lo) rows in memory.
+
+    Exact because the CPU normal sampler turns sequential uniforms into normals 16 values at a
+    time: blocks of a multiple of 16 values, the last one holding at least 16, reproduce the
+    whole draw (checked in tests/train/test_init.py).
+    """
+    if lo == 0 and hi == n:
+        return torch.randn(n, d, generator=generator)
+    starts = list(range(0, n, RANDN_ROWS))
+    if len(starts) > 1 and (n - starts[-1]) * d < 16:
+        starts.pop()  # a last block under 16 values would take the sampler's short path
+    bounds, keep = starts + [n], []
+    for a, b in zip(bounds, bounds[1:]):
+        block = torch.randn(b - a, d, generator=generator)
+        if a < hi and b > lo:
+            keep.append(block[max(lo - a, 0) : hi - a])
+    return torch.cat(keep) if keep else torch.empty(0, d)
+
+
+def unit_rows(sae: SparseAutoencoder, generator: torch.Generator) -> Tensor:
+    """This shard's rows of n uniformly random unit directions (normalised Gaussians), (n_L, d)."""
+    s = sae.shard
+    W = randn_rows(s.n, sae.cfg.d, s.lo, s.hi, generator)
+    return W / W.norm(dim=-1, keepdim=True)
+
+
 @torch.no_grad()
-def init_sae(sae: SparseAutoencoder, sample: Tensor, generator: torch.Generator) -> float:
+def init_sae(sae: SparseAutoencoder, sample: Tensor, generator: torch.Generator, tied: bool = True) -> float:
     """Tied init on a raw sample (N, d); returns the main-loss scale.
 
     W_dec rows: uniformly random directions (normalised Gaussians); W_enc = W_dec (tied,
-    untied afterwards); b_enc = 0; b_pre = geometric median of the normalised sample.
+    untied afterwards; ``tied=False`` draws the encoder's directions independently, next from
+    the same generator); b_enc = 0; b_pre = geometric median of the normalised sample. A
+    shard of a mesh gets exactly its rows of the whole SAE's draw.
     """
-    n, d = sae.cfg.n, sae.cfg.d
     x_n, _ = normalize(sample.float(), sae.cfg.normalize, sae.cfg.norm_scale)
-    W = torch.randn(n, d, generator=generator)
-    W /= W.norm(dim=-1, keepdim=True)
+    W = unit_rows(sae, generator)
     sae.W_dec.copy_(W)
-    sae.W_enc.copy_(W)
+    sae.W_enc.copy_(W if tied else unit_rows(sae, generator))
     sae.b_enc.zero_()
     sae.b_pre.copy_(geometric_median(x_n[:32_768]))
     return loss_scale(x_n)

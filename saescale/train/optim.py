@@ -10,18 +10,19 @@ from torch import nn
 from saescale.train.config import TrainConfig
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Adam:
-    """Adam(beta1, beta2, eps) fused over all parameters where supported."""
-    kw = dict(lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam(beta1, beta2, eps) fused over all parameters where supported (cfg resolved: lr set)."""
+    kw = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     try:
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, foreach=True, **kw)
 
 
-def lr_at(step: int, cfg: TrainConfig, base_lr: float) -> float:
-    """Learning rate for optimiser step ``step`` (0-based): linear warm-up, then constant or decayed."""
-    warm = cfg.resolved_warmup()
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimiser step ``step`` (0-based) of resolved settings ``cfg``
+    (:meth:`TrainConfig.resolved`): linear warm-up to cfg.lr, then constant or decayed."""
+    warm, base_lr = cfg.warmup_steps, cfg.lr
     if step < warm:
         return base_lr * (step + 1) / warm
     if cfg.lr_decay == "constant":

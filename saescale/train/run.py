@@ -1,10 +1,16 @@
 """Start or resume a training run in an output folder, and save the result.
 
-``OUT/run.json`` holds the configs; ``OUT/checkpoints/`` the resumable state;
-``OUT/metrics.jsonl`` the training curve; ``OUT/sae/`` the finished SAE
-(cfg.json + sae.safetensors) and ``OUT/summary.json`` the final figures.
-Running the same command again after a kill resumes from the last checkpoint
-and gives bit-identical weights to an uninterrupted run.
+``OUT/run.json`` holds the settings as given and as resolved (learning rate, warm-up,
+k_aux, dead window, kernels, precision, threads, torch version); ``OUT/checkpoints/`` the
+resumable state; ``OUT/metrics.jsonl`` the training curve; ``OUT/sae/`` the finished SAE
+(cfg.json + sae.safetensors) and ``OUT/summary.json`` the final figures. Running the same
+command again after a kill resumes from the last checkpoint and gives bit-identical weights
+to an uninterrupted run.
+
+A distributed run is the same code on a mesh of several processes (every rank calls
+:func:`train_sae` with its :class:`~saescale.distributed.mesh.Mesh`): rank 0 writes run.json,
+the metrics and the final files, every rank its part of each checkpoint, and a run resumes
+from its last checkpoint whatever layout wrote it.
 """
 
 from __future__ import annotations
@@ -15,30 +21,34 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 
 from saescale.atomic import atomic_write_json
 from saescale.configs import config_to_dict
-from saescale.data.source import BatchSource
+from saescale.data.source import BatchSource, DataParallelSlice
+from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
+from saescale.kernels import fast_kernels
 from saescale.sae.base import SparseAutoencoder
-from saescale.sae.config import SAEConfig
+from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sae.io import save_sae
 from saescale.sae.registry import build_sae
 from saescale.train.checkpoint import latest_checkpoint, load_checkpoint
-from saescale.train.config import TrainConfig
+from saescale.train.config import TrainConfig, upgrade_train_record
 from saescale.train.init import init_sae, resolve_sae_config
-from saescale.train.trainer import Trainer
+from saescale.train.trainer import Callback, Trainer
 
 # Settings that may change between a killed run and its resumption.
 _RESUMABLE_CHANGES = {"progress", "device", "log_every", "checkpoint_every", "keep_checkpoints"}
 
+Log = Callable[[str], None]
+
 
 @dataclass
 class TrainResult:
-    sae: SparseAutoencoder
+    sae: SparseAutoencoder | None  # the whole trained SAE (None on ranks other than 0 of a distributed run)
     metrics: dict[str, float]  # last logged training metrics
     resumed_from: int  # step resumed from (0 = fresh start)
     seconds: float
@@ -50,35 +60,47 @@ def init_sample(source: BatchSource, cfg: TrainConfig) -> torch.Tensor:
     return torch.cat(list(islice(source.batches(cfg.batch_size), nb)))[: cfg.init_tokens].float()
 
 
-def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_dir: Path | None) -> Trainer:
-    """Build, initialise (tied init, geometric-median b_pre, loss scale) and wrap an SAE."""
+def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_dir: Path | None,
+                mesh: Mesh | None = None) -> Trainer:
+    """Build and initialise (tied init, geometric-median b_pre, loss scale) this rank's shard of an SAE
+    from the whole stream's first tokens, and wrap it in a trainer."""
     sample = init_sample(source, cfg)
-    if sae_cfg.d and sae_cfg.d != sample.shape[1]:
-        raise SaescaleError(f"--d {sae_cfg.d} does not match the data width {sample.shape[1]}; drop --d")
-    sae = build_sae(resolve_sae_config(sae_cfg, sample))
+    sae = build_sae(resolve_sae_config(sae_cfg, sample), mesh)
     sae.check_input(sample)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    scale = init_sae(sae, sample, gen)
-    if not cfg.tied_init:
-        with torch.no_grad():
-            w = torch.randn(sae.W_enc.shape, generator=gen)
-            sae.W_enc.copy_(w / w.norm(dim=-1, keepdim=True))
+    scale = init_sae(sae, sample, torch.Generator().manual_seed(cfg.seed), tied=cfg.tied_init)
     return Trainer(sae, cfg, scale, out_dir)
+
+
+def runtime() -> dict[str, Any]:
+    """How this process computes: the kernel path, precision, CPU threads, torch version."""
+    return {"kernels": "fast" if fast_kernels() else "reference", "precision": "float32",
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def resolved_record(trainer: Trainer) -> dict[str, Any]:
+    """The settings that actually ran: the SAE's and training's with every unset value filled in, and the runtime."""
+    mesh = trainer.mesh
+    return {"sae": config_to_dict(trainer.sae.cfg), "train": config_to_dict(trainer.cfg),
+            "runtime": {**runtime(), "device": trainer.cfg.device, "world": mesh.world,
+                        "latent_shards": mesh.latent_shards}}
 
 
 def run_record(sae_cfg: SAEConfig, cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
     return {"sae": config_to_dict(sae_cfg), "train": config_to_dict(cfg), "extra": extra}
 
 
+def _as_given(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run.json as given (older files' 'unset' sentinels read as None), resumable ones aside."""
+    train = {k: v for k, v in upgrade_train_record(record["train"]).items() if k not in _RESUMABLE_CHANGES}
+    return {"sae": upgrade_sae_record(record["sae"]), "train": train, "extra": record["extra"]}
+
+
 def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
     """One-line error when ``out_dir/run.json`` records other settings than ``record`` (resumable ones aside)."""
-    old = json.loads((out_dir / "run.json").read_text())
-    strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in _RESUMABLE_CHANGES}}  # noqa: E731
-    if strip(old) != strip(record):
-        diff = sorted(
-            f"{sec}.{k}" for sec in ("sae", "train", "extra") for k in set(old[sec]) | set(record[sec])
-            if old[sec].get(k) != record[sec].get(k) and k not in _RESUMABLE_CHANGES
-        )
+    old, new = _as_given(json.loads((out_dir / "run.json").read_text())), _as_given(record)
+    if old != new:
+        diff = sorted(f"{sec}.{k}" for sec in new for k in set(old[sec]) | set(new[sec])
+                      if old[sec].get(k) != new[sec].get(k))
         raise SaescaleError(
             f"{out_dir} holds a run with different settings ({', '.join(diff)}); use another --out to start a new run"
         )
@@ -95,32 +117,37 @@ def resume_folder(out: Path, record: dict[str, Any]) -> Path | None:
 
 
 def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Path | None,
-             extra: dict[str, Any]) -> Trainer:
-    """A trainer for the run in ``out``: resumed from its last checkpoint, or new (run.json written)."""
+             extra: dict[str, Any], mesh: Mesh | None = None, log: Log | None = None) -> Trainer:
+    """This rank's trainer for the run in ``out``: resumed from its last checkpoint (written by any
+    layout), or new (run.json written by rank 0). ``source`` is the whole stream."""
+    mesh = mesh or Mesh.single()
     record = run_record(sae_cfg, cfg, extra)
-    trainer = None
-    if out is not None:
-        folder = resume_folder(out, record)
-        if folder is not None:
-            sae, tensors, meta = load_checkpoint(folder, cfg.device)
-            trainer = Trainer(sae, cfg, meta["loss_scale"], out)
-            trainer.load_state(tensors, meta)
-            print(f"resuming {out} from step {trainer.state.step} ({trainer.state.tokens_seen:,} tokens)", flush=True)
-        else:
-            atomic_write_json(out / "run.json", record)
-    if trainer is None:
-        trainer = new_trainer(sae_cfg, cfg, source, out)
+    folder = resume_folder(out, record) if out is not None else None
+    if folder is not None:
+        sae, tensors, meta = load_checkpoint(folder, cfg.device, mesh)
+        trainer = Trainer(sae, cfg, meta["loss_scale"], out)
+        trainer.load_state(tensors, meta)
+        where = "" if mesh.world == 1 else f" on {mesh.world} process(es), {mesh.latent_shards} latent shard(s)"
+        if log:
+            log(f"resuming {out} from step {trainer.state.step} ({trainer.state.tokens_seen:,} tokens){where}")
+    else:
+        trainer = new_trainer(sae_cfg, cfg, source, out, mesh)
+        if out is not None and mesh.rank == 0:
+            atomic_write_json(out / "run.json", {**record, "resolved": resolved_record(trainer)})
     if source.d != trainer.sae.cfg.d:
         raise SaescaleError(f"data width {source.d} does not match the SAE's d={trainer.sae.cfg.d}")
     return trainer
 
 
-def finish_run(trainer: Trainer, out: Path | None, extra: dict[str, Any], metrics: dict[str, float],
-               sae: SparseAutoencoder | None = None) -> SparseAutoencoder:
-    """The trained SAE (``sae``, or the trainer's); with ``out``, saved to OUT/sae with its provenance, and OUT/summary.json."""
-    sae = trainer.final_sae() if sae is None else sae
-    if out is not None:
-        info = {**extra, "train": config_to_dict(trainer.cfg), "loss_scale": trainer.state.loss_scale,
+def finish_run(trainer: Trainer, out: Path | None, extra: dict[str, Any], metrics: dict[str, float]) -> SparseAutoencoder | None:
+    """The whole trained SAE on rank 0 (None elsewhere; collective); with ``out``, saved by rank 0 to
+    OUT/sae with its provenance and the resolved settings, and OUT/summary.json."""
+    sae = trainer.final_sae()
+    if out is not None and sae is not None:
+        mesh = trainer.mesh
+        layout = {"distributed": {"world": mesh.world, "latent_shards": mesh.latent_shards}} if mesh.world > 1 else {}
+        res = resolved_record(trainer)
+        info = {**extra, **layout, "train": res["train"], "runtime": res["runtime"], "loss_scale": trainer.state.loss_scale,
                 "tokens_seen": trainer.state.tokens_seen, "steps": trainer.state.step}
         save_sae(sae, out / "sae", extra=info)
         atomic_write_json(out / "summary.json", {"final_train_metrics": metrics, **info})
@@ -129,13 +156,21 @@ def finish_run(trainer: Trainer, out: Path | None, extra: dict[str, Any], metric
 
 def train_sae(
     sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_dir: str | Path | None = None,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, mesh: Mesh | None = None, callbacks: Iterable[Callback] = (),
+    log: Log | None = None,
 ) -> TrainResult:
-    """Train (or resume) an SAE on ``source``; with ``out_dir`` save checkpoints, metrics and the SAE."""
+    """Train (or resume) an SAE on ``source``; with ``out_dir`` save checkpoints, metrics and the SAE.
+
+    On a ``mesh`` of several processes every rank calls this: ``cfg.batch_size`` is the global batch
+    and each data replica trains on its rows of it. ``callbacks`` get every step's metrics;
+    ``log`` gets the one-line messages (e.g. ``print``); the library prints nothing itself.
+    """
     t0 = time.perf_counter()
-    extra = extra or {}
+    extra, mesh = extra or {}, mesh or Mesh.single()
     out = Path(out_dir) if out_dir is not None else None
-    trainer = open_run(sae_cfg, cfg, source, out, extra)
+    trainer = open_run(sae_cfg, cfg, source, out, extra, mesh, log)
+    trainer.callbacks.extend(callbacks)
     resumed = trainer.state.step
-    metrics = trainer.fit(source.batches(cfg.batch_size, start=trainer.state.step))
+    rows = DataParallelSlice(source, mesh.data_rank, mesh.data_shards)
+    metrics = trainer.fit(rows.batches(cfg.batch_size // mesh.data_shards, start=trainer.state.step))
     return TrainResult(finish_run(trainer, out, extra, metrics), metrics, resumed, time.perf_counter() - t0)

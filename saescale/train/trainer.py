@@ -1,15 +1,21 @@
 """The training loop. It consumes a :class:`~saescale.data.source.BatchSource` of
 (B, d) activation batches and knows nothing about language models.
 
-One step, for a raw batch x (B, d):
+One step, for this rank's raw rows x (B_r, d) of a global batch of B = B_r D rows:
 
-    x_n      = normalise(x)                         (B, d)
-    out      = sae.loss_terms(x_n, ctx)             loss, x̂_n, code (B, k), aux
-    backward; project decoder-row gradients; clip; Adam step; renormalise rows; EMA
-               (without clipping, W_dec's projection + Adam step run inside backward, as soon
-               as its gradient is complete, so two (n, d) gradients are never held at once)
-    since_fired[j] = 0 if latent j fired in the batch else since_fired[j] + B
-    dead     = since_fired >= dead_tokens           (n,) bool, used by AuxK next step
+    x_n      = normalise(x)                         (B_r, d)
+    out      = sae.loss_terms(x_n, ctx)             loss (this rank's share), x̂_n, code, aux
+    backward; sum gradients over the data group; project decoder-row gradients; clip (global
+               norm); Adam step; renormalise rows; EMA
+               (without clipping, W_dec's reduction, projection and Adam step run inside
+               backward, as soon as its gradient is complete, so two (n, d) gradients are never
+               held at once)
+    since_fired[j] = 0 if latent j fired anywhere in the global batch else since_fired[j] + B
+    dead     = since_fired >= dead_tokens           (n_L,) bool, used by AuxK next step
+
+The SAE's mesh (:class:`~saescale.distributed.mesh.Mesh`, one process: ``Mesh.single()``)
+says which rows of which batch this process holds; every collective is a no-op on a group
+of one, so one process runs exactly this code. "Fires" means a value above ``fire_threshold``.
 """
 
 from __future__ import annotations
@@ -21,18 +27,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
-from saescale import losses
 from saescale.errors import SaescaleError
 from saescale.kernels import workspace
+from saescale.sae.base import PARAMS, SHARDED, LossContext, SparseAutoencoder
 from saescale.threads import one_thread
-from saescale.sae.base import LossContext, SparseAutoencoder
 from saescale.train.checkpoint import save_checkpoint
 from saescale.train.config import TrainConfig
 from saescale.train.optim import EMA, lr_at, make_optimizer
 
-PARAMS = ("W_enc", "b_enc", "W_dec", "b_pre")
+Callback = Callable[[dict[str, float]], None]
 
 
 @dataclass
@@ -41,65 +45,81 @@ class TrainState:
 
     step: int
     tokens_seen: int
-    since_fired: torch.Tensor  # (n,) int64 tokens since each latent last fired
+    since_fired: torch.Tensor  # (n_L,) int64 tokens since each latent last fired
     loss_scale: float
 
 
 class Trainer:
-    """Train one SAE with Adam on a stream of activation batches."""
+    """Train one SAE (this rank's shard of it) with Adam on a stream of activation batches.
+
+    ``cfg`` is resolved on the way in (:meth:`TrainConfig.resolved`): ``self.cfg.lr`` is the
+    learning rate actually used. ``callbacks`` are called once as ``fit`` starts with ``step``
+    and ``tokens`` only, then after every step with its metrics (``step``, ``tokens`` and, on
+    logged steps, ``tokens_per_s`` included): progress bars and printing belong to the caller. Call :meth:`close` when done (``fit`` does): it removes
+    the trainer's hook from the SAE and frees its buffers.
+    """
 
     def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, loss_scale: float, out_dir: Path | None = None):
-        self.cfg, self.out_dir = cfg, out_dir
-        self.sae = sae.to(cfg.device)
-        n, d = sae.cfg.n, sae.cfg.d
-        self.base_lr = cfg.resolved_lr(n)
-        self.opt = make_optimizer(list(self._params().values()), cfg, self.base_lr)
+        self.sae, self.mesh, self.out_dir = sae.to(cfg.device), sae.mesh, out_dir
+        self.cfg = cfg.resolved(sae.cfg.n, sae.cfg.d)
+        self.opt = make_optimizer(list(self._params().values()), self.cfg)
         self.ema = EMA(self._params(), cfg.ema) if cfg.ema > 0 else None
-        self.state = TrainState(0, 0, torch.zeros(n, dtype=torch.long, device=cfg.device), loss_scale)
-        self.k_aux, self.dead_tokens = cfg.resolved_k_aux(d, n), cfg.resolved_dead_tokens()
-        self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self.state = TrainState(0, 0, torch.zeros(sae.shard.size, dtype=torch.long, device=cfg.device), loss_scale)
+        self.dead_total = 0  # dead latents over all shards
+        self.callbacks: list[Callback] = []
+        self.workspace = workspace.Workspace()  # the kernels' reused memory, this trainer's own
         self._in_backward = False  # the early decoder step acts only inside this trainer's own backward
         self._clock = (time.perf_counter(), 0)  # (time, tokens_seen) the tokens/s figure counts from: open_log
+        self._hook = None
         if cfg.grad_clip == 0:  # clipping needs every gradient at once
-            sae.W_dec.register_post_accumulate_grad_hook(self._step_decoder_early)
+            self._hook = sae.W_dec.register_post_accumulate_grad_hook(self._step_decoder_early)
 
     def _params(self) -> dict[str, torch.nn.Parameter]:
         return {name: getattr(self.sae, name) for name in PARAMS}
 
     @property
     def dead(self) -> torch.Tensor:
-        """(n,) bool: latents that have not fired in the last ``dead_tokens`` tokens."""
-        return self.state.since_fired >= self.dead_tokens
+        """(n_L,) bool: latents that have not fired in the last ``dead_tokens`` tokens."""
+        return self.state.since_fired >= self.cfg.dead_tokens
 
     def step(self, x: torch.Tensor) -> dict[str, float]:
-        """One optimiser step on a raw batch x (B, d); returns the step's metrics."""
-        cfg, sae = self.cfg, self.sae
-        x_n, _ = sae.normalize(x.to(cfg.device, non_blocking=True))
-        ctx = LossContext(self.dead, self.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef)
-        out = sae.loss_terms(x_n, ctx)
-        if not torch.isfinite(out.loss):
-            raise SaescaleError(
-                f"training diverged at step {self.state.step} (loss {out.loss.item()}); lower --lr or check the data"
-            )
-        lr = self.optimise(out.loss)
-        fired = self._update_dead(out.code.values, out.code.indices, x.shape[0])
-        with torch.no_grad():
-            return {
-                "loss": out.loss.item(),
-                "nmse": losses.normalized_mse(out.x_hat, x_n).item(),
-                "l0": (out.code.values > 0).sum(-1).float().mean().item(),
-                "aux_loss": out.aux_loss.item(),
-                "dead_frac": self.dead.float().mean().item(),
-                "fired_frac": fired,
-                "lr": lr,
-            }
+        """One optimiser step on this rank's raw rows x (B_r, d); returns the step's metrics (global batch)."""
+        cfg, sae, mesh = self.cfg, self.sae, self.mesh
+        batch = x.shape[0] * mesh.data_shards
+        with workspace.using(self.workspace):
+            x_n, _ = sae.normalize(x.to(cfg.device, non_blocking=True))
+            ctx = LossContext(self.dead, cfg.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef,
+                              batch)
+            out = sae.loss_terms(x_n, ctx)
+            totals = self._batch_totals(out.loss, out.aux_loss, out.x_hat, x_n)
+            if not torch.isfinite(totals[0]):  # the same verdict on every rank
+                raise SaescaleError(
+                    f"training diverged at step {self.state.step} (loss {totals[0].item()}); lower --lr or check the data"
+                )
+            lr = self.optimise(out.loss)
+        fired = self._update_dead(out.code.values, out.code.indices, batch)
+        l0 = mesh.all_reduce((out.code.values > 0).sum().double(), "world").item() / batch
+        return {"loss": totals[0].item(), "nmse": self._nmse(totals, batch), "l0": l0, "aux_loss": totals[1].item(),
+                "dead_frac": self.dead_total / sae.cfg.n, "fired_frac": fired, "lr": lr}
+
+    @torch.no_grad()
+    def _batch_totals(self, loss: torch.Tensor, aux: torch.Tensor, x_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
+        """Sums over the data group, float64: [loss, aux, sum ||x - x̂||^2, sum ||x||^2, sum x (d)]."""
+        parts = [loss.reshape(1), aux.reshape(1), (x_n - x_hat).pow(2).sum().reshape(1),
+                 x_n.pow(2).sum().reshape(1), x_n.sum(0)]
+        return self.mesh.all_reduce(torch.cat([p.double() for p in parts]), "data")
+
+    @staticmethod
+    def _nmse(totals: torch.Tensor, batch: int) -> float:
+        """nMSE over the global batch: sum ||x - x̂||^2 / (sum ||x||^2 - ||sum x||^2 / B)."""
+        return (totals[2] / (totals[3] - totals[4:].pow(2).sum() / batch)).item()
 
     def optimise(self, loss: torch.Tensor) -> float:
         """Backward and the update: lr schedule, backward (without clipping W_dec is stepped inside it:
-        see :meth:`_step_decoder_early`), gradient reduction hook, projection, clipping, Adam,
-        renormalisation, EMA. Returns the learning rate used."""
+        see :meth:`_step_decoder_early`), gradient sum over the data group, projection, clipping,
+        Adam, renormalisation, EMA. Returns the learning rate used."""
         cfg, sae = self.cfg, self.sae
-        lr = lr_at(self.state.step, cfg, self.base_lr)
+        lr = lr_at(self.state.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.drop_grads()
@@ -108,7 +128,9 @@ class Trainer:
             loss.backward()
         finally:
             self._in_backward = False
-        self.reduce_grads()
+        for p in self._params().values():  # W_dec's is already summed (and gone) when stepped early
+            if p.grad is not None:
+                self.mesh.all_reduce(p.grad, "data")
         sae.project_decoder_grad()
         if cfg.grad_clip > 0:
             self.clip(cfg.grad_clip)
@@ -119,24 +141,35 @@ class Trainer:
         return lr
 
     def drop_grads(self) -> None:
-        """Set every gradient to None, giving the tensors back to the kernels' pool
+        """Set every gradient to None, giving the tensors back to the trainer's workspace
         (:mod:`saescale.kernels.workspace`): the next backward writes its (n, d) gradients into
         them instead of page-faulting fresh memory (~12 ms each at n = 16384 on CPU). They are
         the trainer's own: autograd stored the kernels' outputs as ``.grad`` without copying."""
         for p in self._params().values():
-            workspace.recycle(p.grad)
+            self.workspace.recycle(p.grad)
             p.grad = None
 
-    def reduce_grads(self) -> None:
-        """Combine gradients across processes (none in one process; see the distributed trainer)."""
-
+    @torch.no_grad()
     def clip(self, max_norm: float) -> None:
-        """Scale all gradients so their global L2 norm is at most max_norm."""
-        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), max_norm)
+        """Scale all gradients by min(1, max_norm / (global norm + 1e-6)), as ``clip_grad_norm_``: the
+        squared norms of the row shards are summed over the latent group, b_pre's (replicated) added once."""
+        params = self._params()
+        sq = torch.zeros((), dtype=torch.float64, device=self.cfg.device)
+        for name in SHARDED:
+            if params[name].grad is not None:
+                sq += params[name].grad.double().pow(2).sum()
+        self.mesh.all_reduce(sq, "latent")
+        if params["b_pre"].grad is not None:
+            sq += params["b_pre"].grad.double().pow(2).sum()
+        coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for p in params.values():
+            if p.grad is not None:
+                p.grad.mul_(coef.to(p.grad.dtype))
 
     @torch.no_grad()
     def _step_decoder_early(self, W_dec: torch.Tensor) -> None:
-        """Hook run as soon as W_dec's gradient is complete: project it, Adam-step W_dec alone, free it.
+        """Hook run as soon as W_dec's gradient is complete: sum it over the data group, project it,
+        Adam-step W_dec alone, free it.
 
         The same arithmetic as stepping all parameters together (Adam is elementwise), but the
         (n, d) decoder and encoder gradients never coexist: at n = 2^20, d = 576 that is 2.4 GB
@@ -145,79 +178,87 @@ class Trainer:
         """
         if not self._in_backward:
             return
+        if W_dec.grad is not None:
+            self.mesh.all_reduce(W_dec.grad, "data")
         others = {p: p.grad for p in self._params().values() if p is not W_dec and p.grad is not None}
         for p in others:
             p.grad = None
         self.sae.project_decoder_grad()
         self.opt.step()
-        workspace.recycle(W_dec.grad)  # the encoder's backward, next, writes its gradient into it
+        self.workspace.recycle(W_dec.grad)  # the encoder's backward, next, writes its gradient into it
         W_dec.grad = None
         for p, g in others.items():
             p.grad = g
 
     @torch.no_grad()
     def _update_dead(self, values: torch.Tensor, indices: torch.Tensor, batch: int) -> float:
-        with one_thread():  # (n,) and (B, k) bookkeeping
+        """since_fired from the fired counts of every data replica; returns the global fired fraction."""
+        with one_thread():  # (n_L,) and (B, k) bookkeeping
             hits = (values > self.cfg.fire_threshold).reshape(-1).to(values.dtype)
-            fired = torch.bincount(indices.reshape(-1), weights=hits, minlength=self.state.since_fired.numel()) > 0
+            counts = torch.bincount(indices.reshape(-1), weights=hits, minlength=self.state.since_fired.numel())
+            fired = self.mesh.all_reduce(counts, "data") > 0
             self.state.since_fired.add_(batch).masked_fill_(fired, 0)
+            both = self.mesh.all_reduce(torch.stack([fired.sum(), self.dead.sum()]), "latent")
+        self.dead_total = int(both[1])
         self.state.step += 1
         self.state.tokens_seen += batch
-        return fired.float().mean().item()
+        return both[0].item() / self.sae.cfg.n
 
     # ---- the loop -----------------------------------------------------------
     def fit(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
-        """Run until cfg.steps; ``batches`` must start at batch number ``self.state.step``."""
-        cfg = self.cfg
+        """Run until cfg.steps; ``batches`` (this rank's rows) must start at batch number ``self.state.step``."""
         log = self.open_log()
-        bar = tqdm(total=cfg.steps * cfg.batch_size, initial=self.state.tokens_seen, unit="tok",
-                   unit_scale=True, disable=not cfg.progress, dynamic_ncols=True, desc="train")
         last: dict[str, float] = {}
+        for cb in self.callbacks:  # where this session starts (a resumed run part-way)
+            cb({"step": self.state.step, "tokens": self.state.tokens_seen})
         try:
-            while self.state.step < cfg.steps:
-                x = next(batches)
-                last = self.advance(x, log)
-                bar.update(self.batch_tokens(x))
-                if "step" in last:
-                    bar.set_postfix(nmse=f"{last['nmse']:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead_frac']:.3f}")
+            while self.state.step < self.cfg.steps:
+                last = self.advance(next(batches), log)
+            if self.out_dir:
+                self.checkpoint()
         finally:
-            bar.close()
-        if self.out_dir:
-            self.checkpoint()
+            self.close()
         return last
 
-    def batch_tokens(self, x: torch.Tensor) -> int:
-        """Tokens of the whole step whose batch (or share of it) is x, for the progress bar."""
-        return x.shape[0]
-
     def open_log(self) -> "MetricsLog | None":
-        """OUT/metrics.jsonl cut back to the current step (None without an output folder); starts the speed clock."""
+        """OUT/metrics.jsonl cut back to the current step (None without an output folder, or on ranks
+        other than 0); starts the speed clock."""
         self._clock = (time.perf_counter(), self.state.tokens_seen)
-        return MetricsLog(self.out_dir, self.state.step) if self.out_dir else None
+        return MetricsLog(self.out_dir, self.state.step) if self.out_dir and self.mesh.rank == 0 else None
 
     def advance(self, x: torch.Tensor, log: "MetricsLog | None") -> dict[str, float]:
-        """One step, then the loop's bookkeeping: metrics logged every ``log_every`` steps (with
-        ``step``, ``tokens``, ``tokens_per_s`` added) and a checkpoint every ``checkpoint_every``."""
+        """One step, then the loop's bookkeeping: ``step`` and ``tokens`` added to the metrics,
+        ``tokens_per_s`` too and a metrics.jsonl line every ``log_every`` steps, the callbacks,
+        and a checkpoint every ``checkpoint_every``."""
         cfg = self.cfg
         metrics = self.step(x)
+        metrics.update(step=self.state.step, tokens=self.state.tokens_seen)
         if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
             t0, tok0 = self._clock
-            dt = time.perf_counter() - t0
-            metrics.update(step=self.state.step, tokens=self.state.tokens_seen,
-                           tokens_per_s=(self.state.tokens_seen - tok0) / max(dt, 1e-9))
+            metrics["tokens_per_s"] = (self.state.tokens_seen - tok0) / max(time.perf_counter() - t0, 1e-9)
             if log:
                 log.write(metrics)
-            for cb in self.callbacks:
-                cb(metrics)
+        for cb in self.callbacks:
+            cb(metrics)
         if self.out_dir and cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
             self.checkpoint()
         return metrics
 
+    def close(self) -> None:
+        """Remove the early-decoder-step hook from the SAE, drop its gradients and free the workspace
+        (idempotent): the SAE then holds no reference to the trainer or its optimiser."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        for p in self._params().values():
+            p.grad = None
+        self.workspace.release()
+
     # ---- checkpoints ------------------------------------------------------------
     def checkpoint(self) -> Path:
+        """Save the resumable state: one process writes safetensors, a distributed run its shards (DCP)."""
         assert self.out_dir is not None
         meta = {"step": self.state.step, "tokens_seen": self.state.tokens_seen,
-                "data_position": self.state.step,  # batches consumed: the source restarts at this batch
                 "loss_scale": self.state.loss_scale, "ema_t": self.ema.t if self.ema else 0}
         return save_checkpoint(self.out_dir, self.sae, self.state_tensors(), meta, self.cfg.keep_checkpoints)
 
@@ -231,7 +272,7 @@ class Trainer:
         return t
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Restore optimiser moments, counters, EMA and RNG saved by :meth:`state_tensors`."""
+        """Restore optimiser moments, counters, EMA and RNG saved by :meth:`state_tensors` (this shard's)."""
         dev = self.cfg.device
         self.state = TrainState(meta["step"], meta["tokens_seen"], tensors["since_fired"].to(dev), meta["loss_scale"])
         opt_state = {}
@@ -246,16 +287,25 @@ class Trainer:
             self.ema.t = meta["ema_t"]
             self.ema.avg = {k: tensors[f"ema.{k}"].to(dev) for k in PARAMS}
         torch.set_rng_state(tensors["rng.torch"])
+        self.dead_total = int(self.mesh.all_reduce(self.dead.sum(), "latent"))
 
-    def final_sae(self) -> SparseAutoencoder:
-        """The trained SAE: with EMA weights (decoder rows renormalised) when EMA is on."""
-        if self.ema is None:
+    def final_sae(self) -> SparseAutoencoder | None:
+        """The whole trained SAE (EMA weights, decoder rows renormalised, when EMA is on) on global
+        rank 0, its rows gathered from the shards; None on the other ranks."""
+        if self.ema is None and self.mesh.world == 1:
             return self.sae
+        if self.mesh.data_rank != 0:
+            return None
+        params = self.ema.averaged() if self.ema is not None else {k: p.detach() for k, p in self._params().items()}
+        whole = {k: self.mesh.gather_rows(v) if k in SHARDED else v for k, v in params.items()}
+        if self.mesh.rank != 0:
+            return None
         from saescale.sae.registry import build_sae
 
-        sae = build_sae(self.sae.cfg)
-        sae.load_state_dict(self.ema.averaged())
-        sae.normalize_decoder()
+        sae = build_sae(self.sae.cfg).to(self.sae.W_enc)
+        sae.load_state_dict(whole)
+        if self.ema is not None:
+            sae.normalize_decoder()
         return sae
 
 

@@ -1,0 +1,57 @@
+"""The activation sources a training run can read, by the name ``--acts`` gives them.
+
+'synthetic' (a planted sparse dictionary), 'stream' (the model run live), 'cache' (the on-disk
+cache for the activation settings, built if missing) or the path of a built cache. Each comes
+with a held-out source and the provenance recorded with the SAE (so evaluation can rerun the
+same model and corpus).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from saescale.activations.config import ActivationConfig
+from saescale.configs import config_to_dict
+from saescale.data.source import BatchSource
+from saescale.data.synthetic import SyntheticConfig, SyntheticSource
+from saescale.errors import SaescaleError
+
+
+def activation_sources(acts: str, activations: ActivationConfig, synthetic: SyntheticConfig,
+                       seed: int) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
+    """(train source, held-out source, provenance) for ``acts``; ``seed`` sets the data order."""
+    if acts == "synthetic":
+        src = SyntheticSource(synthetic)
+        return src, src.heldout(), {"source": "synthetic", "synthetic": config_to_dict(synthetic)}
+    if acts == "stream":
+        from saescale.activations.lm_text import load_lm_text
+        from saescale.activations.stream import StreamSource
+
+        lt = load_lm_text(activations)  # one model load and one tokenisation for both splits
+        return (StreamSource(activations, "train", seed, lm_text=lt), StreamSource(activations, "val", seed, lm_text=lt),
+                {"source": "stream", "activations": config_to_dict(activations)})
+    from saescale.activations.cache import CacheReader, build_cache
+
+    path = Path(acts) if acts != "cache" else build_cache(activations)
+    if not path.exists():
+        raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
+    train = CacheReader(path, "train", seed)
+    return train, CacheReader(path, "val", seed), cache_provenance(train)
+
+
+def cache_provenance(reader: Any) -> dict[str, Any]:
+    """What an SAE trained on a cache records about its data: the cache folder and the activation
+    settings (hook resolved, e.g. 'layers.20'), so evaluation can rerun the same model and corpus."""
+    acts = {**reader.manifest.get("config", {}), "hook": reader.manifest["hook"]}
+    return {"source": "cache", "cache": str(reader.path), "activations": acts}
+
+
+def heldout_batches(held: BatchSource, tokens: int, batch_size: int) -> Iterable[torch.Tensor]:
+    """Up to ``tokens`` held-out tokens, each once: a cache's split read in order, or a stream's first batches."""
+    if hasattr(held, "read_all"):
+        return held.read_all(max_tokens=tokens)["acts"].split(batch_size)
+    return islice(held.batches(batch_size), max(1, tokens // batch_size))
