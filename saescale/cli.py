@@ -10,23 +10,19 @@ from saescale.errors import SaescaleError
 
 def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.activations.config import ActivationConfig
-    from saescale.commands.eval import EvalConfig, run_eval
+    from saescale.commands.cache import run_cache
+    from saescale.commands.eval import EvalCommand, run_eval
     from saescale.commands.fit import FitConfig, run_fit
     from saescale.commands.sweep import SweepConfig, run_sweep_command
     from saescale.commands.train import TrainCommand, run_train
 
-    def run_cache(cfg: ActivationConfig) -> None:
-        from saescale.activations.cache_cmd import run_cache as _run
-
-        _run(cfg)
-
     return {
         "train": ("train (or resume) an SAE; with no options: the main job on the embedded model", TrainCommand, run_train),
         "cache": ("harvest activations of a model at a hook point into an on-disk cache", ActivationConfig, run_cache),
-        "eval": ("the paper's metrics for a trained SAE (--sae SAE_DIR) on its model", EvalConfig, run_eval),
+        "eval": ("the paper's metrics for a trained SAE (SAE_DIR) on its model", EvalCommand, run_eval),
         "sweep": ("train a grid of SAEs (spec file) together on one pass over the activations; rerun to resume",
                   SweepConfig, run_sweep_command),
-        "fit": ("scaling-law fits (joint L(n,k), L(C), lr rule) of finished sweeps (--results PATH)", FitConfig, run_fit),
+        "fit": ("scaling-law fits (joint L(n,k), L(C), lr rule) of finished sweeps (PATH...)", FitConfig, run_fit),
     }
 
 
@@ -45,12 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(cmds))
         return 0
     name, rest = argv[0], argv[1:]
-    if name in ("eval", "sweep") and rest and not rest[0].startswith("-"):
-        # `saescale eval SAE_DIR` is short for `--sae SAE_DIR`, `saescale sweep SPEC` for `--spec SPEC`
-        rest = ["--sae" if name == "eval" else "--spec", *rest]
-    if name == "fit" and rest and not rest[0].startswith("-"):
-        npos = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))
-        rest = ["--results", ",".join(rest[:npos]), *rest[npos:]]  # `saescale fit PATH...` is short for `--results PATH,...`
     try:
         if name not in cmds:
             raise SaescaleError(f"unknown command {name!r}; choose one of {', '.join(cmds)} (see 'saescale --help')")

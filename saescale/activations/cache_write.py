@@ -24,12 +24,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import save as st_save
-from tqdm import tqdm
 
 from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import SPLIT_SEED, SPLITS, Contexts, split_documents
@@ -44,6 +43,8 @@ from saescale.atomic import atomic_write_bytes
 from saescale.errors import SaescaleError
 
 SEED = SPLIT_SEED  # document split (shared with the live stream) and context order; recorded in the manifest
+
+Progress = Callable[[dict[str, Any]], None]  # called with {"tokens": done, "total": to do}
 
 
 @dataclass
@@ -143,13 +144,15 @@ def harvest_stream(job: Job, split: str, first_token: int) -> Iterator[dict[str,
         skip = 0
 
 
-def cut_shards(stream, first: int, stop: int, shard_tokens: int, total: int, pbar) -> Iterator[tuple[int, dict]]:
-    """(i, rows of shard i) for shards ``first .. stop-1`` of a stream that starts at shard ``first``."""
+def cut_shards(stream, first: int, stop: int, shard_tokens: int, total: int,
+               advance: Callable[[int], None]) -> Iterator[tuple[int, dict]]:
+    """(i, rows of shard i) for shards ``first .. stop-1`` of a stream that starts at shard ``first``;
+    ``advance(tokens)`` as each piece of the stream arrives."""
     pending: list[dict] = []
     have, i, left = 0, first, min(stop * shard_tokens, total) - first * shard_tokens
     for rows in stream:
         n_rows = len(rows["acts"])
-        pbar.update(min(n_rows, left))
+        advance(min(n_rows, left))
         pending.append(rows)
         have, left = have + n_rows, left - n_rows
         while i < stop and have >= min(shard_tokens, total - i * shard_tokens):
@@ -192,18 +195,26 @@ def _forget(folder: Path, manifest: dict, todo: dict[str, list[int]]) -> None:
     write_manifest(folder, manifest)
 
 
-def write_missing(folder: Path, manifest: dict, job: Job, todo: dict[str, list[int]], progress: bool) -> int:
-    """Harvest and write the shards in ``todo`` (split -> indices); tokens written."""
+def write_missing(folder: Path, manifest: dict, job: Job, todo: dict[str, list[int]], progress: Progress | None) -> int:
+    """Harvest and write the shards in ``todo`` (split -> indices); tokens written. ``progress`` gets
+    {"tokens": harvested so far, "total": to harvest}, first with 0."""
     size = manifest["config"]["shard_tokens"]
     total = sum(min(size, job.n_tokens[s] - i * size) for s in SPLITS for i in todo[s])
     _forget(folder, manifest, todo)
-    with tqdm(total=total, unit="tok", unit_scale=True, desc="cache", disable=not progress, smoothing=0.1) as pbar:
-        for split in SPLITS:
-            for first, stop in _runs(todo[split]):
-                stream = harvest_stream(job, split, first * size)
-                for i, rows in cut_shards(stream, first, stop, size, job.n_tokens[split], pbar):
-                    manifest["splits"][split]["shards"][i] = write_shard(folder, split, i, rows, manifest["dtype"])
-                    write_manifest(folder, manifest)
+    done = [0]
+
+    def advance(tokens: int) -> None:
+        done[0] += tokens
+        if progress:
+            progress({"tokens": done[0], "total": total})
+
+    advance(0)
+    for split in SPLITS:
+        for first, stop in _runs(todo[split]):
+            stream = harvest_stream(job, split, first * size)
+            for i, rows in cut_shards(stream, first, stop, size, job.n_tokens[split], advance):
+                manifest["splits"][split]["shards"][i] = write_shard(folder, split, i, rows, manifest["dtype"])
+                write_manifest(folder, manifest)
     return total
 
 
@@ -228,12 +239,12 @@ def write_stats(folder: Path, manifest: dict, chunk: int = 8192) -> dict:
             "centered_mean_sq_norm": ms - mv, "file": STATS, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def build_cache(cfg: ActivationConfig, out_dir: Path | None = None, progress: bool = True, *,
-                verify: bool = False, lm: tuple | None = None) -> Path:
+def build_cache(cfg: ActivationConfig, out_dir: Path | None = None, progress: Progress | None = None, *,
+                verify: bool = False, lm: tuple | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Build, resume or repair the activation cache for ``cfg``; its folder.
 
-    out_dir: folder (default ``cfg.cache_dir``, else :func:`default_cache_dir`). progress: show
-    a progress bar and print a summary line. verify: check existing shards by sha256 (not only
+    out_dir: folder (default ``cfg.cache_dir``, else :func:`default_cache_dir`). progress: called
+    with the harvest's progress (see :func:`write_missing`). log: gets the summary line. verify: check existing shards by sha256 (not only
     size and header) and re-read the shards written now. lm: an already loaded (model, tokenizer)
     of ``cfg.model``. A complete, matching cache is left alone; one built with other options
     raises SaescaleError and is never overwritten.
@@ -260,8 +271,8 @@ def build_cache(cfg: ActivationConfig, out_dir: Path | None = None, progress: bo
         if not manifest["complete"]:
             manifest["complete"] = True
             write_manifest(folder, manifest)
-    if progress:
-        print(summary(folder, manifest, written, time.perf_counter() - start))
+    if log:
+        log(summary(folder, manifest, written, time.perf_counter() - start))
     return folder
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -20,10 +20,14 @@ from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
 from saescale.errors import SaescaleError
 
+Progress = Callable[[dict[str, Any]], None]  # the cache harvest's {"tokens": done, "total": to do}
 
-def activation_sources(acts: str, activations: ActivationConfig, synthetic: SyntheticConfig,
-                       seed: int) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
-    """(train source, held-out source, provenance) for ``acts``; ``seed`` sets the data order."""
+
+def activation_sources(acts: str, activations: ActivationConfig, synthetic: SyntheticConfig, seed: int,
+                       progress: Progress | None = None, log: Callable[[str], None] | None = None,
+                       ) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
+    """(train source, held-out source, provenance) for ``acts``; ``seed`` sets the data order;
+    ``progress`` and ``log`` report the harvest when 'cache' builds the cache."""
     if acts == "synthetic":
         src = SyntheticSource(synthetic)
         return src, src.heldout(), {"source": "synthetic", "synthetic": config_to_dict(synthetic)}
@@ -36,7 +40,7 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
                 {"source": "stream", "activations": config_to_dict(activations)})
     from saescale.activations.cache import CacheReader, build_cache
 
-    path = Path(acts) if acts != "cache" else build_cache(activations)
+    path = Path(acts) if acts != "cache" else build_cache(activations, progress=progress, log=log)
     if not path.exists():
         raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
     train = CacheReader(path, "train", seed)

@@ -13,17 +13,17 @@ class ProgressBar:
     """Call it with each step's metrics (``tokens`` so far, and any of :data:`POSTFIX`): tokens/s and ETA.
 
     The first call sets the starting point (a resumed run starts part-way), so the rate counts
-    only the tokens of this session.
+    only the tokens of this session; it may also bring the ``total`` when the caller did not know it.
     """
 
-    def __init__(self, total: int, desc: str = "train", enabled: bool = True):
+    def __init__(self, total: int | None = None, desc: str = "train", enabled: bool = True):
         self.total, self.desc, self.enabled = total, desc, enabled
         self.bar: Any = None
 
     def __call__(self, metrics: dict[str, Any]) -> None:
         tokens = int(metrics["tokens"])
         if self.bar is None:
-            self.bar = tqdm(total=self.total, initial=tokens, unit="tok", unit_scale=True, disable=not self.enabled,
+            self.bar = tqdm(total=metrics.get("total", self.total), initial=tokens, unit="tok", unit_scale=True, disable=not self.enabled,
                             dynamic_ncols=True, desc=self.desc)
             return
         self.bar.update(tokens - self.bar.n)

@@ -59,9 +59,15 @@ class TrainCommand:
     dist: DistConfig = field(default_factory=DistConfig)
 
 
-def train_sources(cmd: TrainCommand) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
-    """(train source, held-out source, provenance recorded with the SAE) for ``--acts``."""
-    return activation_sources(cmd.run.acts, cmd.activations, cmd.synthetic, cmd.train.seed)
+def train_sources(cmd: TrainCommand, show: bool = False) -> tuple[BatchSource, BatchSource, dict[str, Any]]:
+    """(train source, held-out source, provenance recorded with the SAE) for ``--acts``; ``show``: a
+    progress bar and a summary line if the cache is built now."""
+    bar = ProgressBar(desc="cache", enabled=show)
+    try:
+        return activation_sources(cmd.run.acts, cmd.activations, cmd.synthetic, cmd.train.seed, bar,
+                                  bar.write if show else None)
+    finally:
+        bar.close()
 
 
 def default_out(cmd: TrainCommand) -> Path:
@@ -85,7 +91,7 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
 
             cmd = dataclasses.replace(cmd, run=dataclasses.replace(cmd.run, acts=str(built_cache(cmd.activations))))
         with rank_output(rank), stop_on_sigterm(rank, world):
-            src, held, extra = train_sources(cmd)
+            src, held, extra = train_sources(cmd, show=cfg.progress and rank == 0)
             mesh = init_mesh(layout, rank, cmd.dist, device)
             bar = ProgressBar(cfg.steps * cfg.batch_size, enabled=cfg.progress and rank == 0)
             try:

@@ -5,10 +5,15 @@ from __future__ import annotations
 from saescale.activations.cache_write import build_cache
 from saescale.activations.config import ActivationConfig
 from saescale.activations.manifest import MANIFEST
+from saescale.commands.progress import ProgressBar
 
 
 def run_cache(cfg: ActivationConfig) -> None:
     """Build, resume or repair the cache for ``cfg``: every existing shard is checked by sha256
     (damaged ones are rebuilt) and every shard written now is read back and checked."""
-    path = build_cache(cfg, progress=True, verify=True)
+    bar = ProgressBar(desc="cache")
+    try:
+        path = build_cache(cfg, progress=bar, verify=True, log=bar.write)
+    finally:
+        bar.close()
     print(f"verified: every shard matches its sha256 in {path / MANIFEST}")
