@@ -4,8 +4,10 @@ Each config is a ``@dataclass`` whose fields carry a docstring (a string literal
 on the line after the field, as in EleutherAI/sparsify). :func:`build_parser`
 turns the fields into ``--name`` options whose help text is that docstring;
 nested dataclass fields are flattened (their options keep their own names, which
-must be unique across the whole tree). :func:`parse_config` returns the filled-in
-config, and every parse problem becomes a one-line :class:`SaescaleError`.
+must be unique across the whole tree, or get the prefix ``p-`` of a nested field with
+``metadata={"prefix": "p"}``). A field with ``metadata={"positional": True}`` may also be given
+as a positional argument. :func:`parse_config` returns the filled-in config, and every parse
+problem becomes a one-line :class:`SaescaleError`.
 
 Supported field types: ``int``, ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``),
 ``Literal[...]`` (choices), ``X | None``, ``tuple[int, ...]``/``list[int]``, and
@@ -25,6 +27,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from saescale.configs import field_default, unwrap_optional
 from saescale.errors import SaescaleError
+
+_POS = "@positional"  # dest suffix of a field's positional argument
 
 
 @lru_cache(maxsize=None)
@@ -63,15 +67,19 @@ def _none_or(conv):
     return parse
 
 
-def _leaf_fields(cls: type, prefix: tuple[str, ...] = ()):
-    """Yield (path, field, type) for every non-dataclass field, depth first."""
+def _leaf_fields(cls: type, path: tuple[str, ...] = (), prefix: str = ""):
+    """Yield (path, option name, field, type, owning class) for every non-dataclass field, depth first.
+
+    A nested field with ``metadata={"prefix": "p"}`` puts ``p-`` before the option names of its fields.
+    """
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            yield from _leaf_fields(tp, prefix + (f.name,))
+            sub = prefix + (f"{f.metadata['prefix']}-" if "prefix" in f.metadata else "")
+            yield from _leaf_fields(tp, path + (f.name,), sub)
         else:
-            yield prefix + (f.name,), f, tp, cls
+            yield path + (f.name,), prefix + f.name.replace("_", "-"), f, tp, cls
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,8 +87,32 @@ class _Parser(argparse.ArgumentParser):
         raise SaescaleError(f"{message} (see '{self.prog} --help')")
 
 
+def _value_kwargs(tp: Any, dest: str) -> dict[str, Any]:
+    """argparse ``type``/``choices``/``nargs``/``metavar`` of a field type (bool: a --x / --no-x flag)."""
+    base, optional = unwrap_optional(tp)
+    if base is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(base) is Literal:
+        choices = list(get_args(base))
+        kwargs = {"type": type(choices[0]), "choices": choices, "metavar": "{" + ",".join(map(str, choices)) + "}"}
+    elif get_origin(base) in (tuple, list):
+        elem = get_args(base)[0]
+        kwargs = {"type": elem, "nargs": "+", "metavar": elem.__name__.upper()}
+    elif base in (int, float, str):
+        kwargs = {"type": base, "metavar": base.__name__.upper()}
+    else:
+        raise TypeError(f"unsupported config type {tp!r} for {dest}")
+    if optional:
+        kwargs["type"] = _none_or(kwargs["type"])
+    return kwargs
+
+
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--option`` per leaf field of ``cls``."""
+    """An argparse parser with one ``--option`` per leaf field of ``cls``.
+
+    A field with ``metadata={"positional": True}`` may also be given as a positional argument
+    (a list field: any number of them, added to the option's values).
+    """
     parser = _Parser(
         prog=prog,
         description=description or (inspect.getdoc(cls) or "").split("\n\n")[0],
@@ -89,43 +121,21 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
     )
     seen: dict[str, tuple[str, ...]] = {}
     groups: dict[type, Any] = {}
-    for path, f, tp, owner in _leaf_fields(cls):
-        name = f.name.replace("_", "-")
+    for path, name, f, tp, owner in _leaf_fields(cls):
         if name in seen:
             raise TypeError(f"option --{name} defined twice: {seen[name]} and {path}")
         seen[name] = path
         if owner not in groups:
             groups[owner] = parser.add_argument_group(owner.__name__, (inspect.getdoc(owner) or "").split("\n\n")[0])
-        group = groups[owner]
-        help_ = field_docs(owner).get(f.name, "").replace("%", "%%")
-        default = field_default(f)
-        dest = ".".join(path)
-        base, optional = unwrap_optional(tp)
-        kwargs: dict[str, Any] = {"dest": dest, "help": help_, "default": default}
+        dest, default = ".".join(path), field_default(f)
+        kwargs = {"help": field_docs(owner).get(f.name, "").replace("%", "%%"), "default": default,
+                  **_value_kwargs(tp, dest)}
+        if f.metadata.get("positional"):
+            groups[owner].add_argument(dest + _POS, **{**kwargs, "metavar": name.upper(), "default": argparse.SUPPRESS,
+                                                        "nargs": "*" if "nargs" in kwargs else "?"})
         if default is dataclasses.MISSING:
-            kwargs.pop("default")
-            kwargs["required"] = True
-        if base is bool:
-            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if get_origin(base) is Literal:
-            choices = list(get_args(base))
-            kwargs["type"] = type(choices[0])
-            kwargs["choices"] = choices
-            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
-        elif get_origin(base) in (tuple, list):
-            elem = get_args(base)[0]
-            kwargs["type"] = elem
-            kwargs["nargs"] = "+"
-            kwargs["metavar"] = elem.__name__.upper()
-        elif base in (int, float, str):
-            kwargs["type"] = base
-            kwargs["metavar"] = base.__name__.upper()
-        else:
-            raise TypeError(f"unsupported config type {tp!r} for {dest}")
-        if optional:
-            kwargs["type"] = _none_or(kwargs["type"])
-        group.add_argument(f"--{name}", **kwargs)
+            kwargs["default"] = argparse.SUPPRESS  # checked in parse_config (it may come as a positional)
+        groups[owner].add_argument(f"--{name}", dest=dest, **kwargs)
     return parser
 
 
@@ -147,8 +157,16 @@ def _construct(cls: type, values: dict[str, Any], prefix: tuple[str, ...] = ()) 
 
 def parse_config(cls: type, argv: list[str], prog: str) -> Any:
     """Parse ``argv`` into an instance of dataclass ``cls`` (errors: SaescaleError)."""
-    ns = build_parser(cls, prog).parse_args(argv)
+    parser = build_parser(cls, prog)
+    values = vars(parser.parse_intermixed_args(argv))
+    for key in [k for k in values if k.endswith(_POS)]:
+        pos, dest = values.pop(key), key.removesuffix(_POS)
+        values[dest] = [*values.get(dest, []), *pos] if isinstance(pos, list) else pos
+    missing = [f"{name.upper()} (or --{name})" if f.metadata.get("positional") else f"--{name}"
+               for path, name, f, *_ in _leaf_fields(cls) if ".".join(path) not in values]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
-        return _construct(cls, vars(ns))
+        return _construct(cls, values)
     except (TypeError, ValueError) as e:
         raise SaescaleError(f"invalid option value: {e} (see '{prog} --help')") from None

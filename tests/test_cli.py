@@ -62,6 +62,24 @@ def test_parse_config_builds_nested_configs():
         parse_config(TrainCommand, ["--n"], "t")
 
 
+def test_positionals_prefixes_and_their_option_forms():
+    from saescale.commands.eval import EvalCommand
+    from saescale.commands.fit import FitConfig
+    from saescale.commands.sweep import SweepConfig
+
+    a = parse_config(EvalCommand, ["runs/x/sae", "--n2g-latents", "3", "--probe-tasks", "has_digit"], "e")
+    b = parse_config(EvalCommand, ["--n2g-latents", "3", "--sae", "runs/x/sae", "--probe-tasks", "has_digit"], "e")
+    assert a == b and a.sae == "runs/x/sae" and a.n2g.latents == 3 and a.probes.tasks == "has_digit"
+    assert parse_config(FitConfig, ["--bootstrap", "0", "a", "b"], "f").paths == ["a", "b"]
+    assert parse_config(FitConfig, ["a", "--results", "b,c"], "f").paths == ["b", "c", "a"]
+    assert parse_config(SweepConfig, ["--no-fit", "s.toml"], "s").spec == "s.toml"
+    assert parse_config(TrainCommand, ["--synth-d", "8", "--synth-k", "2"], "t").synthetic.d == 8
+    with pytest.raises(SaescaleError, match="required: SAE \\(or --sae\\)"):
+        parse_config(EvalCommand, ["--seed", "1"], "e")
+    r = cli("eval", "--help")
+    assert r.returncode == 0 and "SAE folder" in r.stdout and "--n2g-latents" in r.stdout
+
+
 def test_train_on_synthetic_end_to_end(tmp_path):
     r = cli("train", "--acts", "synthetic", "--n", "256", "--k", "8", "--normalize", "none", "--lr", "0.01",
             "--tokens", "200000", "--batch-size", "1024", "--threads", "1", "--no-progress", "--out", str(tmp_path))

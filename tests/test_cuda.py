@@ -62,7 +62,7 @@ def test_cuda_trainer_steps_match_cpu(monkeypatch):
 
 def test_cuda_training_learns_a_planted_dictionary():
     """A short float32 run on CUDA with the fast kernels reduces nMSE well below its start."""
-    src = SyntheticSource(SyntheticConfig(synth_d=64, synth_features=256, synth_k=8, synth_seed=0))
+    src = SyntheticSource(SyntheticConfig(d=64, features=256, k=8, seed=0))
     sae = make_sae("topk", 256, 8, 64).to("cuda")
     cfg = TrainConfig(batch_size=1024, tokens=1024 * 150, lr=1e-2, device="cuda", progress=False)
     trainer = Trainer(sae, cfg, loss_scale=1.0)

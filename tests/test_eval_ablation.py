@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saescale.eval.ablation import ablate_batch, ablation_metrics, sparsity_score
+from saescale.eval.ablation import AblationConfig, ablate_batch, ablation_metrics, sparsity_score
 from saescale.eval.splice import Splicer
 from saescale.eval.suite import encode_all
 from tests.helpers import make_sae
@@ -38,7 +38,8 @@ def test_zero_decoder_row_has_no_effect(tiny_lm):
     splicer = Splicer(model, "layers.3")
     _, h = splicer.forward_with_capture(ids)
     code = encode_all(sae, h[:, 1:].reshape(-1, 32))
-    res = ablation_metrics(splicer, sae, ids, code, torch.arange(1, 32), torch.arange(64), horizon=8, batch=4)
+    res = ablation_metrics(splicer, sae, ids, code, torch.arange(1, 32), torch.arange(64), AblationConfig(horizon=8), batch=4,
+                           seed=0)
     assert res["ablations"] > 0 and res["zero_effect"] == res["ablations"]
 
 

@@ -5,21 +5,26 @@ import json
 import pytest
 
 from saescale.cli import main
-from saescale.commands.eval import EvalConfig, run_eval
+from saescale.commands.eval import EvalCommand, run_eval
 from saescale.errors import SaescaleError
+from saescale.eval.ablation import AblationConfig
+from saescale.eval.downstream import DownstreamConfig
+from saescale.eval.n2g import N2GConfig
+from saescale.eval.probes import ProbeConfig
+from saescale.eval.refine import RefineConfig
 from saescale.eval.tasks import TASKS
 from tests.eval_helpers import save_for_model
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = dict(eval_contexts=12, downstream_contexts=4, probe_docs=3, probe_per_doc=2, n2g_latents=3, n2g_test=4,
-             n2g_build=4, n2g_negatives=64, n2g_max_len=6, ablation_latents=6, ablation_horizon=8,
-             refine_tokens=128, refine_iters=50, batch=8)
+SMALL = dict(eval_contexts=12, downstream=DownstreamConfig(contexts=4), probes=ProbeConfig(docs=3, per_doc=2),
+             n2g=N2GConfig(latents=3, test=4, build=4, negatives=64, max_len=6),
+             ablation=AblationConfig(latents=6, horizon=8), refine=RefineConfig(tokens=128, iters=50), batch=8)
 
 
 def _run(sae_dir, out, tiny_lm, **kw):
-    return run_eval(EvalConfig(sae=str(sae_dir), out=str(out), **{**SMALL, **kw}), lm=tiny_lm)
+    return run_eval(EvalCommand(sae=str(sae_dir), out=str(out), **{**SMALL, **kw}), lm=tiny_lm)
 
 
 def test_eval_all_metrics_reproducible(tiny_lm_dir, tiny_lm, tmp_path, capsys):
@@ -51,4 +56,4 @@ def test_eval_errors(tiny_lm_dir, tiny_lm, tmp_path, capsys):
     assert "unknown metric" in capsys.readouterr().err
     if not TASKS["french_vs_english"].available():
         with pytest.raises(SaescaleError, match="install Debian package fortunes-fr"):
-            EvalConfig(sae="x", probe_tasks="french_vs_english")  # checked when the config is built
+            EvalCommand(sae="x", probes=ProbeConfig(tasks="french_vs_english"))  # checked when the config is built

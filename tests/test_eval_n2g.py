@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saescale.eval.n2g import build_explanation, explain_latent
+from saescale.eval.n2g import N2GConfig, build_explanation, explain_latent
 from saescale.eval.n2g_trie import WILD, Trie, precision_recall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,8 +45,8 @@ def test_exact_explanation_scores_one():
     tokens = synthetic_contexts()
     positions = torch.arange(1, tokens.shape[1])
     values = torch.stack([bigram_act([row[: p + 1].tolist() for p in positions.tolist()], 0) for row in tokens])
-    res = explain_latent(bigram_act, tokens, values, positions, 0, PAD, text_start=1, n_build=16, n_test=16,
-                         n_negatives=500, seed=0)
+    res = explain_latent(bigram_act, tokens, values, positions, 0, PAD, text_start=1, seed=0,
+                         cfg=N2GConfig(build=16, test=16, negatives=500))
     assert res["trie"].patterns == [(A, B)]
     assert res["precision"] == 1.0 and res["recall"] == 1.0 and res["firing"] >= 16
 

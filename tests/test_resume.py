@@ -80,7 +80,7 @@ class _PoisonedSource(SyntheticSource):
 
 
 def test_nan_batch_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
-    src = _PoisonedSource(SyntheticConfig(synth_d=16, synth_features=32, synth_k=2))
+    src = _PoisonedSource(SyntheticConfig(d=16, features=32, k=2))
     cfg = TrainConfig(tokens=64 * 60, batch_size=64, checkpoint_every=10, progress=False, init_tokens=64)
     sae_cfg = SAEConfig(n=32, k=2, normalize="none")
     with pytest.raises(SaescaleError, match="NaN/inf") as e:
@@ -96,7 +96,7 @@ def test_nan_batch_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
 
 
 def test_changed_settings_refuse_to_resume(tmp_path):
-    src = SyntheticSource(SyntheticConfig(synth_d=16, synth_features=32, synth_k=2))
+    src = SyntheticSource(SyntheticConfig(d=16, features=32, k=2))
     cfg = TrainConfig(tokens=64 * 10, batch_size=64, checkpoint_every=5, progress=False, init_tokens=64)
     train_sae(SAEConfig(n=32, k=2, normalize="none"), cfg, src, tmp_path)
     with pytest.raises(SaescaleError, match="sae.k") as e:

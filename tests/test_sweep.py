@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from saescale.cli import main
-from saescale.data.synthetic import SyntheticSource
+from saescale.data.synthetic import SyntheticConfig, SyntheticSource
 from saescale.sweep.runner import curve_steps, run_sweep
 from saescale.sweep.spec import load_spec
 from saescale.train.run import train_sae
@@ -35,9 +35,9 @@ lr = 0.01
 checkpoint_every = 10
 log_every = 5
 [synthetic]
-synth_d = 16
-synth_features = 64
-synth_k = 4
+d = 16
+features = 64
+k = 4
 """
 
 
@@ -61,6 +61,15 @@ def test_spec_expands_the_grid(tmp_path):
     assert spec.out == Path("runs/sweep-spec")
 
 
+def test_old_synth_prefixed_keys_still_load(tmp_path):
+    new = load_spec(write_spec(tmp_path))
+    old = tmp_path / "old.toml"
+    old.write_text(write_spec(tmp_path).read_text().replace("\nd = 16\nfeatures = 64\nk = 4",
+                                                            "\nsynth_d = 16\nsynth_features = 64\nsynth_k = 4"))
+    assert "synth_d = 16" in old.read_text()
+    assert load_spec(old).synthetic == new.synthetic == SyntheticConfig(d=16, features=64, k=4)
+
+
 def test_curve_steps_are_log_spaced_and_end_at_the_budget():
     s = sorted(curve_steps(1000, 4))
     assert s == [1, 10, 100, 1000]
@@ -69,6 +78,7 @@ def test_curve_steps_are_log_spaced_and_end_at_the_budget():
 
 @pytest.mark.parametrize("text,needle", [
     ("[grid]\nwidth = [1, 2]\n", "unknown key 'width'"),
+    ("[grid]\nsynth_k = [4, 8]\n", "shared by all members"),
     ("[grid]\nn = 1024\n", "must be a non-empty list"),
     ("[grid]\nn = [1, 1]\n", "lists a value twice"),
     ("[grid]\nbatch_size = [512, 1024]\n", "share batch_size"),

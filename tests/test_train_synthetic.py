@@ -27,7 +27,7 @@ def one_thread_module():
 
 @pytest.fixture(scope="module")
 def data():
-    src = SyntheticSource(SyntheticConfig(synth_d=D, synth_features=FEATS, synth_k=K))
+    src = SyntheticSource(SyntheticConfig(d=D, features=FEATS, k=K))
     return src, src.heldout()
 
 

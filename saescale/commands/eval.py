@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from saescale.atomic import atomic_write_json
 from saescale.configs import config_to_dict
 from saescale.errors import SaescaleError
+from saescale.eval import require_positive
+from saescale.eval.ablation import AblationConfig
+from saescale.eval.downstream import DownstreamConfig
+from saescale.eval.n2g import N2GConfig
+from saescale.eval.probes import ProbeConfig
+from saescale.eval.refine import RefineConfig
 
 ALL_METRICS = ("recon", "downstream", "probes", "n2g", "ablation", "refine", "progressive")
 
 
 @dataclass
-class EvalConfig:
+class EvalCommand:
     """Evaluate a trained SAE: reconstruction, downstream loss, probes, N2G, ablation sparsity, refinement, progressive codes."""
 
-    sae: str
+    sae: str = field(metadata={"positional": True})
     """SAE folder (cfg.json + sae.safetensors, e.g. runs/<run>/sae); its model, hook and corpus are read from cfg.json."""
 
     metrics: str = ",".join(ALL_METRICS)
@@ -34,57 +39,6 @@ class EvalConfig:
     eval_contexts: int = 192
     """Held-out contexts (from the corpus's validation documents) for recon, N2G, ablation, refine, progressive (about 63 tokens each)."""
 
-    downstream_contexts: int = 48
-    """Contexts (the first of the eval contexts) spliced for the downstream loss (4 forward passes each)."""
-
-    probe_tasks: str = "all"
-    """Probe tasks, comma-separated, or 'all' (every built-in task plus optional ones whose data is installed)."""
-
-    probe_docs: int = 32
-    """Documents drawn per probe data source (State of the Union, Moby-Dick, Python stdlib, fortunes)."""
-
-    probe_per_doc: int = 3
-    """Contexts drawn per probe document."""
-
-    probe_pooling: Literal["max", "mean"] = "max"
-    """How sequence-level probe tasks pool a latent over the context's tokens (paper unpublished; our default max)."""
-
-    probe_max_per_class: int = 1024
-    """Most examples per class and task (classes are balanced by subsampling)."""
-
-    probe_dense: bool = True
-    """Also fit a dense logistic probe on the raw activations (the ceiling)."""
-
-    n2g_latents: int = 32
-    """Latents sampled (among those firing on the eval tokens) for N2G explanations."""
-
-    n2g_build: int = 16
-    """Top-activating examples used to build each explanation."""
-
-    n2g_test: int = 16
-    """Top-activating held-out examples used to test each explanation."""
-
-    n2g_negatives: int = 1024
-    """Random eval tokens added to the test set (negative sample for precision)."""
-
-    n2g_frac: float = 0.5
-    """Fraction of the original activation a suffix / wildcard must keep (paper: 0.5)."""
-
-    n2g_max_len: int = 12
-    """Longest suffix (tokens) tried when shortening an example; bounds N2G's cost (the paper gives no limit)."""
-
-    ablation_latents: int = 200
-    """Latents sampled for ablation sparsity (one ablation each)."""
-
-    ablation_horizon: int = 16
-    """Positions T over which logit effects are compared (paper: 16)."""
-
-    refine_tokens: int = 4096
-    """Eval tokens re-optimised for the refinement (shrinkage) metric."""
-
-    refine_iters: int = 300
-    """Projected-gradient iterations of the refinement."""
-
     batch: int = 16
     """Contexts per forward pass."""
 
@@ -97,22 +51,22 @@ class EvalConfig:
     threads: int = 0
     """Torch CPU threads; 0 = torch's default."""
 
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig, metadata={"prefix": "downstream"})
+    probes: ProbeConfig = field(default_factory=ProbeConfig, metadata={"prefix": "probe"})
+    n2g: N2GConfig = field(default_factory=N2GConfig, metadata={"prefix": "n2g"})
+    ablation: AblationConfig = field(default_factory=AblationConfig, metadata={"prefix": "ablation"})
+    refine: RefineConfig = field(default_factory=RefineConfig, metadata={"prefix": "refine"})
+
     def __post_init__(self) -> None:
         names = self.metric_names
         bad = [m for m in names if m not in ALL_METRICS]
         if bad or not names:
             raise SaescaleError(f"unknown metric(s) {bad or '(none)'} in --metrics; choose from {', '.join(ALL_METRICS)}")
-        for f in ("eval_contexts", "downstream_contexts", "probe_docs", "probe_per_doc", "probe_max_per_class",
-                  "n2g_latents", "n2g_max_len", "n2g_build", "n2g_test", "ablation_latents", "ablation_horizon", "refine_tokens",
-                  "refine_iters", "batch"):
-            if getattr(self, f) <= 0:
-                raise SaescaleError(f"--{f.replace('_', '-')} must be positive, got {getattr(self, f)}")
-        if self.n2g_negatives < 0 or not 0 < self.n2g_frac <= 1:
-            raise SaescaleError("--n2g-negatives must be >= 0 and --n2g-frac in (0, 1]")
+        require_positive(self, "", "eval_contexts", "batch")
         if "probes" in names:
             from saescale.eval.tasks import select_tasks
 
-            select_tasks(self.probe_tasks)  # unknown task or missing data: fail before loading anything
+            select_tasks(self.probes.tasks)  # unknown task or missing data: fail before loading anything
 
     @property
     def metric_names(self) -> list[str]:
@@ -123,7 +77,7 @@ class EvalConfig:
         return Path(self.out) if self.out else Path(self.sae).resolve().parent
 
 
-def settings(cfg: EvalConfig, es) -> dict:
+def settings(cfg: EvalCommand, es) -> dict:
     """The exact settings behind the numbers (reproducible with the same seed)."""
     return {"config": config_to_dict(cfg), "model": es.acts_cfg.model, "hook": es.hook,
             "corpus": es.acts_cfg.corpus, "context_len": es.acts_cfg.context_len, "keep_first": es.acts_cfg.keep_first,
@@ -132,7 +86,7 @@ def settings(cfg: EvalConfig, es) -> dict:
                     "normalize": es.sae.cfg.normalize}}
 
 
-def run_eval(cfg: EvalConfig, lm=None) -> dict:
+def run_eval(cfg: EvalCommand, lm=None) -> dict:
     """Compute the chosen metrics, write ``metrics.json`` atomically, print a table; returns the written dict."""
     from saescale.eval.evalset import load_eval_set
     from saescale.eval.report import format_table, json_safe

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from saescale.atomic import atomic_write_json
@@ -14,8 +14,8 @@ from saescale.errors import SaescaleError
 class FitConfig:
     """Fit the scaling laws (joint L(n, k), L(C) frontier, n_opt(C), L(N_model), lr rule) to finished sweeps."""
 
-    results: str
-    """Sweep folder(s) holding results.jsonl, or .jsonl file(s); comma-separated for several."""
+    results: list[str] = field(default_factory=list, metadata={"positional": True})
+    """Sweep folder(s) holding results.jsonl, or .jsonl file(s) (several: space- or comma-separated)."""
 
     out: str = ""
     """Folder for fit.json and the plots. Empty: the first results folder (a file's own folder)."""
@@ -36,6 +36,8 @@ class FitConfig:
     """Save loss_vs_compute, loss_vs_n and joint_residuals as PNG and SVG next to fit.json (needs matplotlib)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.results, str):  # one path (or comma-separated paths) given as a string
+            self.results = [self.results]
         if not self.paths:
             raise SaescaleError("--results is empty: give a sweep folder or a results.jsonl file")
         for f in ("heldout", "bootstrap"):
@@ -46,7 +48,7 @@ class FitConfig:
 
     @property
     def paths(self) -> list[str]:
-        return [p.strip() for p in self.results.split(",") if p.strip()]
+        return [p.strip() for r in self.results for p in r.split(",") if p.strip()]
 
     @property
     def out_dir(self) -> Path:

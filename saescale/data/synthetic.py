@@ -23,29 +23,29 @@ from saescale.errors import SaescaleError
 class SyntheticConfig:
     """Synthetic activations with a planted dictionary (used with --acts synthetic)."""
 
-    synth_d: int = 64
+    d: int = 64
     """Width d of the synthetic activations."""
 
-    synth_features: int = 256
+    features: int = 256
     """Number of planted feature directions (more than d: superposition)."""
 
-    synth_k: int = 8
+    k: int = 8
     """Active features per token."""
 
-    synth_alpha: float = 0.5
+    alpha: float = 0.5
     """Power-law exponent of feature frequencies (0 = all equally frequent)."""
 
-    synth_noise: float = 0.01
+    noise: float = 0.01
     """Standard deviation of isotropic Gaussian noise added to each token."""
 
-    synth_seed: int = 1234
+    seed: int = 1234
     """Seed of the planted dictionary and of the data stream."""
 
     def __post_init__(self) -> None:
-        if self.synth_d <= 0 or self.synth_features <= 0:
+        if self.d <= 0 or self.features <= 0:
             raise SaescaleError("--synth-d and --synth-features must be positive")
-        if not 0 < self.synth_k <= self.synth_features:
-            raise SaescaleError(f"--synth-k must be in [1, synth_features={self.synth_features}]")
+        if not 0 < self.k <= self.features:
+            raise SaescaleError(f"--synth-k must be in [1, --synth-features={self.features}]")
 
 
 class SyntheticSource:
@@ -54,24 +54,24 @@ class SyntheticSource:
     def __init__(self, cfg: SyntheticConfig, stream: int = 0):
         """``stream`` picks an independent token stream over the same dictionary (0: training, 1: held-out)."""
         self.cfg, self.stream = cfg, stream
-        self.d = cfg.synth_d
-        g = torch.Generator().manual_seed(cfg.synth_seed)
-        feats = torch.randn(cfg.synth_features, cfg.synth_d, generator=g)
+        self.d = cfg.d
+        g = torch.Generator().manual_seed(cfg.seed)
+        feats = torch.randn(cfg.features, cfg.d, generator=g)
         self.features = feats / feats.norm(dim=-1, keepdim=True)  # (F, d)
-        ranks = torch.arange(1, cfg.synth_features + 1, dtype=torch.float64)
-        self.probs = (ranks**-cfg.synth_alpha / (ranks**-cfg.synth_alpha).sum()).float()  # (F,)
+        ranks = torch.arange(1, cfg.features + 1, dtype=torch.float64)
+        self.probs = (ranks**-cfg.alpha / (ranks**-cfg.alpha).sum()).float()  # (F,)
         self.log_probs = self.probs.log()
 
     def batch(self, batch_size: int, index: int) -> Tensor:
         """Batch number ``index`` (B, d): a pure function of (seed, batch_size, index)."""
         c = self.cfg
-        g = torch.Generator().manual_seed((c.synth_seed * 1_000_003 + index) * 7 + self.stream + 1)
+        g = torch.Generator().manual_seed((c.seed * 1_000_003 + index) * 7 + self.stream + 1)
         # Gumbel top-k: k draws without replacement with probabilities `probs`.
-        u = torch.rand(batch_size, c.synth_features, generator=g).clamp_min(1e-20)
-        active = (self.log_probs - torch.log(-torch.log(u))).topk(c.synth_k, dim=-1).indices  # (B, k)
-        mags = 0.5 + torch.rand(batch_size, c.synth_k, generator=g)
+        u = torch.rand(batch_size, c.features, generator=g).clamp_min(1e-20)
+        active = (self.log_probs - torch.log(-torch.log(u))).topk(c.k, dim=-1).indices  # (B, k)
+        mags = 0.5 + torch.rand(batch_size, c.k, generator=g)
         x = torch.einsum("bk,bkd->bd", mags, self.features[active])
-        return x + c.synth_noise * torch.randn(batch_size, c.synth_d, generator=g)
+        return x + c.noise * torch.randn(batch_size, c.d, generator=g)
 
     def heldout(self) -> "SyntheticSource":
         """The same planted dictionary, an independent token stream."""

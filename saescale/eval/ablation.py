@@ -17,13 +17,30 @@ row) are counted separately.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from saescale.eval import require_positive
 from saescale.eval.n2g import latent_values
 from saescale.eval.splice import Splicer
 from saescale.sae.base import SparseAutoencoder, SparseCode
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Ablation sparsity: one latent removed at a time."""
+
+    latents: int = 200
+    """Latents sampled for ablation sparsity (one ablation each)."""
+
+    horizon: int = 16
+    """Positions T over which logit effects are compared (paper: 16)."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "ablation-", "latents", "horizon")
 
 
 def sparsity_score(delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,9 +83,10 @@ def ablate_batch(splicer: Splicer, sae: SparseAutoencoder, ids: Tensor, sites: l
 
 
 def ablation_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, code: SparseCode, positions: Tensor,
-                     latents: Tensor, horizon: int = 16, batch: int = 16, seed: int = 0) -> dict:
-    """Mean ablation-sparsity score over one ablation per latent in ``latents`` (see module docstring)."""
-    g = torch.Generator().manual_seed(seed)
+                     latents: Tensor, cfg: AblationConfig = AblationConfig(), *, batch: int, seed: int) -> dict:
+    """Mean ablation-sparsity score over one ablation per latent in ``latents``, ``batch`` ablations per forward
+    pass (see module docstring); ``cfg.latents`` is the number the caller samples."""
+    g, horizon = torch.Generator().manual_seed(seed), cfg.horizon
     sites = choose_sites(code, len(tokens), positions, latents, tokens.shape[1] - horizon, g)
     sites.sort(key=lambda s: s[2])
     scores, norms = [], []
@@ -83,5 +101,4 @@ def ablation_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, c
     n = torch.cat(norms) if norms else torch.zeros(0)
     live = n > 0
     return {"ablation_sparsity": float(s[live].mean()) if live.any() else float("nan"),
-            "ablations": len(sites), "zero_effect": int((~live).sum()), "horizon": horizon,
-            "latents_requested": len(latents)}
+            "ablations": len(sites), "zero_effect": int((~live).sum()), "latents": latents.tolist()}

@@ -19,13 +19,27 @@ that has a next token). Replacements:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from saescale.eval import require_positive
 from saescale.eval.splice import Splicer
 from saescale.sae.base import SparseAutoencoder
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """Downstream loss: reconstructions spliced into the model."""
+
+    contexts: int = 48
+    """Contexts (the first of the eval contexts) spliced for the downstream loss (4 forward passes each)."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "downstream-", "contexts")
 
 
 def next_token_ce(logits: Tensor, tokens: Tensor, scored: Tensor) -> Tensor:
@@ -58,9 +72,11 @@ def const_replacement(h: Tensor, positions: Tensor, value: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def downstream_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, positions: Tensor,
-                       mean_act: Tensor, batch: int = 8) -> dict[str, float]:
-    """ΔCE, KL and loss recovered over contexts ``tokens`` (M, T); ``mean_act`` (d,) for mean-ablation."""
+def downstream_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, positions: Tensor, mean_act: Tensor,
+                       cfg: DownstreamConfig = DownstreamConfig(), *, batch: int) -> dict[str, float]:
+    """ΔCE, KL and loss recovered over the first ``cfg.contexts`` of contexts ``tokens`` (M, T), ``batch`` at a
+    time; ``mean_act`` (d,) for mean-ablation."""
+    tokens = tokens[: cfg.contexts]
     scored = positions[positions <= tokens.shape[1] - 2]
     sums = {k: 0.0 for k in ("ce_orig", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean")}
     count = 0
@@ -75,7 +91,7 @@ def downstream_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor,
             sums[f"ce_{name}"] += next_token_ce(spliced, ids, scored).double().sum().item()
             sums[f"kl_{name}"] += kl_div(logits, spliced, scored).double().sum().item()
         count += ids.shape[0] * len(scored)
-    return summarize(sums, count)
+    return dict(summarize(sums, count), contexts=len(tokens))
 
 
 def summarize(sums: dict[str, float], count: int) -> dict[str, float]:

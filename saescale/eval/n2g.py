@@ -1,7 +1,7 @@
 """N2G explainability (Gao et al. 2024, sec. 4.4): build a trie explanation per latent, score it on held-out text.
 
 Per sampled latent i, from its top-activating eval tokens (one per context, highest first;
-shuffled with the seed, then ``n_build`` to build and ``n_test`` to test):
+shuffled with the seed, then :class:`N2GConfig` ``build`` to build and ``test`` to test):
 
 1. cut the context after the activating token: prefix = text tokens up to and including it;
 2. keep the shortest suffix s (tried in growing lengths, batched) with a_i(s) >= frac * a_i(context);
@@ -12,7 +12,7 @@ shuffled with the seed, then ``n_build`` to build and ``n_test`` to test):
 
 a_i(s) is latent i's activation at the last token of BOS + s (BOS when the model uses one),
 sequences left-padded with an attention mask and run in batches up to the hook point.
-Held-out tokens: every kept position of the test contexts plus ``n_negatives`` random eval
+Held-out tokens: every kept position of the test contexts plus ``negatives`` random eval
 tokens outside the build contexts (the negative sample for precision). "Fires" means
 activation > 0 (the definition used for L0 and dead latents). Reported: mean precision and
 recall over latents (latents with nothing predicted are left out of the precision mean and
@@ -21,17 +21,48 @@ counted), and each latent's explanation string.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from saescale.activations.hooks import capture
+from saescale.errors import SaescaleError
+from saescale.eval import require_positive
 from saescale.eval.n2g_trie import WILD, Trie, precision_recall, predict
 from saescale.sae.base import SparseAutoencoder, SparseCode
 
 ActFn = Callable[[list[list[int]], int], Tensor]  # (text-token sequences, latent) -> (B,) activation at last token
 LENGTH_CHUNKS = (4, 8, 16, 32, 64, 128, 256)  # suffix lengths are tried up to these bounds, one batch per chunk
+
+
+@dataclass(frozen=True)
+class N2GConfig:
+    """N2G explanations: a trie of patterns per sampled latent, scored on held-out tokens."""
+
+    latents: int = 32
+    """Latents sampled (among those firing on the eval tokens) for N2G explanations."""
+
+    build: int = 16
+    """Top-activating examples used to build each explanation."""
+
+    test: int = 16
+    """Top-activating held-out examples used to test each explanation."""
+
+    negatives: int = 1024
+    """Random eval tokens added to the test set (negative sample for precision)."""
+
+    frac: float = 0.5
+    """Fraction of the original activation a suffix / wildcard must keep (paper: 0.5)."""
+
+    max_len: int = 12
+    """Longest suffix (tokens) tried when shortening an example; bounds N2G's cost (the paper gives no limit)."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "n2g-", "latents", "build", "test", "max_len")
+        if self.negatives < 0 or not 0 < self.frac <= 1:
+            raise SaescaleError("--n2g-negatives must be >= 0 and --n2g-frac in (0, 1]")
 
 
 def latent_values(code: SparseCode, latent: int) -> Tensor:
@@ -60,7 +91,7 @@ def model_act_fn(model, hook: str, sae: SparseAutoencoder, bos: int | None, pad_
 
 
 def shortest_suffixes(act_fn: ActFn, prefixes: list[list[int]], targets: Tensor, latent: int, frac: float,
-                      max_len: int = 256) -> list[list[int]]:
+                      max_len: int) -> list[list[int]]:
     """Per example, the shortest suffix of its prefix with activation >= frac * target.
 
     Lengths are tried in growing chunks (one batch each) up to ``max_len``; an example with no such
@@ -97,11 +128,11 @@ def with_wildcards(act_fn: ActFn, suffixes: list[list[int]], targets: Tensor, la
 
 
 def build_explanation(act_fn: ActFn, prefixes: list[list[int]], targets: Tensor, latent: int, pad_id: int,
-                      frac: float = 0.5, max_len: int = 256) -> Trie:
+                      cfg: N2GConfig = N2GConfig()) -> Trie:
     """Trie of wildcard patterns from activating examples (prefixes end at the activating token)."""
     trie = Trie()
-    suffixes = shortest_suffixes(act_fn, prefixes, targets, latent, frac, max_len)
-    for pat in with_wildcards(act_fn, suffixes, targets, latent, frac, pad_id):
+    suffixes = shortest_suffixes(act_fn, prefixes, targets, latent, cfg.frac, cfg.max_len)
+    for pat in with_wildcards(act_fn, suffixes, targets, latent, cfg.frac, pad_id):
         trie.add(pat)
     return trie
 
@@ -115,25 +146,24 @@ def top_examples(values: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 def explain_latent(act_fn: ActFn, tokens: Tensor, values: Tensor, positions: Tensor, latent: int, pad_id: int,
-                   text_start: int, n_build: int, n_test: int, n_negatives: int, seed: int,
-                   frac: float = 0.5, max_len: int = 256) -> dict | None:
+                   text_start: int, seed: int, cfg: N2GConfig = N2GConfig()) -> dict | None:
     """Build and score latent ``latent``'s explanation; tokens (M, T), its activations values (M, T'). None if < 2 examples."""
-    g = torch.Generator().manual_seed(seed)
-    ctx, pos = top_examples(values, n_build + n_test)
+    g, n_build = torch.Generator().manual_seed(seed), cfg.build
+    ctx, pos = top_examples(values, n_build + cfg.test)
     if len(ctx) < 2:
         return None
     perm = torch.randperm(len(ctx), generator=g)
-    n_b = min(n_build, len(ctx) // 2) if len(ctx) < n_build + n_test else n_build
+    n_b = min(n_build, len(ctx) // 2) if len(ctx) < n_build + cfg.test else n_build
     build, test = perm[:n_b], perm[n_b:]
     prefixes = [tokens[c, text_start : positions[p] + 1].tolist() for c, p in zip(ctx[build], pos[build])]
-    trie = build_explanation(act_fn, prefixes, values[ctx[build], pos[build]], latent, pad_id, frac, max_len)
+    trie = build_explanation(act_fn, prefixes, values[ctx[build], pos[build]], latent, pad_id, cfg)
     test_ctx = ctx[test]
     others = torch.ones(len(tokens), dtype=torch.bool)
     others[ctx[build]] = False
     others[test_ctx] = False
     neg = others.nonzero()[:, 0].repeat_interleave(len(positions))
     neg_pos = torch.arange(len(positions)).repeat(int(others.sum()))
-    pick = torch.randperm(len(neg), generator=g)[:n_negatives]
+    pick = torch.randperm(len(neg), generator=g)[: cfg.negatives]
     pred = torch.cat([predict(trie, tokens[test_ctx], positions).reshape(-1),
                       torch.tensor([trie.matches(tokens[c].tolist(), int(positions[p])) for c, p in zip(neg[pick], neg_pos[pick])], dtype=torch.bool)])
     fires = torch.cat([values[test_ctx].reshape(-1) > 0, values[neg[pick], neg_pos[pick]] > 0])

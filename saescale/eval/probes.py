@@ -18,12 +18,42 @@ a dense L2 logistic probe on the raw activations (mean-pooled for sequence tasks
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
 
+from saescale.eval import require_positive
 from saescale.eval.logistic import cross_entropy_1d, dense_probe, newton_1d, standardize
 from saescale.eval.tasks import Task
 from saescale.sae.base import SparseCode
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Probe loss: the best single latent as a classifier of each probe task."""
+
+    tasks: str = "all"
+    """Probe tasks, comma-separated, or 'all' (every built-in task plus optional ones whose data is installed)."""
+
+    docs: int = 32
+    """Documents drawn per probe data source (State of the Union, Moby-Dick, Python stdlib, fortunes)."""
+
+    per_doc: int = 3
+    """Contexts drawn per probe document."""
+
+    pooling: Literal["max", "mean"] = "max"
+    """How sequence-level probe tasks pool a latent over the context's tokens (paper unpublished; our default max)."""
+
+    max_per_class: int = 1024
+    """Most examples per class and task (classes are balanced by subsampling)."""
+
+    dense: bool = True
+    """Also fit a dense logistic probe on the raw activations (the ceiling)."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "probe-", "docs", "per_doc", "max_per_class")
 
 
 def pool_code(code: SparseCode, n_ctx: int, t_kept: int, n: int, how: str) -> Tensor:
@@ -72,7 +102,7 @@ def best_latent(z_tr: Tensor, y_tr: Tensor, z_te: Tensor, y_te: Tensor, chunk: i
     return best
 
 
-def score_task(z: Tensor, x: Tensor, y: Tensor, groups: Tensor, seed: int, dense: bool = True) -> dict:
+def score_task(z: Tensor, x: Tensor, y: Tensor, groups: Tensor, seed: int, dense: bool) -> dict:
     """Single-latent and dense probe scores for examples z (N, n), raw features x (N, d), labels y (N,)."""
     g = torch.Generator().manual_seed(seed)
     test = split_by_group(groups, y, g)
@@ -84,19 +114,19 @@ def score_task(z: Tensor, x: Tensor, y: Tensor, groups: Tensor, seed: int, dense
 
 
 def task_examples(task: Task, labels: Tensor, code: SparseCode, acts: Tensor, doc: Tensor, positions: Tensor,
-                  n: int, pooling: str, max_per_class: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(z (N, n), x (N, d), y (N,), groups (N,)) of a task's balanced examples.
+                  n: int, cfg: ProbeConfig, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(z (N, n), x (N, d), y (N,), groups (N,)) of a task's balanced examples (at most ``cfg.max_per_class`` each).
 
     labels: (M,) or (M, T); code: sparse code of acts (M, T', d) flattened context-major; doc (M,).
     """
     g = torch.Generator().manual_seed(seed)
     n_ctx, t_kept, _ = acts.shape
     if task.level == "sequence":
-        idx = balanced(labels, max_per_class, g)
+        idx = balanced(labels, cfg.max_per_class, g)
         z = pool_code(SparseCode(*(t.view(n_ctx, t_kept, -1)[idx].reshape(len(idx) * t_kept, -1) for t in code)),
-                      len(idx), t_kept, n, pooling)
+                      len(idx), t_kept, n, cfg.pooling)
         return z, acts[idx].mean(1), labels[idx].float(), doc[idx]
     flat = labels[:, positions].reshape(-1)  # (M * T',)
-    idx = balanced(flat, max_per_class, g)
+    idx = balanced(flat, cfg.max_per_class, g)
     z = SparseCode(code.values[idx], code.indices[idx]).to_dense(n)
     return z, acts.reshape(-1, acts.shape[-1])[idx], flat[idx].float(), doc.repeat_interleave(t_kept)[idx]

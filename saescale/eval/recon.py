@@ -1,10 +1,9 @@
-"""Reconstruction metrics on held-out activations: nMSE, FVU, L0, dead and dense latents, density histogram.
+"""Reconstruction metrics on held-out activations: nMSE, L0, dead and dense latents, density histogram.
 
 Over N eval tokens (normalised space, x_n and x̂_n (N, d)):
 
-    nMSE = sum ||x_n - x̂_n||^2 / sum ||x_n - mean(x_n)||^2     (mean over the eval set)
-    FVU  = fraction of variance unexplained = 1 - R^2; with the total variance taken about the
-           eval-set mean, FVU equals nMSE exactly (both are reported, under their usual names)
+    nMSE = sum ||x_n - x̂_n||^2 / sum ||x_n - mean(x_n)||^2     (mean over the eval set; this is also
+           the fraction of variance unexplained, FVU = 1 - R^2, so only nMSE is reported)
     L0   = mean number of non-zero latents per token
     f_i  = (tokens where latent i > 0) / N                      latent density, (n,)
     dead = fraction of latents with f_i = 0 (never fire on the eval tokens)
@@ -54,7 +53,6 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
     freq = fires / tokens
     return {
         "nmse": err / total_var,
-        "fvu": err / total_var,
         "l0": nnz / tokens,
         "dead_frac": float((fires == 0).double().mean()),
         "dense_frac": float((freq > 0.1).double().mean()),

@@ -16,15 +16,32 @@ encoder shrinks its activations, as the L1 penalty does), nMSE before and after,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from saescale.eval import require_positive
 from saescale.sae.base import SparseAutoencoder, SparseCode
 
 GRAM_MAX_N = 8192  # up to this many latents the decoder Gram matrix is formed once and gathered per token
 
 
-def refine_values(sae: SparseAutoencoder, x_n: Tensor, code: SparseCode, iters: int = 300,
+@dataclass(frozen=True)
+class RefineConfig:
+    """Refinement (shrinkage): the encoder's values re-optimised on its support."""
+
+    tokens: int = 4096
+    """Eval tokens re-optimised for the refinement (shrinkage) metric."""
+
+    iters: int = 300
+    """Projected-gradient iterations of the refinement."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "refine-", "tokens", "iters")
+
+
+def refine_values(sae: SparseAutoencoder, x_n: Tensor, code: SparseCode, iters: int,
                   gram: Tensor | None = None) -> Tensor:
     """Refined non-negative values (B, k) on the code's support; x_n (B, d) normalised.
 
@@ -54,8 +71,10 @@ def lipschitz(G: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def refinement_metrics(sae: SparseAutoencoder, x: Tensor, iters: int = 300, batch: int = 1024) -> dict[str, float]:
-    """Refinement figures on raw activations x (N, d) (see module docstring)."""
+def refinement_metrics(sae: SparseAutoencoder, x: Tensor, cfg: RefineConfig = RefineConfig(),
+                       batch: int = 1024) -> dict[str, float]:
+    """Refinement figures on the first ``cfg.tokens`` raw activations of x (N, d) (see module docstring)."""
+    x = x[: cfg.tokens]
     err0 = err1 = tot = 0.0
     s0 = s1 = 0.0
     mean = sae.normalize(x)[0].double().mean(0)
@@ -65,7 +84,7 @@ def refinement_metrics(sae: SparseAutoencoder, x: Tensor, iters: int = 300, batc
         x_n, _ = sae.normalize(xb)
         code = sae.encode_normalized(x_n)
         rows = max(1, (1 << 22) // (code.values.shape[1] * max(x_n.shape[1], code.values.shape[1])))  # <= 32 MiB blocks
-        v = torch.cat([refine_values(sae, x_n[a : a + rows], SparseCode(code.values[a : a + rows], code.indices[a : a + rows]), iters, gram)
+        v = torch.cat([refine_values(sae, x_n[a : a + rows], SparseCode(code.values[a : a + rows], code.indices[a : a + rows]), cfg.iters, gram)
                        for a in range(0, len(x_n), rows)])
         err0 += (x_n - sae.decode_normalized(code)).double().pow(2).sum().item()
         err1 += (x_n - sae.decode_normalized(SparseCode(v, code.indices))).double().pow(2).sum().item()
@@ -73,4 +92,4 @@ def refinement_metrics(sae: SparseAutoencoder, x: Tensor, iters: int = 300, batc
         s0 += code.values.clamp_min(0).double().sum().item()
         s1 += v.double().sum().item()
     return {"activation_ratio": s1 / s0 if s0 > 0 else float("nan"), "nmse_before": err0 / tot,
-            "nmse_after": err1 / tot, "nmse_drop": (err0 - err1) / tot, "tokens": int(x.shape[0]), "iters": iters}
+            "nmse_after": err1 / tot, "nmse_drop": (err0 - err1) / tot, "tokens": int(x.shape[0])}

@@ -8,7 +8,6 @@ from typing import Any
 # (metric, key, label, format) rows of the summary table
 ROWS = [
     ("recon", "nmse", "nMSE (normalised space)", "{:.4f}"),
-    ("recon", "fvu", "FVU", "{:.4f}"),
     ("recon", "l0", "L0", "{:.1f}"),
     ("recon", "dead_frac", "dead latents", "{:.2%}"),
     ("recon", "dense_frac", "dense latents (>10% of tokens)", "{:.2%}"),

@@ -1,11 +1,12 @@
-"""The metric suite: one function per metric, each (EvalSet, eval code, EvalConfig) -> JSON-ready dict.
+"""The metric suite: one function per metric, each (EvalSet, eval code, EvalCommand) -> JSON-ready dict.
 
-Every function is deterministic given ``cfg.seed``; each records the settings it used (token
-counts, sampled latents, tasks) next to its numbers.
+Every function is deterministic given ``cmd.seed``; each records what it used (token counts,
+sampled latents, tasks, and its metric config) next to its numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from saescale.configs import config_to_dict
 from saescale.eval.ablation import ablation_metrics
 from saescale.eval.downstream import downstream_metrics
 from saescale.eval.evalset import EvalSet, harvest
@@ -46,79 +48,74 @@ def live_latents(code: SparseCode, n: int, count: int, seed: int) -> Tensor:
     return live[pick].sort().values
 
 
-def recon(es: EvalSet, code: SparseCode, cfg) -> dict:
+def recon(es: EvalSet, code: SparseCode, cmd) -> dict:
     res = reconstruction_metrics(es.sae, es.flat_acts.split(2048))
-    if cfg.plots:
-        res["plot"] = str(plot_density(res["density_hist"], res["dead_frac"], Path(cfg.out_dir) / "density.png"))
+    if cmd.plots:
+        res["plot"] = str(plot_density(res["density_hist"], res["dead_frac"], Path(cmd.out_dir) / "density.png"))
     return res
 
 
-def downstream(es: EvalSet, code: SparseCode, cfg) -> dict:
-    tokens = es.tokens[: cfg.downstream_contexts]
-    res = downstream_metrics(Splicer(es.model, es.hook), es.sae, tokens, es.positions, es.flat_acts.mean(0), cfg.batch)
-    return dict(res, contexts=len(tokens))
+def downstream(es: EvalSet, code: SparseCode, cmd) -> dict:
+    return downstream_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, es.positions, es.flat_acts.mean(0),
+                              cmd.downstream, batch=cmd.batch)
 
 
-def probes(es: EvalSet, code: SparseCode, cfg) -> dict:
-    tasks = select_tasks(cfg.probe_tasks)
+def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
+    cfg, tasks = cmd.probes, select_tasks(cmd.probes.tasks)
     sources = list(dict.fromkeys(s for t in tasks for s in t.sources))
     a = es.acts_cfg
-    pool = build_pool(sources, es.tokenizer, a.context_len, es.bos_id, cfg.probe_docs, cfg.probe_per_doc, cfg.seed)
-    acts = harvest(es.model, es.hook, pool.tokens, a.keep_first, cfg.batch, desc="probe data")
+    pool = build_pool(sources, es.tokenizer, a.context_len, es.bos_id, cfg.docs, cfg.per_doc, cmd.seed)
+    acts = harvest(es.model, es.hook, pool.tokens, a.keep_first, cmd.batch, desc="probe data")
     pcode = encode_all(es.sae, acts.reshape(-1, acts.shape[-1]))
-    out: dict[str, Any] = {"tasks": {}, "contexts": len(pool.tokens), "sources": sources, "pooling": cfg.probe_pooling}
+    out: dict[str, Any] = {"tasks": {}, "contexts": len(pool.tokens), "sources": sources}
     for task in tqdm(tasks, desc="probes", leave=False):
         z, x, y, groups = task_examples(task, task.label(pool), pcode, acts, pool.doc, es.positions, es.sae.cfg.n,
-                                        cfg.probe_pooling, cfg.probe_max_per_class, cfg.seed)
+                                        cfg, cmd.seed)
         if len(y) < 8:
             out["tasks"][task.name] = {"skipped": f"only {len(y)} balanced examples"}
             continue
-        out["tasks"][task.name] = dict(score_task(z, x, y, groups, cfg.seed, cfg.probe_dense), level=task.level)
+        out["tasks"][task.name] = dict(score_task(z, x, y, groups, cmd.seed, cfg.dense), level=task.level)
     scored = [r for r in out["tasks"].values() if "test_ce" in r]
     out["probe_loss"] = sum(r["test_ce"] for r in scored) / max(len(scored), 1)
-    if cfg.probe_dense and scored:
+    if cfg.dense and scored:
         out["dense_probe_loss"] = sum(r["dense_test_ce"] for r in scored) / len(scored)
     return out
 
 
-def n2g(es: EvalSet, code: SparseCode, cfg) -> dict:
-    latents = live_latents(code, es.sae.cfg.n, cfg.n2g_latents, cfg.seed)
-    act_fn = model_act_fn(es.model, es.hook, es.sae, es.bos_id, es.pad_id, batch=4 * cfg.batch)
+def n2g(es: EvalSet, code: SparseCode, cmd) -> dict:
+    latents = live_latents(code, es.sae.cfg.n, cmd.n2g.latents, cmd.seed)
+    act_fn = model_act_fn(es.model, es.hook, es.sae, es.bos_id, es.pad_id, batch=4 * cmd.batch)
     text_start = int(es.bos_id is not None)
     shape = es.acts.shape[:2]
     rows = []
     for i in tqdm(latents.tolist(), desc="n2g", leave=False):
         values = latent_values(code, i).view(shape)
-        r = explain_latent(act_fn, es.tokens, values, es.positions, i, es.pad_id, text_start, cfg.n2g_build,
-                           cfg.n2g_test, cfg.n2g_negatives, cfg.seed + i, cfg.n2g_frac, cfg.n2g_max_len)
+        r = explain_latent(act_fn, es.tokens, values, es.positions, i, es.pad_id, text_start, cmd.seed + i, cmd.n2g)
         if r is not None:
             r["explanation"] = r.pop("trie").describe(lambda t: es.tokenizer.decode([t]))
             rows.append(r)
     precs = [r["precision"] for r in rows if r["precision"] == r["precision"]]
     recs = [r["recall"] for r in rows if r["recall"] == r["recall"]]
     return {"precision": sum(precs) / max(len(precs), 1), "recall": sum(recs) / max(len(recs), 1),
-            "latents": len(rows), "no_prediction": len(rows) - len(precs), "per_latent": rows,
-            "build": cfg.n2g_build, "test": cfg.n2g_test, "negatives": cfg.n2g_negatives, "frac": cfg.n2g_frac,
-            "max_len": cfg.n2g_max_len}
+            "latents": len(rows), "no_prediction": len(rows) - len(precs), "per_latent": rows}
 
 
-def ablation(es: EvalSet, code: SparseCode, cfg) -> dict:
-    latents = live_latents(code, es.sae.cfg.n, cfg.ablation_latents, cfg.seed + 1)
-    res = ablation_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, code, es.positions, latents,
-                           cfg.ablation_horizon, cfg.batch, cfg.seed)
-    return dict(res, latents=latents.tolist())
+def ablation(es: EvalSet, code: SparseCode, cmd) -> dict:
+    latents = live_latents(code, es.sae.cfg.n, cmd.ablation.latents, cmd.seed + 1)
+    return ablation_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, code, es.positions, latents, cmd.ablation,
+                            batch=cmd.batch, seed=cmd.seed)
 
 
-def refine(es: EvalSet, code: SparseCode, cfg) -> dict:
-    return refinement_metrics(es.sae, es.flat_acts[: cfg.refine_tokens], cfg.refine_iters)
+def refine(es: EvalSet, code: SparseCode, cmd) -> dict:
+    return refinement_metrics(es.sae, es.flat_acts, cmd.refine)
 
 
-def progressive(es: EvalSet, code: SparseCode, cfg) -> dict:
+def progressive(es: EvalSet, code: SparseCode, cmd) -> dict:
     res = progressive_metrics(es.sae, es.flat_acts)
     if res is None:
         return {"skipped": f"architecture {es.sae.cfg.arch!r} has no test-time k"}
-    if cfg.plots:
-        res["plot"] = str(plot_progressive(res, Path(cfg.out_dir) / "progressive.png"))
+    if cmd.plots:
+        res["plot"] = str(plot_progressive(res, Path(cmd.out_dir) / "progressive.png"))
     return res
 
 
@@ -128,12 +125,17 @@ METRICS: dict[str, Callable[[EvalSet, SparseCode, Any], dict]] = {
 }
 
 
-def run_metrics(es: EvalSet, names: list[str], cfg) -> tuple[dict, dict]:
-    """Run metrics ``names`` in order -> (results by name, seconds by name)."""
+def run_metrics(es: EvalSet, names: list[str], cmd) -> tuple[dict, dict]:
+    """Run metrics ``names`` in order -> (results by name, seconds by name).
+
+    A metric with its own config (``cmd.<name>``, e.g. ``cmd.n2g``) records it as ``settings`` next to its figures.
+    """
     code = encode_all(es.sae, es.flat_acts)
     results, timings = {}, {}
     for name in names:
         t0 = time.perf_counter()
-        results[name] = METRICS[name](es, code, cfg)
+        res = METRICS[name](es, code, cmd)
+        cfg = getattr(cmd, name, None)
+        results[name] = dict(res, settings=config_to_dict(cfg)) if dataclasses.is_dataclass(cfg) else res
         timings[name] = round(time.perf_counter() - t0, 2)
     return results, timings

@@ -7,7 +7,8 @@ A spec has these tables, all optional except ``[grid]``::
     [sae]          SAEConfig fields shared by all members (a grid key overrides)
     [train]        TrainConfig fields shared by all members (a grid key overrides)
     [activations]  ActivationConfig: model, hook, corpus, cache size (when source = "cache")
-    [synthetic]    SyntheticConfig: the planted-dictionary source (when source = "synthetic")
+    [synthetic]    SyntheticConfig: the planted-dictionary source (when source = "synthetic"); the keys are its
+                   fields (d, features, k, ...; older specs' synth_d, synth_k, ... are read the same)
 
 Members share the data stream (its order comes from [train].seed and the batch size) and each
 keeps its own initialisation seed, optimiser, schedule and token budget.
@@ -97,7 +98,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     where = lambda t: f"{path} [{t}]"  # noqa: E731
     settings = config_from_dict(SweepSettings, data.get("sweep", {}), where("sweep"))
     acts = config_from_dict(ActivationConfig, data.get("activations", {}), where("activations"))
-    synth = config_from_dict(SyntheticConfig, data.get("synthetic", {}), where("synthetic"))
+    synth_table = {k.removeprefix("synth_"): v for k, v in data.get("synthetic", {}).items()}  # old specs: synth_d, ...
+    synth = config_from_dict(SyntheticConfig, synth_table, where("synthetic"))
     sae_base, train_base = data.get("sae", {}), data.get("train", {})
     train = config_from_dict(TrainConfig, train_base, where("train"))
     members = _expand(path, data.get("grid", {}), sae_base, train_base)
@@ -112,7 +114,8 @@ def _expand(path: Path, grid: dict[str, Any], sae_base: dict[str, Any], train_ba
         raise SaescaleError(f"{path}: [grid] is empty; list values to sweep, e.g. n = [1024, 2048]")
     for key, values in grid.items():
         if key not in sae_fields | train_fields:
-            raise SaescaleError(f"{path} [grid]: unknown key '{key}'; use fields of [sae] or [train] (e.g. n, k, arch, lr, tokens, seed)")
+            raise SaescaleError(f"{path} [grid]: unknown key '{key}'; use fields of [sae] or [train] (e.g. n, k, arch, lr, tokens, seed); "
+                                "the data ([activations], [synthetic]) is shared by all members")
         if not isinstance(values, list) or not values:
             raise SaescaleError(f"{path} [grid]: '{key}' must be a non-empty list, e.g. {key} = [{values!r}]")
         if len(set(map(repr, values))) != len(values):
