@@ -42,10 +42,9 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     from saescale.data.synthetic import SyntheticConfig, SyntheticSource
-    from saescale.distributed.config import DistConfig
-    from saescale.distributed.data import DataParallelSlice
-    from saescale.distributed.mesh import check_layout, close_mesh, init_mesh
-    from saescale.distributed.run import open_dist_run
+    from saescale.data.source import DataParallelSlice
+    from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, init_mesh
+    from saescale.train.run import open_run
     from saescale.sae.config import SAEConfig
     from saescale.train.config import TrainConfig
     importlib.import_module("torch._dynamo")  # Adam imports it on first use: count it in the baseline
@@ -56,7 +55,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
     src = SyntheticSource(SyntheticConfig(d=args.d, features=1024, k=32))
     cfg = TrainConfig(tokens=args.batch * args.steps, batch_size=args.batch, init_tokens=1024, progress=False)
     t0 = time.perf_counter()
-    trainer = open_dist_run(SAEConfig(n=args.n, k=args.k), cfg, src, None, {}, mesh)
+    trainer = open_run(SAEConfig(n=args.n, k=args.k), cfg, src, None, {}, mesh)
     init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     trainer.fit(DataParallelSlice(src, 0, 1).batches(args.batch))

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from saescale import losses
 from saescale.errors import SaescaleError
 from saescale.kernels import workspace
 from saescale.sae.base import PARAMS, SHARDED, LossContext, SparseAutoencoder
@@ -105,8 +106,9 @@ class Trainer:
     @torch.no_grad()
     def _batch_totals(self, loss: torch.Tensor, aux: torch.Tensor, x_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
         """Sums over the data group, float64: [loss, aux, sum ||x - x̂||^2, sum ||x||^2, sum x (d)]."""
-        parts = [loss.reshape(1), aux.reshape(1), (x_n - x_hat).pow(2).sum().reshape(1),
-                 x_n.pow(2).sum().reshape(1), x_n.sum(0)]
+        flat = x_n.reshape(-1)  # one fused pass each, no (B, d) temporaries
+        parts = [loss.reshape(1), aux.reshape(1), losses.squared_error(x_hat, x_n).reshape(1),
+                 torch.dot(flat, flat).reshape(1), x_n.sum(0)]
         return self.mesh.all_reduce(torch.cat([p.double() for p in parts]), "data")
 
     @staticmethod
