@@ -50,12 +50,14 @@ def _as_legacy(record: dict) -> dict:
            "norm_scale": 1.0 if record["sae"]["norm_scale"] is None else record["sae"]["norm_scale"]}
     legacy = {"lr": 0.0, "warmup_steps": -1, "k_aux": 0, "dead_tokens": 0}
     train = {k: legacy[k] if k in legacy and v is None else v for k, v in record["train"].items()}
-    return {"sae": sae, "train": train, "extra": record["extra"]}
+    synth = {f"synth_{k}": v for k, v in record["extra"].get("synthetic", {}).items()}  # before the prefix went
+    return {"sae": sae, "train": train, "extra": {**record["extra"], **({"synthetic": synth} if synth else {})}}
 
 
 def test_an_older_run_resumes_and_an_older_sae_loads(tmp_path):
     whole = tmp_path / "whole"
-    train_sae(SAE, CFG, SyntheticSource(SRC), whole)
+    extra = {"source": "synthetic", "synthetic": SRC.__dict__}  # as saescale train records it
+    train_sae(SAE, CFG, SyntheticSource(SRC), whole, extra)
     old = tmp_path / "old"
     shutil.copytree(whole, old)
     shutil.rmtree(old / "sae")
@@ -66,12 +68,13 @@ def test_an_older_run_resumes_and_an_older_sae_loads(tmp_path):
     c = json.loads(cfg_json.read_text())
     cfg_json.write_text(json.dumps({**c, "norm_scale": 1.0, "extra": {"train": {"lr": 0.0}}}))
     assert load_sae(cfg_json.parent).cfg.norm_scale is None  # an older SAE folder loads
-    r = train_sae(SAE, CFG, SyntheticSource(SRC), old)
+    assert "synth_d" in (old / "run.json").read_text()
+    r = train_sae(SAE, CFG, SyntheticSource(SRC), old, extra)
     assert r.resumed_from == 4
     a, b = load_file(str(whole / "sae" / "sae.safetensors")), load_file(str(old / "sae" / "sae.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(SaescaleError, match=r"different settings \(train.lr\)"):  # a real change still refuses
-        train_sae(SAE, TrainConfig(**{**CFG.__dict__, "lr": 1e-3}), SyntheticSource(SRC), old)
+        train_sae(SAE, TrainConfig(**{**CFG.__dict__, "lr": 1e-3}), SyntheticSource(SRC), old, extra)
 
 
 def test_norm_scale_is_used_for_mean_sq_and_refused_elsewhere(tmp_path):

@@ -102,7 +102,7 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
         source, held, extra, model = sources(spec)
         held_batches = [x.float() for x in heldout_batches(held, spec.settings.heldout_tokens, batch)]
         shared = _Shared(spec, held_batches, extra, model, log)
-        runs = [_open(m, source, out, extra, spec.settings.curve_points) for m in pending]
+        runs = [_open(m, source, out, extra, spec.settings.curve_points, log) for m in pending]
         for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
             _finish(r, shared)
         _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress)
@@ -111,9 +111,9 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     return write_results(spec)
 
 
-def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], points: int) -> _Run:
+def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], points: int, log: Log) -> _Run:
     folder = out / m.id
-    trainer = open_run(m.sae, m.train, source, folder, extra)
+    trainer = open_run(m.sae, m.train, source, folder, extra, log=log)
     return _Run(m, trainer, folder, trainer.open_log(), MetricsLog(folder, trainer.state.step, "curve.jsonl"),
                 curve_steps(trainer.cfg.steps, points), {})
 

@@ -92,7 +92,10 @@ def run_record(sae_cfg: SAEConfig, cfg: TrainConfig, extra: dict[str, Any]) -> d
 def _as_given(record: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run.json as given (older files' 'unset' sentinels read as None), resumable ones aside."""
     train = {k: v for k, v in upgrade_train_record(record["train"]).items() if k not in _RESUMABLE_CHANGES}
-    return {"sae": upgrade_sae_record(record["sae"]), "train": train, "extra": record["extra"]}
+    extra = dict(record["extra"])
+    if isinstance(extra.get("synthetic"), dict):  # older runs: synth_d, synth_k, ...
+        extra["synthetic"] = {k.removeprefix("synth_"): v for k, v in extra["synthetic"].items()}
+    return {"sae": upgrade_sae_record(record["sae"]), "train": train, "extra": extra}
 
 
 def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
