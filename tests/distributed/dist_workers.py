@@ -1,4 +1,4 @@
-"""Launching gloo process groups from a test, and the work each rank does in tests/test_distributed.py.
+"""Launching gloo process groups from a test, and the work each rank does in tests/distributed/test_distributed.py.
 
 Processes come from a forkserver that imported torch and saescale once (a fresh interpreter per rank
 would pay ~3 s of imports each on a loaded 2-core machine), one torch thread each, on a free port.
@@ -63,7 +63,7 @@ def launch(world: int, fn_name: str, *args) -> None:
 
     # what every rank imports, once in the forkserver: Adam imports torch._dynamo on first use (~5 s here)
     multiprocessing.set_forkserver_preload(["torch._dynamo", "torch.distributed.checkpoint", "torch.distributed.tensor",
-                                            "saescale.activations.cache", "tests.dist_workers"])
+                                            "saescale.activations.cache", "tests.distributed.dist_workers"])
     mp.start_processes(_entry, args=(world, free_port(), fn_name, args), nprocs=world, start_method="forkserver")
 
 

@@ -5,7 +5,7 @@ import torch
 
 from saescale.eval.recon import density_histogram, plot_density, reconstruction_metrics
 from saescale.eval.progressive import progressive_metrics, topk_sweep
-from tests.eval_helpers import identity_sae
+from tests.eval.eval_helpers import identity_sae
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

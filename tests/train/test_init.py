@@ -1,10 +1,11 @@
 """Initialisation: geometric median, tied weights, loss scale."""
 
 import numpy as np
+import pytest
 import torch
 from scipy.optimize import minimize
 
-from saescale.train.init import geometric_median, init_sae, loss_scale
+from saescale.train.init import geometric_median, init_sae, loss_scale, randn_rows
 from tests.helpers import make_sae
 
 
@@ -32,3 +33,13 @@ def test_loss_scale_is_inverse_total_variance():
     x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
     assert loss_scale(x) == 1.0
     assert abs(loss_scale(3 * x) - 1 / 9) < 1e-12
+
+
+@pytest.mark.parametrize("n,d", [(64, 16), (4097, 3), (8200, 5), (9000, 17), (5, 2)])
+def test_randn_rows_is_the_whole_draw(n, d):
+    g = torch.Generator().manual_seed(1)
+    whole, after = torch.randn(n, d, generator=g), torch.randn(3, generator=g)
+    for lo, hi in [(0, n), (n // 3, 2 * n // 3), (n - 1, n)]:
+        g = torch.Generator().manual_seed(1)
+        assert torch.equal(randn_rows(n, d, lo, hi, g), whole[lo:hi])
+        assert torch.equal(torch.randn(3, generator=g), after)  # the generator is where the whole draw leaves it

@@ -1,7 +1,7 @@
 """The fast kernels and the trainer on CUDA, against the CPU dense reference.
 
 Skipped where no CUDA device is present (CI has none); run on a GPU machine with
-``pytest tests/test_cuda.py``.
+``pytest tests/kernels/test_cuda.py``.
 """
 
 import pytest
@@ -12,7 +12,7 @@ from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
 from saescale.train.trainer import Trainer
 from tests.helpers import make_sae
-from tests.test_kernels import PARAMS, ctx, rel_err, run, same_code
+from tests.kernels.test_kernels import PARAMS, ctx, rel_err, run, same_code
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

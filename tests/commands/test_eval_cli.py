@@ -13,7 +13,7 @@ from saescale.eval.n2g import N2GConfig
 from saescale.eval.probes import ProbeConfig
 from saescale.eval.refine import RefineConfig
 from saescale.eval.tasks import TASKS
-from tests.eval_helpers import save_for_model
+from tests.eval.eval_helpers import save_for_model
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

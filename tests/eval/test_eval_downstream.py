@@ -5,7 +5,7 @@ import torch
 
 from saescale.eval.downstream import downstream_metrics, kl_div, next_token_ce, summarize
 from saescale.eval.splice import Splicer
-from tests.eval_helpers import identity_sae
+from tests.eval.eval_helpers import identity_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

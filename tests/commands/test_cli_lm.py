@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from test_cache import make_corpus
+from tests.activations.test_cache import make_corpus
 
 COMMON = ["--context-len", "16", "--val-fraction", "0.2", "--harvest-batch", "4"]
 

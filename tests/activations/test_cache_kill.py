@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cache import checksums, make_corpus, tiny_config
+from tests.activations.test_cache import checksums, make_corpus, tiny_config
 
 from saescale.activations.cache import CacheReader, build_cache
 

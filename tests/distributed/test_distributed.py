@@ -4,7 +4,7 @@ Gloo process groups of 2 and 4 CPU processes train tiny SAEs (d=16, n=128, batch
 with latent sharding, data parallelism and both, from the same seed and data as one process;
 the weights must match to 1e-5 relative. Checkpoints written under one layout are resumed under
 another (and by one process). The exact sharded TopK is checked on near-ties. Launches are in a
-module fixture (worker code: tests/dist_workers.py); the kill test launches torchrun. With a GPU,
+module fixture (worker code: tests/distributed/dist_workers.py); the kill test launches torchrun. With a GPU,
 two ranks also train on it (gloo; NCCL needs one GPU per rank).
 """
 
@@ -30,9 +30,8 @@ from saescale.cli import main as cli_main
 from saescale.distributed.mesh import Mesh, check_layout
 from saescale.distributed.sharded_topk import merge_candidates, stable_topk
 from saescale.errors import SaescaleError
-from saescale.train.init import randn_rows
 from saescale.train.run import train_sae
-from tests import dist_workers as W
+from tests.distributed import dist_workers as W
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,7 +186,7 @@ def test_checkpoints_resume_under_another_layout(runs, name, resume):
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory, tiny_lm_dir) -> Path:
     """A cache of the tiny llama (d=32): 600 train tokens in 64-token shards."""
-    from test_cache import make_corpus, tiny_config
+    from tests.activations.test_cache import make_corpus, tiny_config
 
     corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
     return build_cache(tiny_config(tiny_lm_dir, corpus), tmp_path_factory.mktemp("cache") / "c", progress=False)
@@ -236,16 +235,6 @@ def test_cuda_layouts_match_one_process(tmp_path):
 
 
 # ---- pieces --------------------------------------------------------------------------------
-@pytest.mark.parametrize("n,d", [(64, 16), (4097, 3), (8200, 5), (9000, 17), (5, 2)])
-def test_randn_rows_is_the_whole_draw(n, d):
-    g = torch.Generator().manual_seed(1)
-    whole, after = torch.randn(n, d, generator=g), torch.randn(3, generator=g)
-    for lo, hi in [(0, n), (n // 3, 2 * n // 3), (n - 1, n)]:
-        g = torch.Generator().manual_seed(1)
-        assert torch.equal(randn_rows(n, d, lo, hi, g), whole[lo:hi])
-        assert torch.equal(torch.randn(3, generator=g), after)  # the generator is where the whole draw leaves it
-
-
 @pytest.mark.parametrize(
     "world,shards,n,batch,needle",
     [
