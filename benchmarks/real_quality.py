@@ -51,7 +51,7 @@ def main() -> None:
            "val_tokens": val.n_tokens, "n": a.n, "k": a.k, "lr": cfg.resolved_lr(a.n), "batch_size": a.batch_size,
            "dead_window_tokens": cfg.resolved_dead_tokens(), "seconds": time.perf_counter() - t0}
     print(json.dumps(out, indent=1))
-    print(f"held-out L0 {held['l0']:.1f}; never fired on held-out tokens: {held['dead_frac']:.1%}")
+    print(f"held-out L0 {held['l0']:.1f}; never fired on held-out tokens: {held['never_fired_frac']:.1%}")
     print(f"held-out nMSE: {held['nmse']:.4f} (target <= 0.30)")
     print(f"dead latents (no fire in last {cfg.resolved_dead_tokens():,} training tokens): {dead_window:.1%} (target <= 10%)")
 

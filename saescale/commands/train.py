@@ -24,10 +24,9 @@ from saescale.distributed.launch import rank_output, stop_on_sigterm, train_devi
 from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, env_ranks, init_mesh
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
-from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
-from saescale.train.run import train_sae
+from saescale.train.run import TrainResult, train_sae
 
 
 @dataclass
@@ -99,7 +98,7 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
             finally:
                 bar.close()
                 close_mesh(mesh)
-            return heldout_report(cmd, result.sae, src, held, out) if result.sae is not None else {}
+            return heldout_report(cmd, result, src, held, out) if result.sae is not None else {}
     except SaescaleError as e:
         if world > 1 and not str(e).startswith("rank "):
             raise type(e)(f"rank {rank} of {world}: {e}") from None
@@ -108,17 +107,20 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
         sys.stdout.flush()
 
 
-def heldout_report(cmd: TrainCommand, sae: SparseAutoencoder, src: BatchSource, held: BatchSource,
+def heldout_report(cmd: TrainCommand, result: TrainResult, src: BatchSource, held: BatchSource,
                    out: Path) -> dict[str, float]:
-    """Held-out nMSE / L0 / dead fraction of a trained SAE (+ recovered features on synthetic data),
-    printed and written to OUT/eval.json."""
+    """Held-out nMSE / L0 / never-fired fraction of a trained SAE, the paper's dead fraction over the last W
+    training tokens (+ recovered features on synthetic data), printed and written to OUT/eval.json."""
+    sae = result.sae
     report = reconstruction_metrics(sae, heldout_batches(held, cmd.run.eval_tokens, cmd.train.batch_size))
+    report.update(dead_frac=result.metrics.get("dead_frac"), dead_window_tokens=result.cfg.dead_tokens)
     if isinstance(src, SyntheticSource):
         mmc, frac = feature_recovery(sae.W_dec.detach().cpu(), src.features)
         report.update(mean_max_cos=mmc, recovered_frac=frac)
     atomic_write_json(out / "eval.json", {"heldout": report, "eval_tokens": report["tokens"], "seed": cmd.train.seed})
-    line = (f"held-out nMSE {report['nmse']:.4f} | L0 {report['l0']:.1f} | dead {report['dead_frac']:.2%} "
-            f"({report['tokens']:,} tokens)")
+    line = (f"held-out nMSE {report['nmse']:.4f} | L0 {report['l0']:.1f} | never fired on {report['tokens']:,} "
+            f"held-out tokens {report['never_fired_frac']:.2%} | dead (no fire in the last "
+            f"{report['dead_window_tokens']:,} training tokens) {report['dead_frac']:.2%}")
     if "mean_max_cos" in report:
         line += f" | recovered features {report['recovered_frac']:.1%} (mean-max cos {report['mean_max_cos']:.3f})"
     print(line)

@@ -4,12 +4,13 @@ Over N eval tokens (normalised space, x_n and x̂_n (N, d)):
 
     nMSE = sum ||x_n - x̂_n||^2 / sum ||x_n - mean(x_n)||^2     (mean over the eval set; this is also
            the fraction of variance unexplained, FVU = 1 - R^2, so only nMSE is reported)
-    L0   = mean number of non-zero latents per token
-    f_i  = (tokens where latent i > 0) / N                      latent density, (n,)
-    dead = fraction of latents with f_i = 0 (never fire on the eval tokens)
+    L0   = mean number of firing latents per token               (fires: z > 0, saescale.sae.base.fires)
+    f_i  = (tokens where latent i fires) / N                    latent density, (n,)
+    never_fired_frac = fraction of latents with f_i = 0: never fired on these N held-out tokens
+           (not the paper's dead fraction, which counts the last W *training* tokens; see fires)
     dense = fraction of latents with f_i > 0.1
-    density histogram: counts of log10 f_i over the live latents, bins of 0.25 decades
-           from floor(log10(1/N)) to 0 (dead latents are counted in ``dead_frac``)
+    density histogram: counts of log10 f_i over the latents that fired, bins of 0.25 decades
+           from floor(log10(1/N)) to 0 (the others are counted in ``never_fired_frac``)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from saescale.sae.base import SparseAutoencoder
+from saescale.sae.base import SparseAutoencoder, fires
 
 BIN_WIDTH = 0.25  # decades per histogram bin
 
@@ -36,7 +37,7 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
     n = sae.cfg.n
     err = sq = 0.0
     s = torch.zeros(sae.cfg.d, dtype=torch.float64)
-    fires = torch.zeros(n, dtype=torch.float64)
+    fired = torch.zeros(n, dtype=torch.float64)
     tokens = nnz = 0
     for x in batches:
         x_n, _ = sae.normalize(x.float())
@@ -45,16 +46,16 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
         err += (x_n - x_hat).double().pow(2).sum().item()
         sq += x_n.double().pow(2).sum().item()
         s += x_n.double().sum(0)
-        active = code.values > 0
+        active = fires(code.values)
         nnz += int(active.sum())
-        fires.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
+        fired.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))
         tokens += x.shape[0]
     total_var = sq - s.pow(2).sum().item() / tokens
-    freq = fires / tokens
+    freq = fired / tokens
     return {
         "nmse": err / total_var,
         "l0": nnz / tokens,
-        "dead_frac": float((fires == 0).double().mean()),
+        "never_fired_frac": float((fired == 0).double().mean()),
         "dense_frac": float((freq > 0.1).double().mean()),
         "tokens": tokens,
         "density_hist": density_histogram(freq, tokens),
@@ -72,7 +73,7 @@ def density_histogram(freq: Tensor, tokens: int) -> dict[str, list]:
     return {"edges_log10": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def plot_density(hist: dict[str, list], dead_frac: float, path: Path) -> Path:
+def plot_density(hist: dict[str, list], never_fired_frac: float, path: Path) -> Path:
     """Save the latent-density histogram as a PNG (matplotlib imported only here)."""
     import matplotlib
 
@@ -84,7 +85,7 @@ def plot_density(hist: dict[str, list], dead_frac: float, path: Path) -> Path:
     ax.bar(edges[:-1], counts, width=BIN_WIDTH, align="edge", edgecolor="black", linewidth=0.3)
     ax.set_xlabel("log10 latent density (fraction of tokens where the latent fires)")
     ax.set_ylabel("latents")
-    ax.set_title(f"latent density (dead: {dead_frac:.1%})")
+    ax.set_title(f"latent density ({never_fired_frac:.1%} never fired on the eval tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,7 +9,7 @@ from typing import Any
 ROWS = [
     ("recon", "nmse", "nMSE (normalised space)", "{:.4f}"),
     ("recon", "l0", "L0", "{:.1f}"),
-    ("recon", "dead_frac", "dead latents", "{:.2%}"),
+    ("recon", "never_fired_frac", "never fired on the eval tokens", "{:.2%}"),
     ("recon", "dense_frac", "dense latents (>10% of tokens)", "{:.2%}"),
     ("downstream", "ce_orig", "CE original (nats)", "{:.4f}"),
     ("downstream", "delta_ce_sae", "ΔCE SAE (nats)", "{:.4f}"),

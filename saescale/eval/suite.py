@@ -51,7 +51,7 @@ def live_latents(code: SparseCode, n: int, count: int, seed: int) -> Tensor:
 def recon(es: EvalSet, code: SparseCode, cmd) -> dict:
     res = reconstruction_metrics(es.sae, es.flat_acts.split(2048))
     if cmd.plots:
-        res["plot"] = str(plot_density(res["density_hist"], res["dead_frac"], Path(cmd.out_dir) / "density.png"))
+        res["plot"] = str(plot_density(res["density_hist"], res["never_fired_frac"], Path(cmd.out_dir) / "density.png"))
     return res
 
 

@@ -38,7 +38,19 @@ ROW_BLOCK = 2048  # decoder rows per block of the gradient projection
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_pre")
 SHARDED = ("W_enc", "b_enc", "W_dec")  # split by latent (rows) over a mesh's latent group; b_pre is replicated
 
-__all__ = ["PARAMS", "SHARDED", "LossContext", "SparseAutoencoder", "SparseCode", "StepOutput", "decode_sparse"]
+__all__ = ["PARAMS", "SHARDED", "LossContext", "SparseAutoencoder", "SparseCode", "StepOutput", "decode_sparse",
+           "fires"]
+
+
+def fires(values: Tensor) -> Tensor:
+    """Where a latent *fires*: its activation z > 0 (the paper's definition; the released code counts
+    z > 1e-3). The one meaning everywhere: L0 counts firing latents, training's dead-latent counters
+    reset when a latent fires, and eval's latent density, never-fired fraction and N2G use it too.
+
+    A latent is *dead* (the paper's dead fraction) when it has not fired in the last W training
+    tokens (``TrainConfig.dead_tokens``); eval reports separately the fraction that never fired on
+    its M held-out tokens."""
+    return values > 0
 
 
 def decode_sparse(code: SparseCode, W_dec: Tensor, b_pre: Tensor) -> Tensor:

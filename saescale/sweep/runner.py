@@ -154,16 +154,17 @@ def _finish(r: _Run, shared: _Shared) -> None:
         "tokens": t.state.tokens_seen, "seed": t.cfg.seed, "multi_topk": t.cfg.multi_topk,
         **shared.model,
         "hook": extra.get("activations", {}).get("hook"),
-        "loss": rep["nmse"], "l0": rep["l0"], "dead_frac": rep["dead_frac"],
-        "train_dead_frac": r.last.get("dead_frac"), "heldout_tokens": rep["tokens"],
+        "loss": rep["nmse"], "l0": rep["l0"], "never_fired_frac": rep["never_fired_frac"],
+        "dead_frac": r.last.get("dead_frac"), "dead_window_tokens": t.cfg.dead_tokens, "heldout_tokens": rep["tokens"],
         "flops_per_token": flops_per_token(cfg.d, cfg.n), "curve": curve,
         "settings": member_record(r.member),
     }
     atomic_write_json(r.folder / "result.json", result)
     shutil.rmtree(r.folder / "checkpoints", ignore_errors=True)  # the SAE is saved; its optimiser state is not needed
     write_results(shared.spec)
-    shared.log(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, dead {rep['dead_frac']:.1%}, "
-               f"{t.state.tokens_seen:,} tokens")
+    shared.log(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, never fired on "
+               f"{rep['tokens']:,} held-out tokens {rep['never_fired_frac']:.1%}, dead (no fire in the last "
+               f"{t.cfg.dead_tokens:,} training tokens) {r.last.get('dead_frac', 0.0):.1%}, {t.state.tokens_seen:,} tokens")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

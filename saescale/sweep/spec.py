@@ -10,8 +10,10 @@ A spec has these tables, all optional except ``[grid]``::
     [synthetic]    SyntheticConfig: the planted-dictionary source (when source = "synthetic"); the keys are its
                    fields (d, features, k, ...; older specs' synth_d, synth_k, ... are read the same)
 
-Members share the data stream (its order comes from [train].seed and the batch size) and each
-keeps its own initialisation seed, optimiser, schedule and token budget.
+Members share the data stream (its order comes from [train].seed and the batch size) and the
+dead-latent window W ([train] dead_tokens, default: the default window of the shortest budget), so
+their dead fractions count the same W tokens; each keeps its own initialisation seed, optimiser,
+schedule and token budget.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from saescale.configs import config_from_dict, config_to_dict
 from saescale.data.synthetic import SyntheticConfig
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig
-from saescale.train.config import TrainConfig
+from saescale.train.config import TrainConfig, default_dead_tokens
 
 try:
     import tomllib
@@ -120,8 +122,9 @@ def _expand(path: Path, grid: dict[str, Any], sae_base: dict[str, Any], train_ba
             raise SaescaleError(f"{path} [grid]: '{key}' must be a non-empty list, e.g. {key} = [{values!r}]")
         if len(set(map(repr, values))) != len(values):
             raise SaescaleError(f"{path} [grid]: '{key}' lists a value twice")
-    if "batch_size" in grid:
-        raise SaescaleError(f"{path} [grid]: members trained together share batch_size; set it in [train]")
+    for key in ("batch_size", "dead_tokens"):  # one data stream; one dead-latent window, so dead fractions compare
+        if key in grid:
+            raise SaescaleError(f"{path} [grid]: members trained together share {key}; set it in [train]")
     members = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
@@ -131,7 +134,17 @@ def _expand(path: Path, grid: dict[str, Any], sae_base: dict[str, Any], train_ba
                                  f"{path} [train]+[grid] {values}")
         train = dataclasses.replace(train, progress=False)
         members.append(Member(member_id(values), sae, train, values))
-    return members
+    return _shared_dead_window(members)
+
+
+def _shared_dead_window(members: list[Member]) -> list[Member]:
+    """Every member gets the same dead-latent window W (unless [train] sets one): the default window
+    of the shortest token budget, so each member's dead fraction counts the same W tokens."""
+    if members[0].train.dead_tokens is not None:
+        return members
+    shortest = min(members, key=lambda m: m.train.tokens).train
+    window = default_dead_tokens(shortest.tokens, shortest.batch_size)
+    return [dataclasses.replace(m, train=dataclasses.replace(m.train, dead_tokens=window)) for m in members]
 
 
 def member_id(values: dict[str, Any]) -> str:

@@ -57,10 +57,7 @@ class TrainConfig:
     """Weight alpha of the AuxK loss (paper: 1/32); 0 turns AuxK off."""
 
     dead_tokens: int | None = None
-    """A latent is dead after this many tokens without firing; unset (None) = min(10M, tokens / 10)."""
-
-    fire_threshold: float = 1e-3
-    """A latent 'fires' on a token when its value exceeds this (released code: 1e-3)."""
+    """The dead-latent window W: a latent is dead (and AuxK may use it) after W training tokens without firing (saescale.sae.base.fires); unset (None) = min(10M, tokens / 10), at least 10 batches."""
 
     multi_topk: bool = False
     """Train with the Multi-TopK loss L(k) + L(4k)/8 (progressive code)."""
@@ -113,19 +110,29 @@ class TrainConfig:
 
         lr = 2e-4 / sqrt(n / 2^14) (the paper's rule), warmup_steps = min(1000, steps / 20),
         k_aux = the power of two nearest d/2 (512 for GPT-2's d = 768), at most n,
-        dead_tokens = max(1, min(10M, tokens / 10)).
+        dead_tokens = max(10 batches, min(10M, tokens / 10)): the paper's 10M scaled to the run, with a
+        floor so that on a short run "dead" never means "did not fire in one batch".
         """
         return dataclasses.replace(
             self,
             lr=self.lr if self.lr is not None else 2e-4 / math.sqrt(n / 2**14),
             warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20),
             k_aux=min(self.k_aux if self.k_aux is not None else 2 ** round(math.log2(max(d / 2, 1))), n),
-            dead_tokens=self.dead_tokens if self.dead_tokens is not None else max(1, min(10_000_000, self.tokens // 10)),
+            dead_tokens=self.dead_tokens if self.dead_tokens is not None else default_dead_tokens(self.tokens, self.batch_size),
         )
+
+
+def default_dead_tokens(tokens: int, batch_size: int) -> int:
+    """The default dead-latent window W = max(10 batch_size, min(10M, tokens / 10))."""
+    return max(10 * batch_size, min(10_000_000, tokens // 10))
 
 
 def upgrade_train_record(record: dict) -> dict:
     """A TrainConfig record written before unset settings were None (run.json of an older run):
-    lr = 0, warmup_steps = -1, k_aux = 0 and dead_tokens = 0 meant 'the default'."""
+    lr = 0, warmup_steps = -1, k_aux = 0 and dead_tokens = 0 meant 'the default'; fire_threshold
+    (then 1e-3 by default) is gone: firing is z > 0 (an older run with another value is refused)."""
     legacy = {"lr": 0.0, "warmup_steps": -1, "k_aux": 0, "dead_tokens": 0}
-    return {k: None if k in legacy and v == legacy[k] else v for k, v in record.items()}
+    out = {k: None if k in legacy and v == legacy[k] else v for k, v in record.items()}
+    if out.get("fire_threshold") == 1e-3:
+        del out["fire_threshold"]
+    return out

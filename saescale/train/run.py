@@ -52,6 +52,7 @@ class TrainResult:
     metrics: dict[str, float]  # last logged training metrics
     resumed_from: int  # step resumed from (0 = fresh start)
     seconds: float
+    cfg: TrainConfig  # the training settings as resolved and used (learning rate, dead window, ...)
 
 
 def init_sample(source: BatchSource, cfg: TrainConfig) -> torch.Tensor:
@@ -176,4 +177,4 @@ def train_sae(
     resumed = trainer.state.step
     rows = DataParallelSlice(source, mesh.data_rank, mesh.data_shards)
     metrics = trainer.fit(rows.batches(cfg.batch_size // mesh.data_shards, start=trainer.state.step))
-    return TrainResult(finish_run(trainer, out, extra, metrics), metrics, resumed, time.perf_counter() - t0)
+    return TrainResult(finish_run(trainer, out, extra, metrics), metrics, resumed, time.perf_counter() - t0, trainer.cfg)

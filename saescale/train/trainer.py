@@ -15,7 +15,7 @@ One step, for this rank's raw rows x (B_r, d) of a global batch of B = B_r D row
 
 The SAE's mesh (:class:`~saescale.distributed.mesh.Mesh`, one process: ``Mesh.single()``)
 says which rows of which batch this process holds; every collective is a no-op on a group
-of one, so one process runs exactly this code. "Fires" means a value above ``fire_threshold``.
+of one, so one process runs exactly this code. "Fires": :func:`saescale.sae.base.fires`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from saescale import losses
 from saescale.errors import SaescaleError
 from saescale.kernels import workspace
-from saescale.sae.base import PARAMS, SHARDED, LossContext, SparseAutoencoder
+from saescale.sae.base import PARAMS, SHARDED, LossContext, SparseAutoencoder, fires
 from saescale.threads import one_thread
 from saescale.train.checkpoint import save_checkpoint
 from saescale.train.config import TrainConfig
@@ -99,7 +99,7 @@ class Trainer:
                 )
             lr = self.optimise(out.loss)
         fired = self._update_dead(out.code.values, out.code.indices, batch)
-        l0 = mesh.all_reduce((out.code.values > 0).sum().double(), "world").item() / batch
+        l0 = mesh.all_reduce(fires(out.code.values).sum().double(), "world").item() / batch
         return {"loss": totals[0].item(), "nmse": self._nmse(totals, batch), "l0": l0, "aux_loss": totals[1].item(),
                 "dead_frac": self.dead_total / sae.cfg.n, "fired_frac": fired, "lr": lr}
 
@@ -196,7 +196,7 @@ class Trainer:
     def _update_dead(self, values: torch.Tensor, indices: torch.Tensor, batch: int) -> float:
         """since_fired from the fired counts of every data replica; returns the global fired fraction."""
         with one_thread():  # (n_L,) and (B, k) bookkeeping
-            hits = (values > self.cfg.fire_threshold).reshape(-1).to(values.dtype)
+            hits = fires(values).reshape(-1).to(values.dtype)
             counts = torch.bincount(indices.reshape(-1), weights=hits, minlength=self.state.since_fired.numel())
             fired = self.mesh.all_reduce(counts, "data") > 0
             self.state.since_fired.add_(batch).masked_fill_(fired, 0)

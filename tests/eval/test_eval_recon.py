@@ -16,7 +16,7 @@ def test_identity_sae_is_exact_and_counts_latents():
     res = reconstruction_metrics(identity_sae(8), x.split(100))
     assert res["nmse"] < 1e-10 and "fvu" not in res
     assert res["l0"] == pytest.approx(8.0)  # each coordinate is positive in exactly one of the two halves
-    assert res["dead_frac"] == 0.0 and res["dense_frac"] == 1.0  # every latent fires on ~half the tokens
+    assert res["never_fired_frac"] == 0.0 and res["dense_frac"] == 1.0  # every latent fires on ~half the tokens
     assert sum(res["density_hist"]["counts"]) == 16
 
 
@@ -24,7 +24,7 @@ def test_dead_latents_and_histogram_bins():
     sae = identity_sae(4)
     x = torch.rand(100, 4) + 0.1  # all positive: the 4 negative-half latents never fire
     res = reconstruction_metrics(sae, [x])
-    assert res["dead_frac"] == 0.5
+    assert res["never_fired_frac"] == 0.5
     hist = density_histogram(torch.tensor([0.0, 1e-2, 1e-2, 1.0]), tokens=100)
     assert hist["edges_log10"][0] == -2.0 and hist["edges_log10"][-1] == 0.0
     assert sum(hist["counts"]) == 3 and hist["counts"][0] == 2 and hist["counts"][-1] == 1
@@ -32,7 +32,7 @@ def test_dead_latents_and_histogram_bins():
 
 def test_density_plot_is_written(tmp_path):
     res = reconstruction_metrics(make_sae(), [torch.randn(500, 16)])
-    assert plot_density(res["density_hist"], res["dead_frac"], tmp_path / "d.png").stat().st_size > 1000
+    assert plot_density(res["density_hist"], res["never_fired_frac"], tmp_path / "d.png").stat().st_size > 1000
 
 
 def test_progressive_codes_improve_with_k():

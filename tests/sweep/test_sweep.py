@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from saescale.cli import main
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
+from saescale.errors import SaescaleError
 from saescale.sweep.runner import curve_steps, run_sweep
 from saescale.sweep.spec import load_spec
 from saescale.train.run import train_sae
@@ -161,3 +162,16 @@ def test_killed_sweep_finishes_only_the_unfinished_members(tmp_path):
         assert all(torch.equal(a[key], b[key]) for key in b), m
     assert (out / "results.jsonl").read_text() == (tmp_path / "ref" / "results.jsonl").read_text().replace(
         str(tmp_path / "ref"), str(out))
+
+
+def test_members_share_one_dead_window(tmp_path):
+    """Before: each member's window was min(10M, its own tokens / 10), so dead fractions of different budgets
+    counted different windows (and a short run's window could be under one batch)."""
+    spec = load_spec(write_spec(tmp_path, short=10240, long=30720))
+    assert {m.train.dead_tokens for m in spec.members} == {10 * 512}  # 10 batches: the floor over 10240 / 10
+    p = tmp_path / "grid.toml"
+    p.write_text(write_spec(tmp_path).read_text().replace("[train]", "[train]\ndead_tokens = 7000"))
+    assert {m.train.dead_tokens for m in load_spec(p).members} == {7000}
+    p.write_text(write_spec(tmp_path).read_text().replace("k = [4, 8]", "k = [4, 8]\ndead_tokens = [1000, 2000]"))
+    with pytest.raises(SaescaleError, match="share dead_tokens"):
+        load_spec(p)

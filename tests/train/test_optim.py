@@ -47,3 +47,9 @@ def test_ema_is_bias_corrected():
     assert ema.averaged()["w"].item() == pytest.approx(2.0)  # no pull towards the zero start
     ema.update({"w": torch.tensor([4.0])})
     assert ema.averaged()["w"].item() == pytest.approx((0.9 * 0.1 * 2 + 0.1 * 4) / (1 - 0.81))
+
+
+def test_the_default_dead_window_has_a_floor_of_ten_batches():
+    """Before: min(10M, tokens / 10) alone, under one batch on short runs (every latent not in this batch 'dead')."""
+    assert TrainConfig(tokens=5 * 4096).resolved(64, 16).dead_tokens == 10 * 4096
+    assert TrainConfig(tokens=5 * 4096, dead_tokens=100).resolved(64, 16).dead_tokens == 100  # given: as given

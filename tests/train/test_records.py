@@ -27,7 +27,7 @@ def test_cfg_json_and_run_json_record_the_resolved_settings(tmp_path):
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     train = cfg["extra"]["train"]
     assert train["lr"] == pytest.approx(2e-4 / math.sqrt(64 / 2**14)) and train["lr"] > 0
-    assert train["warmup_steps"] == 0 and train["k_aux"] == 8 and train["dead_tokens"] == 51  # 8 steps, d=16, tokens/10
+    assert train["warmup_steps"] == 0 and train["k_aux"] == 8 and train["dead_tokens"] == 640  # 8 steps, d=16, 10 batches
     assert cfg["d"] == 16 and cfg["norm_scale"] is None
     rt = cfg["extra"]["runtime"]
     assert rt["kernels"] == "fast" and rt["precision"] == "float32" and rt["threads"] == 1

@@ -21,7 +21,7 @@ def test_topk_sae_learns_real_activations(real_cache, tmp_path):
     before = reconstruction_metrics(res.sae.__class__(res.sae.cfg), [held])  # an all-zero SAE: predicts b_pre = 0
     after = reconstruction_metrics(load_sae(tmp_path / "sae"), held.split(512))
     print(f"\nreal activations, n=1024 k=16, {cfg.tokens:,} tokens: held-out nMSE {after['nmse']:.3f}, "
-          f"L0 {after['l0']:.1f}, dead on held-out {after['dead_frac']:.1%}")
+          f"L0 {after['l0']:.1f}, never fired on held-out {after['never_fired_frac']:.1%}")
     assert before["nmse"] > 0.99
     assert after["nmse"] < 0.5
     assert after["l0"] == 16.0

@@ -60,3 +60,13 @@ def test_trained_sae_holds_no_hook_and_keeps_no_trainer_alive():
     gc.collect()
     assert alive() is None
     assert not sae.W_dec._post_accumulate_grad_hooks and all(p.grad is None for p in sae.parameters())
+
+
+def test_training_counts_a_small_positive_activation_as_firing_as_eval_does():
+    """One meaning of 'fires' (z > 0, saescale.sae.base.fires). Before: training needed z > 1e-3 while eval
+    and L0 counted z > 0, so a latent at 5e-4 was live for eval and dead for AuxK."""
+    trainer = Trainer(make_sae("topk", 64, 4, 16), TrainConfig(progress=False, batch_size=2, dead_tokens=1), 1.0)
+    values, indices = torch.tensor([[5e-4, 0.0, 2.0, 0.0]]), torch.tensor([[3, 5, 7, 9]])
+    trainer._update_dead(values, indices, 1)
+    fired = trainer.state.since_fired == 0
+    assert fired[3] and fired[7] and not fired[5] and not fired[9] and int(fired.sum()) == 2
