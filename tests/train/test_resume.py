@@ -44,8 +44,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
     out = tmp_path / "killed"
     proc = run_cli(out)
-    deadline = time.time() + 240
-    while latest_step(out) < 50 and time.time() < deadline and proc.poll() is None:
+    while latest_step(out) < 50 and proc.poll() is None:  # bounded by the process, not the clock
         time.sleep(0.05)
     time.sleep(random.Random(7).uniform(0.0, 0.5))  # kill at an arbitrary point between checkpoints
     assert proc.poll() is None, "run finished before it could be killed; raise --tokens"
