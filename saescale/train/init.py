@@ -16,16 +16,36 @@ RANDN_ROWS = 4096  # rows per block of the blocked normal draw of a shard; a mul
 
 
 def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-7) -> Tensor:
-    """Weiszfeld iterations: argmin_m sum_i ||p_i - m||, points (N, d) -> (d,), in float64."""
+    """argmin_m sum_i ||p_i - m||, points (N, d) -> (d,), computed in float64 by Vardi & Zhang's
+    modified Weiszfeld iteration (PNAS 2000), which handles an estimate that lands on data points.
+
+    Weiszfeld's step m <- T(m) = sum_i w_i p_i / sum_i w_i, w_i = 1 / ||p_i - m||, is undefined at a
+    data point and stalls there even when it is not the median (e.g. the mean of {(-1,0) x3, (0,0),
+    (3,0)} is the point (0,0), the median is (-1,0)). With eta = the number of points at m, the sums
+    over the other points and R = sum_i w_i (p_i - m), r = ||R||:
+
+        m is the median             if r <= eta
+        m <- (1 - eta/r) T(m) + (eta/r) m   otherwise (plain Weiszfeld when eta = 0)
+    """
     p = points.double()
     m = p.mean(0)
+    at_eps = 1e-12 * max(p.abs().max().item(), 1.0)
     for _ in range(iters):
-        w = 1.0 / (p - m).norm(dim=-1).clamp_min(1e-12)
-        new = (w[:, None] * p).sum(0) / w.sum()
-        if (new - m).norm() <= tol * max(m.norm().item(), 1.0):
-            m = new
+        dist = (p - m).norm(dim=-1)  # (N,)
+        at = dist <= at_eps
+        q, w = p[~at], 1.0 / dist[~at]
+        if len(q) == 0:
             break
-        m = new
+        eta, T = int(at.sum()), (w[:, None] * q).sum(0) / w.sum()
+        if eta:
+            r = (w[:, None] * (q - m)).sum(0).norm().item()
+            if r <= eta:
+                break
+            T = (1 - eta / r) * T + (eta / r) * m
+        done = (T - m).norm() <= tol * max(m.norm().item(), 1.0)
+        m = T
+        if done:
+            break
     return m.to(points.dtype)
 
 

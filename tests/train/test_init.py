@@ -43,3 +43,11 @@ def test_randn_rows_is_the_whole_draw(n, d):
         g = torch.Generator().manual_seed(1)
         assert torch.equal(randn_rows(n, d, lo, hi, g), whole[lo:hi])
         assert torch.equal(torch.randn(3, generator=g), after)  # the generator is where the whole draw leaves it
+
+
+def test_geometric_median_leaves_a_data_point_that_is_not_the_median():
+    """Before: plain Weiszfeld started at the mean (0,0), a data point, and stayed there."""
+    pts = torch.tensor([[-1.0, 0.0]] * 3 + [[0.0, 0.0], [3.0, 0.0]])
+    assert torch.allclose(geometric_median(pts), torch.tensor([-1.0, 0.0]), atol=1e-6, rtol=0)
+    on_median = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # starts on it: stays
+    assert torch.equal(geometric_median(on_median), torch.zeros(2))
