@@ -4,8 +4,12 @@ TopK keeps the k largest pre-activations per token and zeros the rest; the loss 
 reconstruction error only (no sparsity penalty). With ``multi_topk`` the loss is
 L(k) + L(4k)/8 from the same pre-activations. Dead latents are revived by the AuxK loss:
 the residual e = x_n - x̂_n is reconstructed from the top-k_aux pre-activations among dead
-latents only, weighted by alpha (1/32). ê has no b_pre and e is detached, so b_pre gets no
-AuxK gradient.
+latents only, weighted by alpha (1/32). As in the released code, the AuxK reconstruction
+carries b_pre and its target is e + b_pre with both e and that b_pre detached:
+
+    L_aux = ||(e + sg(b_pre)) - (W_dec^T z_aux + b_pre)||^2 / V  =  ||e - ê||^2 / V   in value,
+
+so b_pre receives the AuxK gradient -2 alpha (e - ê) / V (per token) besides the main loss's.
 
 The loss is written once, for any mesh (one process is a one-rank mesh). One step on this
 rank's rows x_n (B_r, d) and latents [lo, hi), m = k (4k with Multi-TopK), c = min(m, n_L):
@@ -139,7 +143,8 @@ class TopKSAE(SparseAutoencoder):
             loss = losses.multi_topk_loss(main, losses.scaled_mse(x_hat + decoded[1], x_n, ctx.loss_scale, batch))
         aux = x_n.new_zeros(())
         if k_aux:
-            e = x_n - x_hat
-            aux = losses.auxk_loss(decoded[-1], e, None if mesh.data_shards == 1 else centered_sq_sum(e, batch, mesh))
+            e = x_n - x_hat  # the target e + sg(b_pre) and the reconstruction ê + b_pre: b_pre's AuxK gradient
+            var = None if mesh.data_shards == 1 else centered_sq_sum(e, batch, mesh)
+            aux = losses.auxk_loss(decoded[-1] + self.b_pre, e + self.b_pre.detach(), var)
             loss = loss + ctx.aux_coef * aux
         return StepOutput(loss=loss, x_hat=x_hat, code=codes[0], aux_loss=aux)

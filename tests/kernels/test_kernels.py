@@ -86,9 +86,9 @@ def dense_loss_on_support(sae, x, c, code_idx, code4_idx, aux_idx):
     loss = ((x - x_hat) ** 2).sum(1).mean() * c.loss_scale
     if code4_idx is not None:
         loss = loss + ((x - decode(code4_idx) - sae.b_pre) ** 2).sum(1).mean() * c.loss_scale / 8
-    if aux_idx is not None:
-        e = (x - x_hat).detach()
-        e_hat = decode(aux_idx)
+    if aux_idx is not None:  # the released code's AuxK: target e + sg(b_pre), reconstruction ê + b_pre
+        e = (x - x_hat + sae.b_pre).detach()
+        e_hat = decode(aux_idx) + sae.b_pre
         loss = loss + c.aux_coef * ((e - e_hat) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
     return loss
 

@@ -32,8 +32,8 @@ def dense_topk_loss(sae, x, c: LossContext):
     if c.dead.any():
         k_aux = min(c.k_aux, int(c.dead.sum()))
         z_aux = topk_dense(pre.masked_fill(~c.dead, float("-inf")), k_aux).nan_to_num(0.0)
-        e = (x - x_hat).detach()
-        e_hat = z_aux @ sae.W_dec
+        e = (x - x_hat + sae.b_pre).detach()  # the released code's target e + sg(b_pre) ...
+        e_hat = z_aux @ sae.W_dec + sae.b_pre  # ... and reconstruction with b_pre (b_pre gets an AuxK gradient)
         aux = ((e - e_hat) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
         loss = loss + c.aux_coef * aux
     return loss
@@ -166,3 +166,22 @@ def test_the_finite_check_catches_nan_and_inf_and_passes_huge_finite_values(dtyp
         x[B - 1, D - 1] = bad
         with pytest.raises(SaescaleError, match=f"NaN/inf in 1 row\\(s\\) \\(first: \\[{B - 1}\\]\\)"):
             sae.check_input(x)
+
+
+def test_auxk_gives_b_pre_the_released_codes_gradient():
+    """AuxK's b_pre gradient = the encoder term (through the dead latents' pre-activations) plus the
+    released code's direct term -2 alpha sum_b (e_b - ê_b) / V; before, the direct term was missing."""
+    torch.manual_seed(3)
+    sae = make_sae("topk", N, K, D, dtype=torch.float64)
+    x = torch.randn(B, D, dtype=torch.float64)
+    dead = torch.arange(N) < 20
+    with_aux = grads(sae, sae.loss_terms(x, ctx(dead, aux=0.5)).loss)[3]
+    without = grads(sae, sae.loss_terms(x, ctx(dead, aux=0.0)).loss)[3]
+    e = x - sae.decode_normalized(sae.encode_normalized(x)).detach()
+    pre = (x - sae.b_pre) @ sae.W_enc.T + sae.b_enc
+    top = pre.masked_fill(~dead, float("-inf")).topk(8, dim=1)
+    e_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=F.relu(top.values), mode="sum")
+    V = ((e - e.mean(0)) ** 2).sum()
+    encoder_term = torch.autograd.grad(0.5 * ((e - e_hat) ** 2).sum() / V, sae.b_pre)[0]
+    direct = -2 * 0.5 * (e - e_hat.detach()).sum(0) / V
+    assert rel_err(with_aux - without, encoder_term + direct) < 1e-9 and direct.norm() > 1e-3
