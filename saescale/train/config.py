@@ -47,6 +47,9 @@ class TrainConfig:
     ema: float = 0.0
     """Decay of an exponential moving average of the weights (e.g. 0.999, bias-corrected); the saved SAE uses it. 0 = off."""
 
+    init_encoder_scale: bool = False
+    """Scale W_enc at init so that reconstructions of random unit inputs have norm about 1 (PAPER.md's optional encoder scaling, as in the released code; the paper found it neutral). Default chosen by measurement: benchmarks/README.md."""
+
     tied_init: bool = True
     """Initialise W_enc = W_dec^T (paper). --no-tied-init draws the encoder independently."""
 

@@ -110,3 +110,23 @@ def init_sae(sae: SparseAutoencoder, sample: Tensor, generator: torch.Generator,
     sae.b_enc.zero_()
     sae.b_pre.copy_(geometric_median(x_n[:32_768]))
     return loss_scale(x_n)
+
+
+@torch.no_grad()
+def scale_encoder(sae: SparseAutoencoder, generator: torch.Generator, samples: int = 256) -> float:
+    """Divide W_enc by s = mean_u ||x̂(u) - b_pre|| over random unit directions u (samples, d) placed at
+    b_pre (x_n = u + b_pre), so that such inputs reconstruct with norm about 1; returns s.
+
+    The released code's optional encoder scaling (PAPER.md, Initialisation). With tied init the
+    code of a unit input is a few large cosines times decoder rows, so x̂ can be far longer than
+    x_n; the forward is the SAE's own loss path, so a shard of a mesh gets the global s.
+    """
+    from saescale.sae.base import LossContext  # the forward any architecture trains with
+
+    u = torch.randn(samples, sae.cfg.d, generator=generator).to(sae.W_enc)
+    x_n = u / u.norm(dim=-1, keepdim=True) + sae.b_pre
+    off = torch.zeros(sae.shard.size, dtype=torch.bool, device=sae.W_enc.device)
+    x_hat = sae.loss_terms(x_n, LossContext(off, 0, 0.0, 1.0, False, 0.0)).x_hat
+    s = (x_hat - sae.b_pre).norm(dim=-1).mean().item()
+    sae.W_enc.div_(max(s, 1e-12))
+    return s

@@ -37,7 +37,7 @@ from saescale.sae.io import save_sae
 from saescale.sae.registry import build_sae
 from saescale.train.checkpoint import latest_checkpoint, load_checkpoint
 from saescale.train.config import TrainConfig, upgrade_train_record
-from saescale.train.init import init_sae, resolve_sae_config
+from saescale.train.init import init_sae, resolve_sae_config, scale_encoder
 from saescale.train.trainer import Callback, Trainer
 
 # Settings that may change between a killed run and its resumption.
@@ -68,7 +68,10 @@ def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_d
     sample = init_sample(source, cfg)
     sae = build_sae(resolve_sae_config(sae_cfg, sample), mesh)
     sae.check_input(sample)
-    scale = init_sae(sae, sample, torch.Generator().manual_seed(cfg.seed), tied=cfg.tied_init)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scale = init_sae(sae, sample, gen, tied=cfg.tied_init)
+    if cfg.init_encoder_scale:
+        scale_encoder(sae, gen)
     return Trainer(sae, cfg, scale, out_dir)
 
 

@@ -51,3 +51,20 @@ def test_geometric_median_leaves_a_data_point_that_is_not_the_median():
     assert torch.allclose(geometric_median(pts), torch.tensor([-1.0, 0.0]), atol=1e-6, rtol=0)
     on_median = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # starts on it: stays
     assert torch.equal(geometric_median(on_median), torch.zeros(2))
+
+
+def test_encoder_scaling_gives_unit_input_reconstructions_norm_one():
+    """Before: no such option; tied init reconstructs random unit inputs far longer than they are."""
+    from saescale.sae.config import SAEConfig
+    from saescale.sae.registry import build_sae
+    from saescale.train.init import scale_encoder
+
+    sae = build_sae(SAEConfig(n=512, k=16, d=32, normalize="none"))
+    g = torch.Generator().manual_seed(1)
+    init_sae(sae, 3 + torch.randn(1000, 32, generator=g), g)
+    u = torch.randn(256, 32, generator=g)
+    x = u / u.norm(dim=-1, keepdim=True) + sae.b_pre.detach()
+    before = (sae.decode_normalized(sae.encode_normalized(x)) - sae.b_pre).norm(dim=-1).mean().item()
+    s = scale_encoder(sae, torch.Generator().manual_seed(2))
+    after = (sae.decode_normalized(sae.encode_normalized(x)) - sae.b_pre).norm(dim=-1).mean().item()
+    assert s == pytest.approx(before, rel=0.1) and after == pytest.approx(1.0, rel=0.1) and abs(before - 1) > 0.5
