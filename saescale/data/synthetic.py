@@ -1,10 +1,11 @@
 """Synthetic activations from a known sparse dictionary (features in superposition).
 
-    x = sum_{f in S} a_f * F[f] + sigma * eps,    F: (n_features, d) unit rows, n_features > d
+    x = sum_{f in S} a_f * F[f] + sigma * eps + c u,    F: (n_features, d) unit rows, n_features > d
 
 Each token has exactly ``k`` active features S, drawn without replacement with
 power-law probabilities p_f ∝ (f + 1)^(-alpha); magnitudes a_f ~ U(0.5, 1.5);
-eps ~ N(0, I_d). Used by tests (recovered-feature score) and ``saescale train --acts synthetic``.
+eps ~ N(0, I_d); c u is a constant dataset-wide offset of norm c = ``offset`` along a fixed random unit
+vector u (real residual streams carry such a mean; 0 by default). Used by tests (recovered-feature score) and ``saescale train --acts synthetic``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ class SyntheticConfig:
     seed: int = 1234
     """Seed of the planted dictionary and of the data stream."""
 
+    offset: float = 0.0
+    """Norm of a constant offset added to every token along one fixed random direction (a dataset-wide mean, as real residual streams have); 0 = none."""
+
     def __post_init__(self) -> None:
         if self.d <= 0 or self.features <= 0:
             raise SaescaleError("--synth-d and --synth-features must be positive")
+        if not self.offset >= 0:
+            raise SaescaleError(f"--synth-offset must be >= 0, got {self.offset}")
         if not 0 < self.k <= self.features:
             raise SaescaleError(f"--synth-k must be in [1, --synth-features={self.features}]")
 
@@ -61,6 +67,8 @@ class SyntheticSource:
         ranks = torch.arange(1, cfg.features + 1, dtype=torch.float64)
         self.probs = (ranks**-cfg.alpha / (ranks**-cfg.alpha).sum()).float()  # (F,)
         self.log_probs = self.probs.log()
+        u = torch.randn(cfg.d, generator=torch.Generator().manual_seed(cfg.seed + 1))  # its own stream: F unchanged
+        self.offset = cfg.offset * u / u.norm()  # (d,)
 
     def batch(self, batch_size: int, index: int) -> Tensor:
         """Batch number ``index`` (B, d): a pure function of (seed, batch_size, index)."""
@@ -71,7 +79,7 @@ class SyntheticSource:
         active = (self.log_probs - torch.log(-torch.log(u))).topk(c.k, dim=-1).indices  # (B, k)
         mags = 0.5 + torch.rand(batch_size, c.k, generator=g)
         x = torch.einsum("bk,bkd->bd", mags, self.features[active])
-        return x + c.noise * torch.randn(batch_size, c.d, generator=g)
+        return x + c.noise * torch.randn(batch_size, c.d, generator=g) + self.offset
 
     def heldout(self) -> "SyntheticSource":
         """The same planted dictionary, an independent token stream."""

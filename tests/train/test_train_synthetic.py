@@ -80,3 +80,13 @@ def test_synthetic_stream_is_restartable_and_heldout_is_independent(data):
     assert all(torch.equal(a, b) for (_, a), b in zip(first[2:], src.batches(64, start=2)))
     assert not torch.equal(first[0][1], next(held.batches(64)))
     assert torch.equal(held.features, src.features)
+
+
+def test_planted_data_can_carry_a_dataset_wide_offset():
+    """Before: no offset, so the normalisations were never compared on data with a mean, as real streams have."""
+    plain = SyntheticSource(SyntheticConfig(d=D, features=FEATS, k=K))
+    shifted = SyntheticSource(SyntheticConfig(d=D, features=FEATS, k=K, offset=5.0))
+    a, b = plain.batch(512, 3), shifted.batch(512, 3)
+    diff = b - a  # the same tokens plus one constant vector of norm 5
+    assert torch.allclose(diff, diff[:1].expand_as(diff), atol=1e-5) and diff[0].norm().item() == pytest.approx(5.0)
+    assert torch.equal(plain.features, shifted.features)
