@@ -12,7 +12,7 @@ from saescale.errors import SaescaleError
 
 @dataclass
 class FitConfig:
-    """Fit the scaling laws (joint L(n, k), L(C) frontier, n_opt(C), L(N_model), lr rule) to finished sweeps."""
+    """Fit the scaling laws (joint L(n, k), L(C), n_opt(C), L(N_model), lr rule) to finished sweeps, per group of comparable members (seeds averaged)."""
 
     results: list[str] = field(default_factory=list, metadata={"positional": True})
     """Sweep folder(s) holding results.jsonl, or .jsonl file(s) (several: space- or comma-separated)."""
@@ -59,9 +59,12 @@ class FitConfig:
 
 
 def run_fit(cfg: FitConfig) -> dict:
-    """Load the members, fit every law, print a summary, write fit.json (and plots); returns the written dict."""
+    """Load the members, fit every law, print a summary, write fit.json (and plots); returns the written dict.
+
+    Members are fitted in groups of comparable settings (saescale.scaling.groups), seeds averaged;
+    when no law can be fitted at all (one member, say) it is a SaescaleError and nothing is written."""
     from saescale.eval.report import json_safe
-    from saescale.scaling.analysis import fit_all, summary_lines
+    from saescale.scaling.analysis import fit_all, nothing_fitted, summary_lines
     from saescale.scaling.results import load_members, results_file
 
     if cfg.plots:
@@ -70,6 +73,8 @@ def run_fit(cfg: FitConfig) -> dict:
         pyplot()  # no matplotlib: fail before the fits, not after
     members = load_members(cfg.paths)
     fits = fit_all(members, cfg.heldout, cfg.seed, cfg.bootstrap, cfg.target_loss)
+    if not fits.fitted:
+        raise SaescaleError(nothing_fitted(fits, members))
     print(f"loaded {len(members)} members from {len(cfg.paths)} result file(s)")
     print("\n".join(summary_lines(fits)))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The compute frontier L(C) and the compute-optimal n(C) (paper, "Scaling laws").
 
-Each curve point of a member costs C = flops_per_token · tokens (flops_per_token = 6·d·n).
+Each curve point of a member costs C = flops_per_token · tokens with flops_per_token = 12·d·n
+(6 FLOPs per weight per token over the 2·d·n weights: :func:`saescale.sweep.runner.flops_per_token`).
 On a log grid of C spanning every member's curve (as many points as curve points that set a
 record, see :func:`frontier`), the frontier is the lowest loss any
 member has reached with compute ≤ C: for one member, the smaller of its best curve point
@@ -12,7 +13,7 @@ irreducible term (our default):
 
 in log-loss space with bootstrap CIs over frontier points. The member setting the frontier
 at each grid C gives the compute-optimal size, fitted as a power law n_opt(C) = A · C^p;
-with flops_per_token = f·n (f = 6·d, the median over members), the optimal budget is
+with flops_per_token = f·n (f = 12·d, the median over members), the optimal budget is
 
     tokens_opt(C) = C / (f · n_opt(C)) = C^(1−p) / (f · A).
 """
@@ -113,7 +114,7 @@ class ComputeFit:
     """n_opt = exp(log_A) · C^p; None when one n sets the whole frontier."""
     n_opt_skipped: str
     flops_per_n: float
-    """f in flops_per_token = f · n (6·d), median over the members."""
+    """f in flops_per_token = f · n (12·d), median over the members."""
 
     def predict(self, C: np.ndarray) -> np.ndarray:
         return compute_loss(self.fit.values, np.log(np.asarray(C, dtype=np.float64))[:, None])

@@ -6,9 +6,10 @@ The first term is the part more latents remove (its n-exponent is β_n + γ log 
 means larger k makes n-scaling steeper); the second is the part that depends on k only
 (irreducible in n). Paper, GPT-4: α=−0.50, β_k=0.26, β_n=−0.017, γ=−0.042, ζ=−1.32, η=−0.085.
 
-Points: one per (n, k). Of the members sharing (n, k) (different lr, tokens or seeds),
-keep those with the largest token budget, and of these the lowest final loss (the best
-lr at the full budget). Held-out check: ``heldout`` points drawn by
+Points: one per (n, k), from one group of comparable members with seeds already averaged
+(:func:`saescale.scaling.groups.mean_over_seeds`). Of the points sharing (n, k) (different lr
+or tokens), keep those with the largest token budget, and of these the lowest final loss (the
+best lr at the full budget). Held-out check: ``heldout`` points drawn by
 ``numpy.random.default_rng(seed)`` are left out of the fit and the bootstrap; reported
 is their mean relative error mean |L̂ − L| / L.
 """

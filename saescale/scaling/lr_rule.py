@@ -1,7 +1,8 @@
 """The learning-rate rule lr*(n), from (n, k) swept over ≥ 3 learning rates.
 
 For each such (n, k), at its largest token budget, with x = log lr and y = mean log loss
-per lr (mean over seeds), fit the parabola y = u x² + v x + w; the best lr is
+per lr (seeds are averaged before, by saescale.scaling.groups; any repeats at one lr here
+are averaged in log), fit the parabola y = u x² + v x + w; the best lr is
 exp(−v / 2u), clamped to the tried range (when u ≤ 0 there is no minimum: the tried lr
 with the lowest loss). Over all such (n, k),
 

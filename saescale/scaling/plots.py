@@ -1,6 +1,6 @@
 """Figures of the scaling fits (PNG and SVG each, written atomically; matplotlib imported only here).
 
-- ``loss_vs_compute``: every member's curve (thin), the frontier points and the fitted L(C), log-log;
+- ``loss_vs_compute``: every point's curve (thin; seeds averaged), the frontier points and the fitted L(C), log-log;
 - ``loss_vs_n``: final loss per (n, k), one colour per k, with the joint fit's curves; held-out points as crosses;
 - ``joint_residuals``: relative error (L̂ − L) / L of the joint fit against n, per k.
 """
@@ -46,7 +46,7 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def _compute_figure(plt, g: GroupFits):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in g.members:
+    for m in g.points:  # seeds averaged
         ax.plot(m.curve_compute, m.curve_loss, color="0.6", linewidth=0.6, alpha=0.7)
     c = g.compute
     ax.plot(c.frontier.compute, c.frontier.loss, "o", color="black", markersize=3, label="frontier (best loss at ≤ C)")
@@ -54,7 +54,7 @@ def _compute_figure(plt, g: GroupFits):
     f = c.fit
     ax.plot(grid, c.predict(grid), color="tab:red",
             label=f"fit exp(a)·C^b + c: b={f['b']:.3f}, c={f['c']:.3g} (R²={f.r2:.3f})")
-    ax.set(xscale="log", yscale="log", xlabel="training compute C = 6·d·n·tokens (FLOPs)", ylabel=LOSS_LABEL,
+    ax.set(xscale="log", yscale="log", xlabel="training compute C = 12·d·n·tokens (FLOPs)", ylabel=LOSS_LABEL,
            title=f"L(C) compute frontier: {g.label}")
     ax.plot([], [], color="0.6", linewidth=0.6, label="member curves")
     ax.legend(fontsize=8)

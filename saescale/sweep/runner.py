@@ -52,9 +52,16 @@ def curve_steps(steps: int, points: int) -> set[int]:
 
 
 def flops_per_token(d: int, n: int) -> int:
-    """Notional training FLOPs per token of an SAE, 6 d n (forward 2 d n for the encoder, the same for the
-    decoder, backward twice the forward), so training compute is C = 6 d n tokens, as for a dense layer."""
-    return 6 * d * n
+    """Training FLOPs per token of an SAE with n latents on width d: 12 d n, so compute is C = 12 d n · tokens.
+
+    The dense-training rule C ≈ 6 N per token (2 N forward, 4 N backward) with N = 2 d n, the weights
+    of W_enc and W_dec: forward 2 d n (encoder) + 2 d n (decoder) = 4 d n, backward twice the forward =
+    8 d n. Biases, the TopK selection and AuxK are not counted, and every latent is counted as active:
+    an upper bound for TopK, whose decoder and encoder gradient touch only k of the n latents per
+    token. ../shared/PAPER.md fixes no constant; a constant factor moves only the prefactors of L(C)
+    and n_opt(C), not their exponents. Results files written before this definition recorded 6 d n;
+    ``saescale fit`` recomputes C from d and n (saescale.scaling.results)."""
+    return 12 * d * n
 
 
 class _Shared(NamedTuple):

@@ -31,7 +31,7 @@ def record(n, k, loss, lr=1e-3, tokens=2**24, model="tiny", model_params=None, c
     curve = curve if curve is not None else [{"tokens": tokens, "loss": loss}]
     return {"id": f"n{n}-k{k}-lr{lr:g}-t{tokens}", "arch": "topk", "n": n, "k": k, "d": D, "lr": lr, "tokens": tokens,
             "seed": 0, "model": model, "model_params": model_params, "hook": "layers.4", "loss": loss,
-            "flops_per_token": 6 * D * n, "curve": curve, **extra}
+            "flops_per_token": 12 * D * n, "curve": curve, **extra}
 
 
 def members_of(records):
@@ -90,8 +90,8 @@ def compute_records(noise=0.005, seed=0):
     tokens = 2.0 ** np.arange(16, 25)
     out = []
     for i, n in enumerate(NS):
-        C = 6 * D * n * tokens
-        stop = 6 * D * 2 * n * tokens[0] * 2 if i < len(NS) - 1 else C[-1]
+        C = 12 * D * n * tokens
+        stop = 12 * D * 2 * n * tokens[0] * 2 if i < len(NS) - 1 else C[-1]
         loss = envelope(np.minimum(C, stop)) * np.exp(noise * rng.standard_normal(len(C)))
         curve = [{"tokens": int(t), "loss": float(x)} for t, x in zip(tokens, loss)]
         out.append(record(n, 32, float(loss[-1]), tokens=int(tokens[-1]), curve=curve))
@@ -109,7 +109,7 @@ def test_compute_fit_recovers_exponent_and_irreducible_term():
     ns = [m.n for m in fit.frontier.setter]
     assert ns[0] == NS[0] and ns[-1] == NS[-1]
     t = fit.tokens_opt()
-    assert t["exponent"] == pytest.approx(1 - fit.n_opt["p"]) and fit.flops_per_n == 6 * D
+    assert t["exponent"] == pytest.approx(1 - fit.n_opt["p"]) and fit.flops_per_n == 12 * D
 
 
 def test_best_loss_at_interpolates_inside_and_keeps_the_best_after():

@@ -116,7 +116,7 @@ def test_members_equal_separate_runs_and_results_are_recorded(tmp_path):
         for name, t in alone.sae.state_dict().items():
             assert torch.equal(together[name], t), (m.id, name)
         assert r["n"] == m.sae.n and r["k"] == m.sae.k and r["tokens"] == m.train.tokens
-        assert r["flops_per_token"] == 6 * 16 * m.sae.n
+        assert r["flops_per_token"] == 12 * 16 * m.sae.n  # flops_per_token = 12 d n
         assert 0 < r["loss"] < 1 and r["curve"][-1]["tokens"] == m.train.tokens
         assert r["curve"][-1]["loss"] == pytest.approx(r["loss"])  # no EMA: the last curve point is the final SAE
         toks = [c["tokens"] for c in r["curve"]]
