@@ -164,7 +164,8 @@ def _finish(r: _Run, shared: _Shared) -> None:
         "loss": rep["nmse"], "l0": rep["l0"], "never_fired_frac": rep["never_fired_frac"],
         "dead_frac": r.last.get("dead_frac"), "dead_window_tokens": t.cfg.dead_tokens, "heldout_tokens": rep["tokens"],
         "flops_per_token": flops_per_token(cfg.d, cfg.n), "curve": curve,
-        "settings": member_record(r.member),
+        "settings": {**member_record(r.member), "data": {k: extra[k] for k in ("source", "activations", "synthetic")
+                                                           if k in extra}},  # the data too, so fits never pool corpora
     }
     atomic_write_json(r.folder / "result.json", result)
     shutil.rmtree(r.folder / "checkpoints", ignore_errors=True)  # the SAE is saved; its optimiser state is not needed

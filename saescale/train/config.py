@@ -133,9 +133,11 @@ def default_dead_tokens(tokens: int, batch_size: int) -> int:
 def upgrade_train_record(record: dict) -> dict:
     """A TrainConfig record written before unset settings were None (run.json of an older run):
     lr = 0, warmup_steps = -1, k_aux = 0 and dead_tokens = 0 meant 'the default'; fire_threshold
-    (then 1e-3 by default) is gone: firing is z > 0 (an older run with another value is refused)."""
+    (then 1e-3 by default) is gone: firing is z > 0 (an older run with another value is refused);
+    init_encoder_scale did not exist (no scaling)."""
     legacy = {"lr": 0.0, "warmup_steps": -1, "k_aux": 0, "dead_tokens": 0}
     out = {k: None if k in legacy and v == legacy[k] else v for k, v in record.items()}
     if out.get("fire_threshold") == 1e-3:
         del out["fire_threshold"]
+    out.setdefault("init_encoder_scale", False)  # added later; older runs had no encoder scaling
     return out

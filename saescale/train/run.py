@@ -97,8 +97,8 @@ def _as_given(record: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run.json as given (older files' 'unset' sentinels read as None), resumable ones aside."""
     train = {k: v for k, v in upgrade_train_record(record["train"]).items() if k not in _RESUMABLE_CHANGES}
     extra = dict(record["extra"])
-    if isinstance(extra.get("synthetic"), dict):  # older runs: synth_d, synth_k, ...
-        extra["synthetic"] = {k.removeprefix("synth_"): v for k, v in extra["synthetic"].items()}
+    if isinstance(extra.get("synthetic"), dict):  # older runs: synth_d, synth_k, ..., and no offset
+        extra["synthetic"] = {"offset": 0.0, **{k.removeprefix("synth_"): v for k, v in extra["synthetic"].items()}}
     return {"sae": upgrade_sae_record(record["sae"]), "train": train, "extra": extra}
 
 

@@ -49,8 +49,10 @@ def _as_legacy(record: dict) -> dict:
     sae = {**record["sae"], "d": record["sae"]["d"] or 0,
            "norm_scale": 1.0 if record["sae"]["norm_scale"] is None else record["sae"]["norm_scale"]}
     legacy = {"lr": 0.0, "warmup_steps": -1, "k_aux": 0, "dead_tokens": 0}
-    train = {k: legacy[k] if k in legacy and v is None else v for k, v in record["train"].items()}
-    synth = {f"synth_{k}": v for k, v in record["extra"].get("synthetic", {}).items()}  # before the prefix went
+    train = {k: legacy[k] if k in legacy and v is None else v for k, v in record["train"].items()
+             if k != "init_encoder_scale"}  # a later field: older records lack it
+    train["fire_threshold"] = 1e-3  # an earlier field, then at its default
+    synth = {f"synth_{k}": v for k, v in record["extra"].get("synthetic", {}).items() if k != "offset"}  # older names
     return {"sae": sae, "train": train, "extra": {**record["extra"], **({"synthetic": synth} if synth else {})}}
 
 
