@@ -1,4 +1,5 @@
-"""``saescale eval``: the paper's metrics for one SAE on the model, hook and corpus it was trained on."""
+"""``saescale eval``: the paper's metrics for one SAE on the model, hook and corpus it was trained on (or,
+with ``--corpus``, on another corpus, all of it held out)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,11 @@ class EvalCommand:
     seed: int = 0
     """Seed of every random choice (eval contexts, probe data, sampled latents); same seed, same numbers."""
 
+    corpus: str = ""
+    """Evaluate on this corpus instead (same syntax as 'saescale train --corpus'; all of it counts as validation: out-of-distribution eval). Empty: the SAE's own corpus's validation documents."""
+
     eval_contexts: int = 192
-    """Held-out contexts (from the corpus's validation documents) for recon, N2G, ablation, refine, progressive (about 63 tokens each)."""
+    """Held-out contexts (a random sample of the validation documents' contexts, in random order) for recon, N2G, ablation, refine, progressive (about 63 tokens each)."""
 
     batch: int = 16
     """Contexts per forward pass."""
@@ -78,9 +82,11 @@ class EvalCommand:
 
 
 def settings(cfg: EvalCommand, es) -> dict:
-    """The exact settings behind the numbers (reproducible with the same seed)."""
+    """The exact settings behind the numbers (reproducible with the same seed): the corpus evaluated on, the
+    split its contexts were drawn from ('val': the SAE's own validation documents; 'all': another corpus)."""
     return {"config": config_to_dict(cfg), "model": es.acts_cfg.model, "hook": es.hook,
-            "corpus": es.acts_cfg.corpus, "context_len": es.acts_cfg.context_len, "keep_first": es.acts_cfg.keep_first,
+            "corpus": es.acts_cfg.corpus, "trained_corpus": es.trained_corpus, "split": es.split,
+            "split_documents": es.split_docs, "context_len": es.acts_cfg.context_len, "keep_first": es.acts_cfg.keep_first,
             "eval_contexts": int(es.tokens.shape[0]), "eval_tokens": int(es.flat_acts.shape[0]),
             "sae": {"arch": es.sae.cfg.arch, "n": es.sae.cfg.n, "k": es.sae.cfg.k, "d": es.sae.cfg.d,
                     "normalize": es.sae.cfg.normalize}}
@@ -96,7 +102,7 @@ def run_eval(cfg: EvalCommand, lm=None) -> dict:
         torch.set_num_threads(cfg.threads)
     if not Path(cfg.sae).is_dir():
         raise SaescaleError(f"SAE folder {cfg.sae} not found: give the sae/ folder of a training run")
-    es = load_eval_set(cfg.sae, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm)
+    es = load_eval_set(cfg.sae, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm, corpus=cfg.corpus)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     results, timings = run_metrics(es, cfg.metric_names, cfg)
     doc = json_safe({"settings": settings(cfg, es), "metrics": results, "timings_s": timings})

@@ -1,7 +1,8 @@
 """Ablation sparsity (Gao et al. 2024, sec. 4.5): how sparse is the effect of removing one latent on the logits?
 
 For a sampled latent i and a token position p of a context where it fires (chosen at random
-among eval tokens with z_i > 0 and p <= T - T_h, so T_h positions of effect fit):
+among eval tokens where it fires, z_i > 0 by :func:`saescale.sae.base.fires`, with p <= T - T_h,
+so T_h positions of effect fit):
 
     h'_p  = h_p - z_i W_dec[i] * s_p        (normalised-space contribution mapped to raw space:
                                              s_p is the token's normalisation scale, e.g. its norm)
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from saescale.eval import require_positive
 from saescale.eval.n2g import latent_values
 from saescale.eval.splice import Splicer
-from saescale.sae.base import SparseAutoencoder, SparseCode
+from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,13 @@ def sparsity_score(delta: Tensor) -> tuple[Tensor, Tensor]:
 
 def choose_sites(code: SparseCode, n_ctx: int, positions: Tensor, latents: Tensor, max_pos: int,
                  g: torch.Generator) -> list[tuple[int, int, int]]:
-    """(latent, context, position) per latent: a random eval token where it fires with position <= max_pos."""
+    """(latent, context, position) per latent: a random eval token where it fires (:func:`fires`) with
+    position <= max_pos."""
     t_kept = len(positions)
     eligible = (positions <= max_pos).repeat(n_ctx)  # (M * T',)
     sites = []
     for i in latents.tolist():
-        rows = ((latent_values(code, i) > 0) & eligible).nonzero()[:, 0]
+        rows = (fires(latent_values(code, i)) & eligible).nonzero()[:, 0]
         if len(rows):
             r = int(rows[torch.randint(len(rows), (1,), generator=g)])
             sites.append((i, r // t_kept, int(positions[r % t_kept])))
@@ -101,4 +103,5 @@ def ablation_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, c
     n = torch.cat(norms) if norms else torch.zeros(0)
     live = n > 0
     return {"ablation_sparsity": float(s[live].mean()) if live.any() else float("nan"),
-            "ablations": len(sites), "zero_effect": int((~live).sum()), "latents": latents.tolist()}
+            "ablations": len(sites), "zero_effect": int((~live).sum()), "latents": latents.tolist(),
+            "contexts": sorted({c for _, c, _ in sites})}

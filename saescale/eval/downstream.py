@@ -36,7 +36,7 @@ class DownstreamConfig:
     """Downstream loss: reconstructions spliced into the model."""
 
     contexts: int = 48
-    """Contexts (the first of the eval contexts) spliced for the downstream loss (4 forward passes each)."""
+    """Contexts spliced for the downstream loss (the first of the eval contexts, which are in random order: a random sample of the split; 4 forward passes each)."""
 
     def __post_init__(self) -> None:
         require_positive(self, "downstream-", "contexts")

@@ -2,11 +2,20 @@
 
 The model, hook, corpus and context settings are those recorded in the SAE's ``cfg.json``
 (``extra["activations"]``), so the SAE is evaluated where it was trained. Eval contexts are a
-seeded random subset of the corpus's validation documents (the same document split as the
-cache and stream, :data:`SPLIT_SEED`):
+seeded uniform random sample of the contexts of the corpus's validation documents (the same
+document split as the cache and stream, :data:`SPLIT_SEED`), kept in the sampled (random)
+order, so that every prefix -- the first ``DownstreamConfig.contexts`` contexts, the first
+``RefineConfig.tokens`` tokens -- is itself a uniform random sample of the whole split:
+
+    pool  = all contexts of the split's documents (tokenize_contexts), C of them
+    eval  = pool[perm[:M]],  perm a seeded random permutation of 0..C-1
+
+With another corpus (``saescale eval --corpus``) every document of that corpus is the split
+(out-of-distribution evaluation: the SAE never saw any of it).
 
     tokens: (M, T) contexts      acts: (M, T', d) raw activations at the kept positions
     positions: (T',) the kept positions (1..T-1 by default; 0..T-1 with keep_first)
+    doc: (M,) index of each context's document in the corpus's document list
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.corpus import SPLIT_SEED, load_documents, split_documents, tokenize_contexts
+from saescale.activations.corpus import (SPLIT_SEED, Contexts, Document, load_documents, split_documents,
+                                         tokenize_contexts)
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.hooks import default_hook, hook_width
 from saescale.activations.lm import load_model
@@ -42,6 +52,17 @@ class EvalSet:
     tokens: Tensor  # (M, T) long
     acts: Tensor  # (M, T', d) float32, raw space
     positions: Tensor  # (T',) long
+    doc: Tensor  # (M,) long, corpus index of each context's document
+    doc_titles: dict[int, str]  # corpus index -> readable title, for every document in ``doc``
+    split: str = "val"  # "val" (the SAE's corpus's validation documents) or "all" (another corpus, all of it)
+    split_docs: int = 0  # documents in the split the contexts were sampled from
+    trained_corpus: str = ""  # the corpus the SAE was trained on (acts_cfg.corpus differs with --corpus)
+
+    def documents(self, contexts: Tensor) -> list[dict]:
+        """The documents behind eval contexts ``contexts`` ((K,) indices into ``tokens``), by corpus index:
+        [{'index', 'title', 'contexts'}] (``contexts``: how many of them come from that document)."""
+        idx, counts = self.doc[contexts].unique(return_counts=True)
+        return [{"index": int(i), "title": self.doc_titles[int(i)], "contexts": int(c)} for i, c in zip(idx, counts)]
 
     @property
     def flat_acts(self) -> Tensor:
@@ -69,16 +90,40 @@ def recorded_activations(extra: dict[str, Any], where: str) -> ActivationConfig:
     return config_from_dict(ActivationConfig, rec, what=f"{where} extra.activations")
 
 
-def val_contexts(cfg: ActivationConfig, tokenizer, n_contexts: int, seed: int) -> Tensor:
-    """(M, T) contexts: a seeded random subset of ``n_contexts`` contexts of the validation documents."""
+def doc_title(doc: Document, index: int) -> str:
+    """A readable title of corpus document ``index`` from its meta (e.g. 'sotu 1790 George Washington',
+    'moby-dick 135 The Chase.—Third Day.'); 'document <index>' when it has no meta."""
+    keys = ("source", "year", "president", "chapter", "title", "file", "name", "id")
+    parts = [str(doc.meta[k]) for k in keys if doc.meta.get(k) not in (None, "")]
+    return " ".join(parts) if parts else f"document {index}"
+
+
+@dataclass
+class SampledContexts:
+    """Eval contexts (in sampled order) with the corpus index and title of their documents."""
+
+    contexts: Contexts  # tokens (M, T); doc (M,) corpus document index; start (M,)
+    doc_titles: dict[int, str]
+    split: str  # "val" or "all"
+    split_docs: int
+
+
+def val_contexts(cfg: ActivationConfig, tokenizer, n_contexts: int, seed: int,
+                 whole_corpus: bool = False) -> SampledContexts:
+    """``n_contexts`` contexts drawn uniformly at random (seeded) from the validation documents of
+    ``cfg.corpus`` -- or from all of its documents with ``whole_corpus`` -- in the sampled order
+    (see module docstring: any prefix is a random sample of the whole split)."""
     docs = load_documents(cfg.corpus)
-    _, val = split_documents(len(docs), cfg.val_fraction, SPLIT_SEED)
-    if not val:
-        raise SaescaleError("the SAE's corpus has no validation documents; retrain with --val-fraction > 0")
-    ctx = tokenize_contexts([docs[i] for i in val], tokenizer, cfg.context_len, cfg.prepend_bos)
+    split = list(range(len(docs))) if whole_corpus else split_documents(len(docs), cfg.val_fraction, SPLIT_SEED)[1]
+    if not split:
+        raise SaescaleError("the SAE's corpus has no validation documents; retrain with --val-fraction > 0 "
+                            "or evaluate on another corpus with --corpus")
+    ctx = tokenize_contexts([docs[i] for i in split], tokenizer, cfg.context_len, cfg.prepend_bos)
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ctx), generator=g)[:n_contexts]
-    return ctx.tokens[idx.sort().values]
+    picked = ctx.select(torch.randperm(len(ctx), generator=g)[:n_contexts])
+    picked.doc = torch.tensor(split, dtype=torch.long)[picked.doc]  # split position -> corpus index
+    titles = {i: doc_title(docs[i], i) for i in picked.doc.unique().tolist()}
+    return SampledContexts(picked, titles, "all" if whole_corpus else "val", len(split))
 
 
 def harvest(model, hook: str, tokens: Tensor, keep_first: bool, batch: int = 16, desc: str = "harvest") -> Tensor:
@@ -91,12 +136,25 @@ def harvest(model, hook: str, tokens: Tensor, keep_first: bool, batch: int = 16,
     return torch.cat(parts)
 
 
-def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_override: str = "", lm=None) -> EvalSet:
-    """Load the SAE at ``sae_dir``, its model (or ``lm``) and hook, and harvest ``n_contexts`` val contexts."""
+def other_corpus(trained_on: str, corpus: str) -> str:
+    """``corpus`` after checking it is not the one the SAE was trained on (its training documents would count)."""
+    if corpus == trained_on:
+        raise SaescaleError(f"--corpus {corpus} is the corpus the SAE was trained on (all of it would count as "
+                            "validation); omit --corpus to evaluate on its validation documents")
+    return corpus
+
+
+def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_override: str = "", lm=None,
+                  corpus: str = "") -> EvalSet:
+    """Load the SAE at ``sae_dir``, its model (or ``lm``) and hook, and harvest ``n_contexts`` val contexts
+    (of corpus ``corpus``, all of it, when given: out-of-distribution evaluation)."""
     sae_cfg, extra = read_cfg(sae_dir)
     acts_cfg = recorded_activations(extra, str(Path(sae_dir) / "cfg.json"))
     if model_override:
         acts_cfg.model = model_override
+    trained_corpus = acts_cfg.corpus
+    if corpus:
+        acts_cfg.corpus = other_corpus(trained_corpus, corpus)
     sae = load_sae(sae_dir).eval()
     sae.requires_grad_(False)
     model, tokenizer = lm or load_model(acts_cfg.model)
@@ -107,7 +165,9 @@ def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_overrid
             f"the SAE has d={sae_cfg.d} but hook '{hook}' of model '{acts_cfg.model}' has width {width}; "
             "evaluate it on the model and hook it was trained on"
         )
-    tokens = val_contexts(acts_cfg, tokenizer, n_contexts, seed)
+    sample = val_contexts(acts_cfg, tokenizer, n_contexts, seed, whole_corpus=bool(corpus))
+    tokens = sample.contexts.tokens
     acts = harvest(model, hook, tokens, acts_cfg.keep_first)
     return EvalSet(sae, model, tokenizer, hook, acts_cfg, tokens, acts,
-                   positions_kept(acts_cfg.context_len, acts_cfg.keep_first))
+                   positions_kept(acts_cfg.context_len, acts_cfg.keep_first), sample.contexts.doc,
+                   sample.doc_titles, sample.split, sample.split_docs, trained_corpus)

@@ -11,12 +11,16 @@ shuffled with the seed, then :class:`N2GConfig` ``build`` to build and ``test`` 
 4. add the pattern to the latent's trie (:mod:`saescale.eval.n2g_trie`).
 
 a_i(s) is latent i's activation at the last token of BOS + s (BOS when the model uses one),
-sequences left-padded with an attention mask and run in batches up to the hook point.
+sequences left-padded and run in batches up to the hook point with an attention mask and
+position ids that give every real token its unpadded position (first real token at 0), so a
+padded sequence has the activations it has alone -- for absolute-position models (GPT-2) too,
+not only RoPE ones (:func:`left_pad`).
 Held-out tokens: every kept position of the test contexts plus ``negatives`` random eval
-tokens outside the build contexts (the negative sample for precision). "Fires" means
-activation > 0 (the definition used for L0 and dead latents). Reported: mean precision and
-recall over latents (latents with nothing predicted are left out of the precision mean and
-counted), and each latent's explanation string.
+tokens outside the build contexts (the negative sample for precision). "Fires" is
+:func:`saescale.sae.base.fires` (z > 0), the one definition that L0, eval's latent density and
+training's dead-latent counters use. Reported: mean precision and recall over latents (latents
+with nothing predicted are left out of the precision mean and counted), and each latent's
+explanation string.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from saescale.activations.hooks import capture
+from saescale.activations.hooks import resolve_hook
 from saescale.errors import SaescaleError
 from saescale.eval import require_positive
 from saescale.eval.n2g_trie import WILD, Trie, precision_recall, predict
-from saescale.sae.base import SparseAutoencoder, SparseCode
+from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
 ActFn = Callable[[list[list[int]], int], Tensor]  # (text-token sequences, latent) -> (B,) activation at last token
 LENGTH_CHUNKS = (4, 8, 16, 32, 64, 128, 256)  # suffix lengths are tried up to these bounds, one batch per chunk
@@ -70,6 +74,47 @@ def latent_values(code: SparseCode, latent: int) -> Tensor:
     return (code.values * (code.indices == latent)).sum(-1)
 
 
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Left-pad sequences to the longest, W tokens: (ids, attention mask, position ids), each (B, W).
+
+        mask[b, t] = 1 on real tokens;  pos[b, t] = max(0, sum_{u <= t} mask[b, u] - 1)
+
+    so each real token has the position it has unpadded (an absolute-position model such as GPT-2
+    reads it; RoPE models would be shift-invariant anyway); padding sits at 0 and is masked out.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+class _HookRan(Exception):
+    """Stops a forward pass once the hook point has run (never escapes :func:`padded_hook_output`)."""
+
+
+@torch.no_grad()
+def padded_hook_output(model, hook: str, seqs: list[list[int]], pad_id: int) -> Tensor:
+    """Hook output (B, W, d) float32 (CPU) of left-padded ``seqs`` (:func:`left_pad`); the forward pass
+    stops right after the hooked module."""
+    ids, mask, pos = (t.to(next(model.parameters()).device) for t in left_pad(seqs, pad_id))
+    seen: list[Tensor] = []
+
+    def record(_module, _inputs, output):
+        seen.append((output[0] if isinstance(output, tuple) else output).detach())
+        raise _HookRan
+
+    handle = resolve_hook(model, hook).register_forward_hook(record)
+    try:
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    except _HookRan:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise SaescaleError(f"hook point {hook!r} never ran in the forward pass; pick a module the model uses")
+    return seen[0].float().cpu()
+
+
 def model_act_fn(model, hook: str, sae: SparseAutoencoder, bos: int | None, pad_id: int, batch: int = 64) -> ActFn:
     """An :data:`ActFn` running ``model`` up to ``hook`` on left-padded [BOS +] sequences, ``batch`` at a time."""
 
@@ -80,10 +125,7 @@ def model_act_fn(model, hook: str, sae: SparseAutoencoder, bos: int | None, pad_
         for a in range(0, len(seqs), batch):
             idx = order[a : a + batch]
             chunk = [([bos] if bos is not None else []) + seqs[j] for j in idx]
-            width = max(len(s) for s in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in chunk])
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk])
-            h = capture(model, [hook], ids, mask)[hook][:, -1].float().cpu()  # (B, d)
+            h = padded_hook_output(model, hook, chunk, pad_id)[:, -1]  # (B, d) at each sequence's last token
             out[idx] = latent_values(sae.encode(h), latent)
         return out
 
@@ -138,10 +180,11 @@ def build_explanation(act_fn: ActFn, prefixes: list[list[int]], targets: Tensor,
 
 
 def top_examples(values: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Best firing token of each context (values (M, T')), top ``n`` contexts: (ctx idx, pos idx), highest first."""
+    """Best firing token (:func:`fires`) of each context (values (M, T')), top ``n`` contexts: (ctx idx, pos idx),
+    highest first."""
     best, pos = values.max(1)
     order = best.argsort(descending=True)
-    order = order[best[order] > 0][:n]
+    order = order[fires(best[order])][:n]
     return order, pos[order]
 
 
@@ -166,7 +209,7 @@ def explain_latent(act_fn: ActFn, tokens: Tensor, values: Tensor, positions: Ten
     pick = torch.randperm(len(neg), generator=g)[: cfg.negatives]
     pred = torch.cat([predict(trie, tokens[test_ctx], positions).reshape(-1),
                       torch.tensor([trie.matches(tokens[c].tolist(), int(positions[p])) for c, p in zip(neg[pick], neg_pos[pick])], dtype=torch.bool)])
-    fires = torch.cat([values[test_ctx].reshape(-1) > 0, values[neg[pick], neg_pos[pick]] > 0])
-    prec, rec, n_pred, n_fire = precision_recall(pred, fires)
+    fired = fires(torch.cat([values[test_ctx].reshape(-1), values[neg[pick], neg_pos[pick]]]))
+    prec, rec, n_pred, n_fire = precision_recall(pred, fired)
     return {"latent": latent, "precision": prec, "recall": rec, "predicted": n_pred, "firing": n_fire,
             "patterns": len(trie.patterns), "trie": trie}

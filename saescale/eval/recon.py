@@ -17,22 +17,24 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from saescale.sae.base import SparseAutoencoder, fires
+from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
 BIN_WIDTH = 0.25  # decades per histogram bin
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k: int | None = None) -> dict:
+def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k: int | None = None,
+                           encode: Callable[[Tensor], SparseCode] | None = None) -> dict:
     """Stream raw batches (B, d) through the SAE; sums are float64 so the result is exact to the order of summation.
 
-    ``k`` overrides the TopK k at test time (progressive codes). The result also holds the
-    latent-density histogram (``density_hist``: log10 bin edges and counts).
+    ``k`` overrides the TopK k at test time, ``encode`` (normalised x_n (B, d) -> SparseCode) the
+    whole encoder (progressive codes). The result also holds the latent-density histogram
+    (``density_hist``: log10 bin edges and counts).
     """
     n = sae.cfg.n
     err = sq = 0.0
@@ -41,7 +43,10 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
     tokens = nnz = 0
     for x in batches:
         x_n, _ = sae.normalize(x.float())
-        code = sae.encode_k(x_n, k) if k is not None and hasattr(sae, "encode_k") else sae.encode_normalized(x_n)
+        if encode is not None:
+            code = encode(x_n)
+        else:
+            code = sae.encode_k(x_n, k) if k is not None and hasattr(sae, "encode_k") else sae.encode_normalized(x_n)
         x_hat = sae.decode_normalized(code)
         err += (x_n - x_hat).double().pow(2).sum().item()
         sq += x_n.double().pow(2).sum().item()

@@ -1,7 +1,8 @@
 """Refinement: how much do the encoder's activations shrink? (Gao et al. 2024, sec. 5.1)
 
-Freeze the decoder and each token's support S (the latents with z_j > 0) and re-optimise the
-values, kept non-negative, to minimise the reconstruction error in the normalised space:
+Freeze the decoder and each token's support S (the latents that fire, z_j > 0:
+:func:`saescale.sae.base.fires`) and re-optimise the values, kept non-negative, to minimise the
+reconstruction error in the normalised space:
 
     v* = argmin_{v >= 0} || (x_n - b_pre) - D_S^T v ||^2,     D_S = W_dec[S]   (|S|, d)
 
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from saescale.eval import require_positive
-from saescale.sae.base import SparseAutoencoder, SparseCode
+from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
 GRAM_MAX_N = 8192  # up to this many latents the decoder Gram matrix is formed once and gathered per token
 
@@ -47,7 +48,7 @@ def refine_values(sae: SparseAutoencoder, x_n: Tensor, code: SparseCode, iters: 
 
     ``gram`` (n, n) = W_dec W_dec^T may be passed in (float64) to avoid recomputing D_S D_S^T per token.
     """
-    active = code.values > 0  # (B, k)
+    active = fires(code.values)  # (B, k): the support S
     mask = active.double()
     D = sae.W_dec[code.indices].double()  # (B, k, d)
     if gram is None:
@@ -73,7 +74,8 @@ def lipschitz(G: Tensor) -> Tensor:
 @torch.no_grad()
 def refinement_metrics(sae: SparseAutoencoder, x: Tensor, cfg: RefineConfig = RefineConfig(),
                        batch: int = 1024) -> dict[str, float]:
-    """Refinement figures on the first ``cfg.tokens`` raw activations of x (N, d) (see module docstring)."""
+    """Refinement figures on the first ``cfg.tokens`` raw activations of x (N, d) (see module docstring; the
+    eval contexts are in random order, so these are the tokens of a random sample of contexts)."""
     x = x[: cfg.tokens]
     err0 = err1 = tot = 0.0
     s0 = s1 = 0.0

@@ -33,7 +33,7 @@ def _fmt(fmt: str, v: Any) -> str:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """Summary lines for the computed metrics, plus per-task probe scores and the progressive curve."""
+    """Summary lines for the computed metrics, plus per-task probe scores and the progressive curves."""
     lines = [f"{'metric':40s} value", "-" * 52]
     for metric, key, label, fmt in ROWS:
         if key in results.get(metric, {}):
@@ -46,6 +46,10 @@ def format_table(results: dict[str, dict]) -> str:
     if "k" in prog:
         curve = ", ".join(f"k={k}: {v:.4f}" for k, v in zip(prog["k"], prog["nmse"]))
         lines.append(f"{'nMSE at test-time k':40s} {curve}")
+    if "threshold" in prog:
+        th = prog["threshold"]
+        curve = ", ".join(f"L0={l0:.1f}: {v:.4f}" for l0, v in zip(th["l0"], th["nmse"]))
+        lines.append(f"{'nMSE at test-time threshold θ':40s} {curve}")
     for r in results.get("n2g", {}).get("per_latent", [])[:5]:
         lines.append(f"  n2g latent {r['latent']:<6d} P={_fmt('{:.2f}', r['precision'])} R={_fmt('{:.2f}', r['recall'])}  {r['explanation'][:60]!r}")
     return "\n".join(lines)

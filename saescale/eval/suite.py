@@ -1,7 +1,10 @@
 """The metric suite: one function per metric, each (EvalSet, eval code, EvalCommand) -> JSON-ready dict.
 
 Every function is deterministic given ``cmd.seed``; each records what it used (token counts,
-sampled latents, tasks, and its metric config) next to its numbers.
+sampled latents, tasks, and its metric config) next to its numbers, and :func:`run_metrics` adds
+``documents``: the validation documents behind the eval contexts the metric read (see
+:meth:`EvalSet.documents`; the eval contexts are in random order, so a metric reading the first
+ones reads a random sample of the whole split). Probes read their own labelled data instead.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from saescale.eval.recon import plot_density, reconstruction_metrics
 from saescale.eval.refine import refinement_metrics
 from saescale.eval.splice import Splicer
 from saescale.eval.tasks import select_tasks
-from saescale.sae.base import SparseAutoencoder, SparseCode
+from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
 
 @torch.no_grad()
@@ -40,9 +43,9 @@ def encode_all(sae: SparseAutoencoder, x: Tensor, batch: int = 2048) -> SparseCo
 
 
 def live_latents(code: SparseCode, n: int, count: int, seed: int) -> Tensor:
-    """``count`` latents drawn (seeded, sorted) from those that fire on the eval tokens."""
+    """``count`` latents drawn (seeded, sorted) from those that fire (:func:`fires`) on the eval tokens."""
     fired = torch.zeros(n, dtype=torch.bool)
-    fired[code.indices[code.values > 0]] = True
+    fired[code.indices[fires(code.values)]] = True
     live = fired.nonzero()[:, 0]
     pick = torch.randperm(len(live), generator=torch.Generator().manual_seed(seed))[:count]
     return live[pick].sort().values
@@ -111,9 +114,7 @@ def refine(es: EvalSet, code: SparseCode, cmd) -> dict:
 
 
 def progressive(es: EvalSet, code: SparseCode, cmd) -> dict:
-    res = progressive_metrics(es.sae, es.flat_acts)
-    if res is None:
-        return {"skipped": f"architecture {es.sae.cfg.arch!r} has no test-time k"}
+    res = progressive_metrics(es.sae, es.flat_acts, seed=cmd.seed)
     if cmd.plots:
         res["plot"] = str(plot_progressive(res, Path(cmd.out_dir) / "progressive.png"))
     return res
@@ -125,16 +126,35 @@ METRICS: dict[str, Callable[[EvalSet, SparseCode, Any], dict]] = {
 }
 
 
+def contexts_read(name: str, es: EvalSet, res: dict) -> Tensor | None:
+    """(K,) eval contexts metric ``name`` read (its result ``res``): the first ``res['contexts']`` (downstream),
+    those holding the first ``res['tokens']`` tokens (refine), the ablation sites' contexts, or all of them;
+    None for probes (their own data)."""
+    if name == "probes":
+        return None
+    if name == "downstream":
+        return torch.arange(res["contexts"])
+    if name == "refine":
+        return torch.arange(-(-res["tokens"] // len(es.positions)))  # ceil: flat tokens are context-major
+    if name == "ablation":
+        return torch.tensor(res["contexts"], dtype=torch.long)
+    return torch.arange(len(es.tokens))
+
+
 def run_metrics(es: EvalSet, names: list[str], cmd) -> tuple[dict, dict]:
     """Run metrics ``names`` in order -> (results by name, seconds by name).
 
-    A metric with its own config (``cmd.<name>``, e.g. ``cmd.n2g``) records it as ``settings`` next to its figures.
+    A metric with its own config (``cmd.<name>``, e.g. ``cmd.n2g``) records it as ``settings`` next to its
+    figures; each records the ``documents`` it read (:func:`contexts_read`).
     """
     code = encode_all(es.sae, es.flat_acts)
     results, timings = {}, {}
     for name in names:
         t0 = time.perf_counter()
         res = METRICS[name](es, code, cmd)
+        ctx = contexts_read(name, es, res)
+        if ctx is not None:
+            res = dict(res, documents=es.documents(ctx))
         cfg = getattr(cmd, name, None)
         results[name] = dict(res, settings=config_to_dict(cfg)) if dataclasses.is_dataclass(cfg) else res
         timings[name] = round(time.perf_counter() - t0, 2)

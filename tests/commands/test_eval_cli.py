@@ -1,4 +1,5 @@
-"""``saescale eval`` end to end on the tiny llama: every metric, same seed -> same metrics.json; clear errors."""
+"""``saescale eval`` end to end on the tiny llama: every metric, same seed -> same metrics.json; the documents each
+metric read; --corpus (out-of-distribution); clear errors."""
 
 import json
 
@@ -57,3 +58,38 @@ def test_eval_errors(tiny_lm_dir, tiny_lm, tmp_path, capsys):
     if not TASKS["french_vs_english"].available():
         with pytest.raises(SaescaleError, match="install Debian package fortunes-fr"):
             EvalCommand(sae="x", probes=ProbeConfig(tasks="french_vs_english"))  # checked when the config is built
+
+
+def _titles(res: dict) -> set[str]:
+    return {d["title"] for d in res["documents"]}
+
+
+def test_metrics_json_names_each_metrics_documents(tiny_lm_dir, tiny_lm, tmp_path):
+    """Every metric but probes records the validation documents it read; downstream's (its first contexts)
+    come from both books of the default corpus, not from its first addresses only."""
+    sae_dir = save_for_model(make_sae(n=64, k=4, d=32), tmp_path / "sae", str(tiny_lm_dir))
+    doc = _run(sae_dir, tmp_path / "o", tiny_lm, metrics="recon,downstream,refine,ablation", eval_contexts=64,
+               downstream=DownstreamConfig(contexts=24))
+    m, s = doc["metrics"], doc["settings"]
+    assert s["split"] == "val" and s["corpus"] == s["trained_corpus"] == "default" and s["split_documents"] == 18
+    assert sum(d["contexts"] for d in m["recon"]["documents"]) == 64
+    assert sum(d["contexts"] for d in m["downstream"]["documents"]) == 24 == m["downstream"]["contexts"]
+    assert {t.split()[0] for t in _titles(m["downstream"])} == {"sotu", "moby-dick"}
+    assert _titles(m["refine"]) <= _titles(m["recon"]) and _titles(m["ablation"]) <= _titles(m["recon"])
+
+
+def test_eval_on_another_corpus(tiny_lm_dir, tiny_lm, tmp_path, capsys):
+    corpus = tmp_path / "ood.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"verse {i}: " + "and it was so. " * 20, "title": f"v{i}"})
+                                for i in range(6)))
+    sae_dir = save_for_model(make_sae(n=64, k=4, d=32), tmp_path / "sae", str(tiny_lm_dir))
+    doc = _run(sae_dir, tmp_path / "o", tiny_lm, metrics="recon,downstream", corpus=str(corpus))
+    s = doc["settings"]
+    assert s["corpus"] == str(corpus) and s["trained_corpus"] == "default" and s["split"] == "all"
+    assert s["split_documents"] == 6 and _titles(doc["metrics"]["recon"]) <= {f"v{i}" for i in range(6)}
+    assert doc["metrics"]["downstream"]["ce_orig"] > 0
+    with pytest.raises(SaescaleError, match="trained on"):
+        _run(sae_dir, tmp_path / "o", tiny_lm, metrics="recon", corpus="default")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "--corpus" in capsys.readouterr().out

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from saescale.eval.progressive import plot_progressive, progressive_metrics, topk_sweep
 from saescale.eval.recon import density_histogram, plot_density, reconstruction_metrics
-from saescale.eval.progressive import progressive_metrics, topk_sweep
+from saescale.eval.report import format_table
 from tests.eval.eval_helpers import identity_sae
 from tests.helpers import make_sae
 
@@ -41,4 +42,21 @@ def test_progressive_codes_improve_with_k():
     assert res["k"] == topk_sweep(8, 32) == [2, 4, 8, 16, 32]
     assert res["l0"][0] == pytest.approx(2.0) and all(a > b for a, b in zip(res["nmse"], res["nmse"][1:4]))
     assert res["nmse"][3] < 1e-10
-    assert progressive_metrics(make_sae(arch="relu"), torch.randn(64, 16)) is None
+
+
+def test_threshold_sweep_is_jumprelu_at_test_time(tmp_path):
+    """z = pre·1[pre > θ]: on the [I; -I] SAE that keeps x_j where |x_j| > θ; one θ per test-time k, at L0 = k."""
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(1))
+    res = progressive_metrics(identity_sae(16, k=8), x)
+    th = res["threshold"]
+    assert th["target_l0"] == res["k"] == [2, 4, 8, 16, 32]
+    total = (x - x.mean(0)).double().pow(2).sum()
+    for theta, nmse, l0, target in zip(th["theta"], th["nmse"], th["l0"], th["target_l0"]):
+        kept = x.abs() > theta
+        assert nmse == pytest.approx(float((x * ~kept).double().pow(2).sum() / total), rel=1e-5, abs=1e-9)
+        assert l0 == pytest.approx(kept.sum(1).double().mean()) and l0 == pytest.approx(min(target, 16))
+    assert th["theta"][-1] == 0.0 and all(a > b for a, b in zip(th["nmse"], th["nmse"][1:4]))
+    relu = progressive_metrics(make_sae(arch="relu", n=64, d=16), torch.randn(256, 16))
+    assert "k" not in relu and len(relu["threshold"]["nmse"]) >= 3  # a ReLU SAE has no test-time k, but a θ
+    assert plot_progressive(res, tmp_path / "p.png").stat().st_size > 1000
+    assert "nMSE at test-time threshold" in format_table({"progressive": res})
