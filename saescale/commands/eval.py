@@ -32,7 +32,7 @@ class EvalCommand:
     """Comma-separated metrics to compute, from: recon, downstream, probes, n2g, ablation, refine, progressive."""
 
     out: str = ""
-    """Folder for metrics.json (and plots). Empty: the SAE folder's parent (the run folder)."""
+    """Folder for metrics.json (and plots). Empty: the SAE folder's parent (the run folder); with --corpus, its subfolder eval-<corpus name>."""
 
     seed: int = 0
     """Seed of every random choice (eval contexts, probe data, sampled latents); same seed, same numbers."""
@@ -78,7 +78,14 @@ class EvalCommand:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.sae).resolve().parent
+        """--out, else the run folder; with --corpus, its subfolder eval-<corpus name> (never the run's own metrics.json)."""
+        if self.out:
+            return Path(self.out)
+        run = Path(self.sae).resolve().parent
+        if not self.corpus:
+            return run
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(self.corpus.split(",")[0]).stem)
+        return run / f"eval-{name or 'corpus'}"
 
 
 def settings(cfg: EvalCommand, es) -> dict:

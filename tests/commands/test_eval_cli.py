@@ -93,3 +93,13 @@ def test_eval_on_another_corpus(tiny_lm_dir, tiny_lm, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "--corpus" in capsys.readouterr().out
+
+
+def test_another_corpus_never_overwrites_the_runs_own_metrics(tmp_path):
+    from saescale.commands.eval import EvalCommand
+
+    run = tmp_path / "run"
+    own = EvalCommand(sae=str(run / "sae"))
+    ood = EvalCommand(sae=str(run / "sae"), corpus="/data/kjv.jsonl")
+    assert own.out_dir == run.resolve() and ood.out_dir == run.resolve() / "eval-kjv"
+    assert EvalCommand(sae=str(run / "sae"), corpus="x.jsonl", out=str(tmp_path / "o")).out_dir == tmp_path / "o"
