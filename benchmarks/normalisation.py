@@ -7,7 +7,8 @@ dictionary recovery on data with a dataset-wide mean offset.
 Real: TopK n = 4096, k = 32 (L0 = 32 for every normalisation) on the default model's default hook
 (the main job's 40k-token cache), then ``saescale eval --metrics recon,downstream``. Synthetic: the
 planted dictionary of ``--acts synthetic`` plus a constant offset of norm 0 and 5 (a token's own
-part has norm ~2.5), n = 4096, k = 8, 2M tokens; mean-max cosine and features recovered at >= 0.9.
+part has norm ~2.5), n = 256 (one latent per planted feature), k = 8, batch 1024, lr 1e-2, 1M tokens (the
+settings of the recovery test in tests/train/test_train_synthetic.py); mean-max cosine and features recovered at >= 0.9.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def synthetic() -> list[str]:
     for offset in (0.0, 5.0):
         src = SyntheticSource(SyntheticConfig(offset=offset))
         for kind in KINDS:
-            sae = train_sae(SAEConfig(n=4096, k=8, normalize=kind), TrainConfig(tokens=2_000_000, progress=False), src).sae
+            cfg = TrainConfig(tokens=1_000_000, batch_size=1024, lr=1e-2, progress=False)
+            sae = train_sae(SAEConfig(n=256, k=8, normalize=kind), cfg, src).sae
             mmc, frac = feature_recovery(sae.W_dec.detach(), src.features)
             rows.append(f"| {offset:g} | {kind} | {mmc:.3f} | {frac:.1%} |")
             print(rows[-1], flush=True)
