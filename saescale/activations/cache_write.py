@@ -35,6 +35,7 @@ from saescale.activations.corpus import SPLIT_SEED, SPLITS, Contexts, split_docu
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.lm import model_fingerprint
 from saescale.activations.lm_text import load_lm_text
+from saescale.activations.precision import recorded_model_dtype
 from saescale.activations.manifest import (
     FORMAT, META_KEYS, STATS, TORCH_DTYPES, config_record, default_cache_dir, existing_manifest, find_todo, locked,
     open_shard, remove_scratch, shard_file, sha256_file, stats_ok, to_torch, warn, write_manifest,
@@ -62,6 +63,7 @@ class Job:
     order: dict[str, torch.Tensor]  # split -> (C,) context indices in harvest order
     n_tokens: dict[str, int]  # split -> tokens in the split's stream
     corpus_fingerprint: str
+    model_dtype: str  # the resolved dtype the model runs in ('float32' or 'bfloat16')
 
 
 def plan_splits(doc: torch.Tensor, n_docs: int, cfg: ActivationConfig, per_ctx: int) -> tuple[dict, dict]:
@@ -98,7 +100,7 @@ def prepare(cfg: ActivationConfig, manifest: dict | None, lm: tuple | None = Non
     order, counts = plan_splits(lt.contexts.doc, len(lt.docs), cfg, len(positions))
     batch = manifest["config"]["harvest_batch"] if manifest else cfg.harvest_batch
     return Job(lt.model, lt.hook, lt.d, lt.contexts, positions, cfg.keep_first, batch, len(lt.docs), order, counts,
-               _corpus_fingerprint(lt.docs))
+               _corpus_fingerprint(lt.docs), lt.model_dtype)
 
 
 def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:
@@ -107,8 +109,9 @@ def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:
             "shards": [None] * math.ceil(job.n_tokens[s] / cfg.shard_tokens)}
         for s in SPLITS
     }
+    config = dict(config_record(cfg), model_dtype=job.model_dtype)  # the dtype the model really runs in
     return {
-        "format": FORMAT, "complete": False, "config": config_record(cfg), "model_fingerprint": fingerprint,
+        "format": FORMAT, "complete": False, "config": config, "model_fingerprint": fingerprint,
         "hook": job.hook, "d_model": job.d, "dtype": cfg.cache_dtype, "seed": SEED,
         "corpus_fingerprint": job.corpus_fingerprint, "n_documents": job.n_docs,
         "tokens_per_context": len(job.positions), "splits": splits, "stats": None,
@@ -125,7 +128,8 @@ def _check_resume(manifest: dict, job: Job, folder: Path) -> None:
 def harvest_stream(job: Job, split: str, first_token: int) -> Iterator[dict[str, torch.Tensor]]:
     """Rows of ``split``'s token stream from ``first_token`` on, one forward batch at a time.
 
-    Yields dicts of ``acts`` (n, d) float32 and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long.
+    Yields dicts of ``acts`` (n, d) float32 (a bfloat16 model's activations widened exactly; the
+    shard stores them in the cache dtype) and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long.
     """
     per, order = len(job.positions), job.order[split]
     lo = first_token // per // job.batch * job.batch
@@ -289,4 +293,6 @@ def summary(folder: Path, manifest: dict, written: int, seconds: float) -> str:
     n = {s: manifest["splits"][s]["n_tokens"] for s in SPLITS}
     shards = sum(len(manifest["splits"][s]["shards"]) for s in SPLITS)
     done = f"wrote {written:,} tokens in {seconds:.1f} s ({written / max(seconds, 1e-9):,.0f} tok/s)" if written else "nothing to do"
-    return f"cache: {n['train']:,} train + {n['val']:,} val tokens, d={manifest['d_model']} {manifest['dtype']}, {shards} shards; {done} -> {folder}"
+    model_dtype = recorded_model_dtype(manifest["config"])
+    return (f"cache: {n['train']:,} train + {n['val']:,} val tokens, d={manifest['d_model']} {manifest['dtype']} "
+            f"({model_dtype} model), {shards} shards; {done} -> {folder}")

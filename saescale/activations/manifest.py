@@ -15,7 +15,8 @@ entry per planned shard, ``null`` until the shard is written; ``complete`` is tr
 shard and the statistics are written.
 
 Manifest keys: ``format``, ``complete``, ``config`` (the ActivationConfig fields but cache_dir:
-model, hook as asked, corpus, context_len, keep_first, prepend_bos, n_tokens, cache_dtype,
+model, model_dtype resolved ('float32' or 'bfloat16', never 'auto'; a manifest without it was
+built in float32), hook as asked, corpus, context_len, keep_first, prepend_bos, n_tokens, cache_dtype,
 shard_tokens, harvest_batch, val_fraction), ``model_fingerprint``, ``hook`` (resolved),
 ``d_model``, ``dtype``, ``seed``, ``corpus_fingerprint``, ``n_documents``,
 ``tokens_per_context``, ``splits`` ({train, val}: ``n_tokens``, ``n_contexts``, ``shards``:
@@ -42,6 +43,7 @@ import torch
 from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import SPLITS
 from saescale.activations.lm import saescale_home
+from saescale.activations.precision import LEGACY, recorded_model_dtype, resolve_model_dtype
 from saescale.atomic import atomic_write_json
 from saescale.errors import SaescaleError
 
@@ -70,17 +72,27 @@ def _slug(spec: str) -> str:
 
 
 def default_cache_dir(cfg: ActivationConfig) -> Path:
-    """``$SAESCALE_HOME/acts/<model>-<hook>-<corpus>-ctx<T>-<n_tokens>-<dtype>-<hash of the other options>``."""
-    ident = json.dumps({k: getattr(cfg, k) for k in ("model", "hook", *IDENTITY)}, sort_keys=True)
+    """``$SAESCALE_HOME/acts/<model>-<hook>-<corpus>-ctx<T>-<n_tokens>-<dtype>-<hash of the other options>``.
+
+    The hash covers the resolved model dtype only when it is not float32, so caches built before
+    the option existed (float32) keep their folder and a bfloat16 model's cache gets another one.
+    """
+    ident = {k: getattr(cfg, k) for k in ("model", "hook", *IDENTITY)}
+    model_dtype = resolve_model_dtype(cfg.model_dtype)
+    if model_dtype != LEGACY:
+        ident["model_dtype"] = model_dtype
+    ident = json.dumps(ident, sort_keys=True)
     parts = [_slug(cfg.model), _slug(cfg.hook or "auto"), _slug(cfg.corpus), f"ctx{cfg.context_len}",
              str(cfg.n_tokens), cfg.cache_dtype, hashlib.sha256(ident.encode()).hexdigest()[:8]]
     return saescale_home() / "acts" / "-".join(parts)
 
 
 def config_record(cfg: ActivationConfig) -> dict:
-    """The options stored in the manifest (all but ``cache_dir``, which is where, not what)."""
+    """The options stored in the manifest (all but ``cache_dir``, which is where, not what), with
+    ``model_dtype`` resolved (the dtype the model really ran in)."""
     record = dataclasses.asdict(cfg)
     record.pop("cache_dir")
+    record["model_dtype"] = resolve_model_dtype(cfg.model_dtype)
     return record
 
 
@@ -110,6 +122,9 @@ def check_compatible(manifest: dict, cfg: ActivationConfig, fingerprint: str, fo
         raise SaescaleError(f"cache at {folder} was built from model '{old['model']}' ({manifest['model_fingerprint']}), not '{cfg.model}' ({fingerprint}); {fix}")
     if cfg.hook not in (old["hook"], manifest["hook"]):
         raise SaescaleError(f"cache at {folder} was built at hook '{manifest['hook']}', not '{cfg.hook or 'default'}'; pass --hook {manifest['hook']} or {fix}")
+    built, wanted = recorded_model_dtype(old), resolve_model_dtype(cfg.model_dtype)
+    if built != wanted:
+        raise SaescaleError(f"cache at {folder} was built with a {built} model, not {wanted} (--model-dtype {cfg.model_dtype}); pass --model-dtype {built} or {fix}")
     for key in IDENTITY:
         if old[key] != getattr(cfg, key):
             raise SaescaleError(f"cache at {folder} was built with --{key.replace('_', '-')} {old[key]}, not {getattr(cfg, key)}; {fix}")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from saescale.activations.config import ActivationConfig
+from saescale.activations.precision import recorded_model_dtype
 from saescale.configs import config_to_dict
 from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
@@ -37,7 +38,7 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
 
         lt = load_lm_text(activations)  # one model load and one tokenisation for both splits
         return (StreamSource(activations, "train", seed, lm_text=lt), StreamSource(activations, "val", seed, lm_text=lt),
-                {"source": "stream", "activations": config_to_dict(activations)})
+                {"source": "stream", "activations": dict(config_to_dict(activations), model_dtype=lt.model_dtype)})
     from saescale.activations.cache import CacheReader, build_cache
 
     path = Path(acts) if acts != "cache" else build_cache(activations, progress=progress, log=log)
@@ -49,8 +50,10 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
 
 def cache_provenance(reader: Any) -> dict[str, Any]:
     """What an SAE trained on a cache records about its data: the cache folder and the activation
-    settings (hook resolved, e.g. 'layers.20'), so evaluation can rerun the same model and corpus."""
-    acts = {**reader.manifest.get("config", {}), "hook": reader.manifest["hook"]}
+    settings (hook resolved, e.g. 'layers.20'; model dtype as built, float32 for caches that predate
+    the option), so evaluation can rerun the same model and corpus."""
+    config = reader.manifest.get("config", {})
+    acts = {**config, "hook": reader.manifest["hook"], "model_dtype": recorded_model_dtype(config)}
     return {"source": "cache", "cache": str(reader.path), "activations": acts}
 
 

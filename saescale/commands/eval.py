@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -52,6 +53,9 @@ class EvalCommand:
     model: str = ""
     """Override the model recorded in the SAE's cfg.json (e.g. a local copy); empty = the recorded one."""
 
+    model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """dtype of the model's forward passes: 'auto' = bfloat16 where the device multiplies bf16 fast (AVX512-BF16/AMX CPU, CUDA >= 8.0), else float32; metrics.json records the resolved one."""
+
     threads: int = 0
     """Torch CPU threads; 0 = torch's default."""
 
@@ -91,7 +95,7 @@ class EvalCommand:
 def settings(cfg: EvalCommand, es) -> dict:
     """The exact settings behind the numbers (reproducible with the same seed): the corpus evaluated on, the
     split its contexts were drawn from ('val': the SAE's own validation documents; 'all': another corpus)."""
-    return {"config": config_to_dict(cfg), "model": es.acts_cfg.model, "hook": es.hook,
+    return {"config": config_to_dict(cfg), "model": es.acts_cfg.model, "model_dtype": es.acts_cfg.model_dtype, "hook": es.hook,
             "corpus": es.acts_cfg.corpus, "trained_corpus": es.trained_corpus, "split": es.split,
             "split_documents": es.split_docs, "context_len": es.acts_cfg.context_len, "keep_first": es.acts_cfg.keep_first,
             "eval_contexts": int(es.tokens.shape[0]), "eval_tokens": int(es.flat_acts.shape[0]),
@@ -109,7 +113,8 @@ def run_eval(cfg: EvalCommand, lm=None) -> dict:
         torch.set_num_threads(cfg.threads)
     if not Path(cfg.sae).is_dir():
         raise SaescaleError(f"SAE folder {cfg.sae} not found: give the sae/ folder of a training run")
-    es = load_eval_set(cfg.sae, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm, corpus=cfg.corpus)
+    es = load_eval_set(cfg.sae, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm, corpus=cfg.corpus,
+                       model_dtype=cfg.model_dtype)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     results, timings = run_metrics(es, cfg.metric_names, cfg)
     doc = json_safe({"settings": settings(cfg, es), "metrics": results, "timings_s": timings})

@@ -33,7 +33,7 @@ from saescale.activations.corpus import (SPLIT_SEED, Contexts, Document, load_do
                                          tokenize_contexts)
 from saescale.activations.harvest import harvest_contexts, positions_kept
 from saescale.activations.hooks import default_hook, hook_width
-from saescale.activations.lm import load_model
+from saescale.activations.lm_text import load_lm
 from saescale.configs import config_from_dict
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
@@ -145,9 +145,11 @@ def other_corpus(trained_on: str, corpus: str) -> str:
 
 
 def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_override: str = "", lm=None,
-                  corpus: str = "") -> EvalSet:
-    """Load the SAE at ``sae_dir``, its model (or ``lm``) and hook, and harvest ``n_contexts`` val contexts
-    (of corpus ``corpus``, all of it, when given: out-of-distribution evaluation)."""
+                  corpus: str = "", model_dtype: str = "auto") -> EvalSet:
+    """Load the SAE at ``sae_dir``, its model (or ``lm``, cast to ``model_dtype`` if needed) in ``model_dtype``
+    (auto: the probe of :mod:`saescale.activations.precision`; ``acts_cfg.model_dtype`` holds the resolved
+    name) and hook, and harvest ``n_contexts`` val contexts (of corpus ``corpus``, all of it, when given:
+    out-of-distribution evaluation)."""
     sae_cfg, extra = read_cfg(sae_dir)
     acts_cfg = recorded_activations(extra, str(Path(sae_dir) / "cfg.json"))
     if model_override:
@@ -157,7 +159,7 @@ def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_overrid
         acts_cfg.corpus = other_corpus(trained_corpus, corpus)
     sae = load_sae(sae_dir).eval()
     sae.requires_grad_(False)
-    model, tokenizer = lm or load_model(acts_cfg.model)
+    model, tokenizer, acts_cfg.model_dtype = load_lm(acts_cfg.model, model_dtype, lm)
     hook = acts_cfg.hook or default_hook(model)
     width = hook_width(model, hook)
     if width != sae_cfg.d:
