@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from saescale.threads import one_thread as one_thread_context
+
+# --model-dtype auto gives the same fp32 path on every machine under test (an AVX512-BF16 host would
+# otherwise pick bf16 for the fp32 fixtures); the bf16 tests force it explicitly.
+os.environ.setdefault("SAESCALE_FAST_BF16", "0")
 
 
 def save_tiny_llama(folder: Path, n_layers: int = 6, seed: int = 0) -> Path:

@@ -103,3 +103,11 @@ def test_another_corpus_never_overwrites_the_runs_own_metrics(tmp_path):
     ood = EvalCommand(sae=str(run / "sae"), corpus="/data/kjv.jsonl")
     assert own.out_dir == run.resolve() and ood.out_dir == run.resolve() / "eval-kjv"
     assert EvalCommand(sae=str(run / "sae"), corpus="x.jsonl", out=str(tmp_path / "o")).out_dir == tmp_path / "o"
+
+
+def test_eval_auto_model_dtype_falls_back_to_float32_even_with_fast_bf16(monkeypatch):
+    """The measured bf16 ΔCE shift (+0.0063 nats) is over the 0.005 tolerance, so eval's auto is float32."""
+    from saescale.commands.eval import eval_model_dtype
+
+    monkeypatch.setenv("SAESCALE_FAST_BF16", "1")
+    assert eval_model_dtype("auto") == "float32" and eval_model_dtype("bfloat16") == "bfloat16"
