@@ -103,6 +103,13 @@ def settings(cfg: EvalCommand, es) -> dict:
                     "normalize": es.sae.cfg.normalize}}
 
 
+def tqdm_track(items, desc: str, total: int):
+    """The eval loops' progress as transient tqdm bars (on stderr)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, leave=False)
+
+
 def eval_model_dtype(name: str) -> str:
     """The model dtype eval uses: as given, but 'auto' falls back to float32 (issue 13's rule: a bf16 eval
     model must keep ΔCE within 0.005 nats of fp32's; measured +0.0063, benchmarks/README.md)."""
@@ -120,7 +127,7 @@ def run_eval(cfg: EvalCommand, lm=None) -> dict:
     if not Path(cfg.sae).is_dir():
         raise SaescaleError(f"SAE folder {cfg.sae} not found: give the sae/ folder of a training run")
     es = load_eval_set(cfg.sae, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm, corpus=cfg.corpus,
-                       model_dtype=eval_model_dtype(cfg.model_dtype))
+                       model_dtype=eval_model_dtype(cfg.model_dtype), track=tqdm_track)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     results, timings = run_metrics(es, cfg.metric_names, cfg)
     doc = json_safe({"settings": settings(cfg, es), "metrics": results, "timings_s": timings})

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
 from saescale.errors import SaescaleError
+
+T = TypeVar("T")
+Track = Callable[[Iterable[T], str, int], Iterable[T]]  # (items, what, how many) -> the same items, reported
+
+
+def untracked(items: Iterable[T], desc: str, total: int) -> Iterable[T]:
+    """The default progress callback of the eval loops: report nothing (the CLI passes a tqdm bar)."""
+    return items
 
 
 def require_positive(cfg: Any, option_prefix: str, *names: str) -> None:

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from saescale.eval import require_positive
+from saescale.eval import Track, require_positive, untracked
 from saescale.eval.n2g import latent_values
 from saescale.eval.splice import Splicer
 from saescale.sae.base import SparseAutoencoder, SparseCode, fires
@@ -85,14 +84,15 @@ def ablate_batch(splicer: Splicer, sae: SparseAutoencoder, ids: Tensor, sites: l
 
 
 def ablation_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, code: SparseCode, positions: Tensor,
-                     latents: Tensor, cfg: AblationConfig = AblationConfig(), *, batch: int, seed: int) -> dict:
+                     latents: Tensor, cfg: AblationConfig = AblationConfig(), *, batch: int, seed: int,
+                     track: Track = untracked) -> dict:
     """Mean ablation-sparsity score over one ablation per latent in ``latents``, ``batch`` ablations per forward
     pass (see module docstring); ``cfg.latents`` is the number the caller samples."""
     g, horizon = torch.Generator().manual_seed(seed), cfg.horizon
     sites = choose_sites(code, len(tokens), positions, latents, tokens.shape[1] - horizon, g)
     sites.sort(key=lambda s: s[2])
     scores, norms = [], []
-    for a in tqdm(range(0, len(sites), batch), desc="ablation", leave=False):
+    for a in track(range(0, len(sites), batch), "ablation", -(-len(sites) // batch)):
         chunk = sites[a : a + batch]
         length = max(p for _, _, p in chunk) + horizon
         ids = tokens[torch.tensor([c for _, c, _ in chunk]), :length]

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
-from saescale.eval import require_positive
+from saescale.eval import Track, require_positive, untracked
 from saescale.eval.splice import Splicer
 from saescale.sae.base import SparseAutoencoder
 
@@ -73,14 +72,15 @@ def const_replacement(h: Tensor, positions: Tensor, value: Tensor) -> Tensor:
 
 @torch.no_grad()
 def downstream_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor, positions: Tensor, mean_act: Tensor,
-                       cfg: DownstreamConfig = DownstreamConfig(), *, batch: int) -> dict[str, float]:
+                       cfg: DownstreamConfig = DownstreamConfig(), *, batch: int, track: Track = untracked,
+                       ) -> dict[str, float]:
     """ΔCE, KL and loss recovered over the first ``cfg.contexts`` of contexts ``tokens`` (M, T), ``batch`` at a
     time; ``mean_act`` (d,) for mean-ablation."""
     tokens = tokens[: cfg.contexts]
     scored = positions[positions <= tokens.shape[1] - 2]
     sums = {k: 0.0 for k in ("ce_orig", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean")}
     count = 0
-    for i in tqdm(range(0, len(tokens), batch), desc="downstream", leave=False):
+    for i in track(range(0, len(tokens), batch), "downstream", -(-len(tokens) // batch)):
         ids = tokens[i : i + batch]
         logits, h = splicer.forward_with_capture(ids)
         sums["ce_orig"] += next_token_ce(logits, ids, scored).double().sum().item()

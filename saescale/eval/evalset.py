@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import (SPLIT_SEED, Contexts, Document, load_documents, split_documents,
@@ -36,6 +35,7 @@ from saescale.activations.hooks import default_hook, hook_width
 from saescale.activations.lm_text import load_lm
 from saescale.configs import config_from_dict
 from saescale.errors import SaescaleError
+from saescale.eval import Track, untracked
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.io import load_sae, read_cfg
 
@@ -57,6 +57,7 @@ class EvalSet:
     split: str = "val"  # "val" (the SAE's corpus's validation documents) or "all" (another corpus, all of it)
     split_docs: int = 0  # documents in the split the contexts were sampled from
     trained_corpus: str = ""  # the corpus the SAE was trained on (acts_cfg.corpus differs with --corpus)
+    track: Track = untracked  # the caller's progress callback for the metrics' loops
 
     def documents(self, contexts: Tensor) -> list[dict]:
         """The documents behind eval contexts ``contexts`` ((K,) indices into ``tokens``), by corpus index:
@@ -126,11 +127,13 @@ def val_contexts(cfg: ActivationConfig, tokenizer, n_contexts: int, seed: int,
     return SampledContexts(picked, titles, "all" if whole_corpus else "val", len(split))
 
 
-def harvest(model, hook: str, tokens: Tensor, keep_first: bool, batch: int = 16, desc: str = "harvest") -> Tensor:
-    """Raw activations (M, T', d) of contexts ``tokens`` (M, T), ``batch`` contexts per forward."""
+def harvest(model, hook: str, tokens: Tensor, keep_first: bool, batch: int = 16, desc: str = "harvest",
+            track: Track = untracked) -> Tensor:
+    """Raw activations (M, T', d) of contexts ``tokens`` (M, T), ``batch`` contexts per forward; ``track``
+    reports the batches."""
     t_kept = tokens.shape[1] - (not keep_first)
     parts = []
-    for i in tqdm(range(0, len(tokens), batch), desc=desc, leave=False):
+    for i in track(range(0, len(tokens), batch), desc, -(-len(tokens) // batch)):
         chunk = tokens[i : i + batch]
         parts.append(harvest_contexts(model, hook, chunk, keep_first).view(len(chunk), t_kept, -1))
     return torch.cat(parts)
@@ -145,11 +148,11 @@ def other_corpus(trained_on: str, corpus: str) -> str:
 
 
 def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_override: str = "", lm=None,
-                  corpus: str = "", model_dtype: str = "auto") -> EvalSet:
+                  corpus: str = "", model_dtype: str = "auto", track: Track = untracked) -> EvalSet:
     """Load the SAE at ``sae_dir``, its model (or ``lm``, cast to ``model_dtype`` if needed) in ``model_dtype``
     (auto: the probe of :mod:`saescale.activations.precision`; ``acts_cfg.model_dtype`` holds the resolved
     name) and hook, and harvest ``n_contexts`` val contexts (of corpus ``corpus``, all of it, when given:
-    out-of-distribution evaluation)."""
+    out-of-distribution evaluation). ``track`` reports the progress of every loop (harvest and metrics)."""
     sae_cfg, extra = read_cfg(sae_dir)
     acts_cfg = recorded_activations(extra, str(Path(sae_dir) / "cfg.json"))
     if model_override:
@@ -169,7 +172,7 @@ def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_overrid
         )
     sample = val_contexts(acts_cfg, tokenizer, n_contexts, seed, whole_corpus=bool(corpus))
     tokens = sample.contexts.tokens
-    acts = harvest(model, hook, tokens, acts_cfg.keep_first)
+    acts = harvest(model, hook, tokens, acts_cfg.keep_first, track=track)
     return EvalSet(sae, model, tokenizer, hook, acts_cfg, tokens, acts,
                    positions_kept(acts_cfg.context_len, acts_cfg.keep_first), sample.contexts.doc,
-                   sample.doc_titles, sample.split, sample.split_docs, trained_corpus)
+                   sample.doc_titles, sample.split, sample.split_docs, trained_corpus, track)

@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from saescale.configs import config_to_dict
 from saescale.eval.ablation import ablation_metrics
@@ -60,7 +59,7 @@ def recon(es: EvalSet, code: SparseCode, cmd) -> dict:
 
 def downstream(es: EvalSet, code: SparseCode, cmd) -> dict:
     return downstream_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, es.positions, es.flat_acts.mean(0),
-                              cmd.downstream, batch=cmd.batch)
+                              cmd.downstream, batch=cmd.batch, track=es.track)
 
 
 def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
@@ -68,10 +67,10 @@ def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
     sources = list(dict.fromkeys(s for t in tasks for s in t.sources))
     a = es.acts_cfg
     pool = build_pool(sources, es.tokenizer, a.context_len, es.bos_id, cfg.docs, cfg.per_doc, cmd.seed)
-    acts = harvest(es.model, es.hook, pool.tokens, a.keep_first, cmd.batch, desc="probe data")
+    acts = harvest(es.model, es.hook, pool.tokens, a.keep_first, cmd.batch, desc="probe data", track=es.track)
     pcode = encode_all(es.sae, acts.reshape(-1, acts.shape[-1]))
     out: dict[str, Any] = {"tasks": {}, "contexts": len(pool.tokens), "sources": sources}
-    for task in tqdm(tasks, desc="probes", leave=False):
+    for task in es.track(tasks, "probes", len(tasks)):
         z, x, y, groups = task_examples(task, task.label(pool), pcode, acts, pool.doc, es.positions, es.sae.cfg.n,
                                         cfg, cmd.seed)
         if len(y) < 8:
@@ -91,7 +90,7 @@ def n2g(es: EvalSet, code: SparseCode, cmd) -> dict:
     text_start = int(es.bos_id is not None)
     shape = es.acts.shape[:2]
     rows = []
-    for i in tqdm(latents.tolist(), desc="n2g", leave=False):
+    for i in es.track(latents.tolist(), "n2g", len(latents)):
         values = latent_values(code, i).view(shape)
         r = explain_latent(act_fn, es.tokens, values, es.positions, i, es.pad_id, text_start, cmd.seed + i, cmd.n2g)
         if r is not None:
@@ -106,7 +105,7 @@ def n2g(es: EvalSet, code: SparseCode, cmd) -> dict:
 def ablation(es: EvalSet, code: SparseCode, cmd) -> dict:
     latents = live_latents(code, es.sae.cfg.n, cmd.ablation.latents, cmd.seed + 1)
     return ablation_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, code, es.positions, latents, cmd.ablation,
-                            batch=cmd.batch, seed=cmd.seed)
+                            batch=cmd.batch, seed=cmd.seed, track=es.track)
 
 
 def refine(es: EvalSet, code: SparseCode, cmd) -> dict:

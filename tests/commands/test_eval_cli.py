@@ -111,3 +111,22 @@ def test_eval_auto_model_dtype_falls_back_to_float32_even_with_fast_bf16(monkeyp
 
     monkeypatch.setenv("SAESCALE_FAST_BF16", "1")
     assert eval_model_dtype("auto") == "float32" and eval_model_dtype("bfloat16") == "bfloat16"
+
+
+def test_eval_loops_report_through_the_callers_callback(tiny_lm_dir, tiny_lm, tmp_path, capsys):
+    """Before: the metric loops drew their own tqdm bars; now the library calls the caller's ``track``."""
+    from saescale.eval.evalset import load_eval_set
+    from saescale.eval.suite import run_metrics
+
+    sae_dir = save_for_model(make_sae(n=64, k=4, d=32), tmp_path / "sae", str(tiny_lm_dir))
+    seen = []
+
+    def track(items, desc, total):
+        seen.append((desc, total))
+        return items
+
+    es = load_eval_set(sae_dir, 8, 0, lm=tiny_lm, track=track)
+    run_metrics(es, ["downstream", "ablation"], EvalCommand(sae=str(sae_dir), **SMALL))
+    assert {d for d, _ in seen} == {"harvest", "downstream", "ablation"} and all(t > 0 for _, t in seen)
+    out = capsys.readouterr()
+    assert out.out == "" and "it/s" not in out.err  # nothing printed, no bar of the library's own
