@@ -116,6 +116,9 @@ def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
 def resume_folder(out: Path, record: dict[str, Any]) -> Path | None:
     """The last checkpoint of the run in ``out`` (created if missing), its settings checked against
     ``record`` (one-line error if they differ); None when the run is new."""
+    if out.is_dir() and not (out / "run.json").exists() and any(out.iterdir()):
+        raise SaescaleError(f"--out {out} is not empty and holds no saescale run (no run.json); its files are not "
+                            "ours to overwrite: choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     folder = latest_checkpoint(out) if (out / "run.json").exists() else None
     if folder is not None:
@@ -176,8 +179,15 @@ def train_sae(
     extra, mesh = extra or {}, mesh or Mesh.single()
     out = Path(out_dir) if out_dir is not None else None
     trainer = open_run(sae_cfg, cfg, source, out, extra, mesh, log)
-    trainer.callbacks.extend(callbacks)
     resumed = trainer.state.step
+    if out is not None and resumed >= trainer.cfg.steps and (out / "summary.json").is_file():
+        trainer.close()  # a finished run: its files stay as they were
+        if log:
+            log(f"{out} is already finished ({resumed} steps): nothing to train, its files are left as they were")
+        summary = json.loads((out / "summary.json").read_text())
+        return TrainResult(trainer.final_sae(), summary["final_train_metrics"], resumed, time.perf_counter() - t0,
+                           trainer.cfg)
+    trainer.callbacks.extend(callbacks)
     rows = DataParallelSlice(source, mesh.data_rank, mesh.data_shards)
     metrics = trainer.fit(rows.batches(cfg.batch_size // mesh.data_shards, start=trainer.state.step))
     return TrainResult(finish_run(trainer, out, extra, metrics), metrics, resumed, time.perf_counter() - t0, trainer.cfg)

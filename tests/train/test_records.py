@@ -86,3 +86,27 @@ def test_norm_scale_is_used_for_mean_sq_and_refused_elsewhere(tmp_path):
     assert est is not None and est != 0.5
     with pytest.raises(SaescaleError, match="--norm-scale applies to --normalize mean_sq only"):
         SAEConfig(normalize="layernorm", norm_scale=2.0)
+
+
+def test_rerunning_a_finished_run_leaves_its_files_as_they_were(tmp_path):
+    """Before: the rerun trained nothing and rewrote summary.json with empty final_train_metrics."""
+    first = train_sae(SAE, CFG, SyntheticSource(SRC), tmp_path)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    lines = []
+    again = train_sae(SAE, CFG, SyntheticSource(SRC), tmp_path, log=lines.append)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert again.metrics == first.metrics and again.metrics["step"] == 8 and "already finished" in lines[-1]
+    assert all(torch.equal(getattr(again.sae, k), getattr(first.sae, k)) for k in ("W_enc", "W_dec", "b_pre"))
+
+
+def test_a_folder_with_other_files_is_never_trained_into(tmp_path, capsys):
+    """Before: train --out wrote into any folder, over files that were not its own."""
+    from saescale.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SaescaleError, match="not empty and holds no saescale run"):
+        train_sae(SAE, CFG, SyntheticSource(SRC), tmp_path)
+    assert main(["train", "--acts", "synthetic", "--n", "64", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
