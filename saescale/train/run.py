@@ -113,10 +113,12 @@ def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
         )
 
 
-def resume_folder(out: Path, record: dict[str, Any]) -> Path | None:
+def resume_folder(out: Path, record: dict[str, Any], first_writer: bool = True) -> Path | None:
     """The last checkpoint of the run in ``out`` (created if missing), its settings checked against
-    ``record`` (one-line error if they differ); None when the run is new."""
-    if out.is_dir() and not (out / "run.json").exists() and any(out.iterdir()):
+    ``record`` (one-line error if they differ); None when the run is new. The ``first_writer`` (rank 0,
+    which writes run.json) refuses a non-empty folder without one; the other ranks would see rank 0's
+    files appearing."""
+    if first_writer and out.is_dir() and not (out / "run.json").exists() and any(out.iterdir()):
         raise SaescaleError(f"--out {out} is not empty and holds no saescale run (no run.json); its files are not "
                             "ours to overwrite: choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Pat
     layout), or new (run.json written by rank 0). ``source`` is the whole stream."""
     mesh = mesh or Mesh.single()
     record = run_record(sae_cfg, cfg, extra)
-    folder = resume_folder(out, record) if out is not None else None
+    folder = resume_folder(out, record, mesh.rank == 0) if out is not None else None
     if folder is not None:
         sae, tensors, meta = load_checkpoint(folder, cfg.device, mesh)
         trainer = Trainer(sae, cfg, meta["loss_scale"], out)
