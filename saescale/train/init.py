@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from saescale.errors import SaescaleError
-from saescale.sae.base import SparseAutoencoder
+from saescale.sae.base import LossContext, SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.normalize import estimate_norm_scale, normalize
 
@@ -121,8 +121,6 @@ def scale_encoder(sae: SparseAutoencoder, generator: torch.Generator, samples: i
     code of a unit input is a few large cosines times decoder rows, so x̂ can be far longer than
     x_n; the forward is the SAE's own loss path, so a shard of a mesh gets the global s.
     """
-    from saescale.sae.base import LossContext  # the forward any architecture trains with
-
     u = torch.randn(samples, sae.cfg.d, generator=generator).to(sae.W_enc)
     x_n = u / u.norm(dim=-1, keepdim=True) + sae.b_pre
     off = torch.zeros(sae.shard.size, dtype=torch.bool, device=sae.W_enc.device)

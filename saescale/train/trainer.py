@@ -32,6 +32,7 @@ from saescale import losses
 from saescale.errors import SaescaleError
 from saescale.kernels import workspace
 from saescale.sae.base import PARAMS, SHARDED, LossContext, SparseAutoencoder, fires
+from saescale.sae.registry import build_sae
 from saescale.threads import one_thread
 from saescale.train.checkpoint import save_checkpoint
 from saescale.train.config import TrainConfig
@@ -302,8 +303,6 @@ class Trainer:
         whole = {k: self.mesh.gather_rows(v) if k in SHARDED else v for k, v in params.items()}
         if self.mesh.rank != 0:
             return None
-        from saescale.sae.registry import build_sae
-
         sae = build_sae(self.sae.cfg).to(self.sae.W_enc)
         sae.load_state_dict(whole)
         if self.ema is not None:
