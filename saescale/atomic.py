@@ -1,7 +1,10 @@
 """Atomic file writes: temp name in the same folder, fsync, rename, fsync folder.
 
 A reader never sees a half-written file under the final name: either the old
-file (or nothing) or the complete new one.
+file (or nothing) or the complete new one. A write that fails (full disk, read-only or
+unwritable folder, a file where a folder should be) removes its temporary file, leaves the
+previous file as it was, and raises a one-line :class:`~saescale.errors.SaescaleError` naming
+the path and the remedy.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
+
+from saescale.errors import file_error
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -28,19 +33,22 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise file_error(e, path, "write") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

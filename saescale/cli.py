@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
-from saescale.errors import SaescaleError
+from saescale.errors import SaescaleError, os_error_line
 
 
 def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
@@ -32,6 +33,26 @@ def _usage(cmds: dict[str, tuple[str, type, Any]]) -> str:
     return "\n".join(lines)
 
 
+def unexpected_line(e: BaseException) -> str:
+    """One line for an exception that is not a SaescaleError: a file-system error (full disk, read-only
+    folder, ...) says the path and the remedy; out of memory says so; anything else is a bug."""
+    if isinstance(e, OSError):
+        return os_error_line(e)
+    if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
+        return ("out of memory: use a smaller --n, --batch-size or --harvest-batch (or a machine with more "
+                "memory); files saved earlier are intact")
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({e.reason} at byte {e.start}): check the files given and rerun"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return (f"internal error {type(e).__name__}: {first[:300]} - this is a bug in saescale; rerun with "
+            "SAESCALE_DEBUG=1 for the traceback and report it")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     from saescale.cliargs import parse_config
 
@@ -47,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         _, cls, fn = cmds[name]
         fn(parse_config(cls, rest, prog=f"saescale {name}"))
     except SaescaleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
+        if os.environ.get("SAESCALE_DEBUG"):
+            raise
+        return _fail(unexpected_line(e), 2 if isinstance(e, (OSError, MemoryError, UnicodeDecodeError)) else 1)
     return 0
 
 

@@ -11,7 +11,7 @@ problem becomes a one-line :class:`SaescaleError`.
 
 Supported field types: ``int``, ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``),
 ``Literal[...]`` (choices), ``X | None``, ``tuple[int, ...]``/``list[int]``, and
-nested dataclasses.
+nested dataclasses. A field made with :func:`saescale.configs.valid` shows its valid range in --help.
 """
 
 from __future__ import annotations
@@ -128,8 +128,10 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         if owner not in groups:
             groups[owner] = parser.add_argument_group(owner.__name__, (inspect.getdoc(owner) or "").split("\n\n")[0])
         dest, default = ".".join(path), field_default(f)
-        kwargs = {"help": field_docs(owner).get(f.name, "").replace("%", "%%"), "default": default,
-                  **_value_kwargs(tp, dest)}
+        doc = field_docs(owner).get(f.name, "")
+        if "valid" in f.metadata:
+            doc += f" Valid: {f.metadata['valid']}."
+        kwargs = {"help": doc.replace("%", "%%"), "default": default, **_value_kwargs(tp, dest)}
         if f.metadata.get("positional"):
             groups[owner].add_argument(dest + _POS, **{**kwargs, "metavar": name.upper(), "default": argparse.SUPPRESS,
                                                         "nargs": "*" if "nargs" in kwargs else "?"})

@@ -8,6 +8,8 @@ options from the same dataclasses).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -31,6 +33,59 @@ def field_default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return f.default_factory()  # type: ignore[misc]
     return dataclasses.MISSING
+
+
+INT64_MAX = 2**63 - 1
+_RULE = re.compile(r"^\s*(?:(>=|>|<=|<)\s*(\S+)|([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])]))\s*$")
+
+
+def valid(default: Any, rule: str) -> Any:
+    """A config field whose value must satisfy ``rule`` ('> 0', '>= 1', '[0, 1)', '(0, 1]', ...).
+
+    The rule is shown in the option's --help and checked by :func:`check_valid` (None, the "unset"
+    value of an optional field, always passes)."""
+    _bounds(rule)  # a typo in a rule fails at import
+    return dataclasses.field(default=default, metadata={"valid": rule})
+
+
+def _bounds(rule: str) -> tuple[float, bool, float, bool]:
+    """(low, low inclusive, high, high inclusive) of a rule."""
+    m = _RULE.match(rule)
+    if not m:
+        raise ValueError(f"bad range rule {rule!r}")
+    op, x, lb, lo, hi, rb = m.groups()
+    if op:
+        v = float(x)
+        return {">": (v, False, math.inf, False), ">=": (v, True, math.inf, False),
+                "<": (-math.inf, False, v, False), "<=": (-math.inf, False, v, True)}[op]
+    return float(lo), lb == "[", float(hi), rb == "]"
+
+
+def in_range(value: float, rule: str) -> bool:
+    """Whether a finite ``value`` satisfies ``rule`` (NaN never does)."""
+    lo, lo_in, hi, hi_in = _bounds(rule)
+    return (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+
+
+def check_valid(cfg: Any, option_prefix: str = "") -> None:
+    """Refuse (one line naming ``--<option_prefix><field>``) any numeric field of dataclass ``cfg`` that is
+    NaN or infinite, an int beyond 64 bits, or outside its field's ``valid`` rule; lists element-wise."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is None or isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
+                continue
+            opt = f"--{option_prefix}{f.name.replace('_', '-')}"
+            rule = f.metadata.get("valid")
+            said = f"in {rule}" if rule and rule.lstrip()[0] in "[(" else rule
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SaescaleError(f"{opt} must be a finite number{f' {said}' if rule else ''}, got {v}")
+            if isinstance(v, int) and abs(v) > INT64_MAX:
+                raise SaescaleError(f"{opt} = {v} does not fit in 64 bits; give a value {said or 'below 2^63'}")
+            if rule and not in_range(v, rule):
+                unset = " (or leave it unset for the default)" if field_default(f) is None else ""
+                raise SaescaleError(f"{opt} must be {said}{unset}, got {v}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

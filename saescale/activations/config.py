@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from saescale.activations.precision import check_model_dtype
-from saescale.errors import SaescaleError
+from saescale.configs import check_valid, valid
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ActivationConfig:
     corpus: str = "default"
     """Text to read: 'default' (embedded public-domain corpus: State of the Union addresses + Moby-Dick), or comma-separated .txt/.jsonl/.parquet files, or 'hf:NAME' for a Hugging Face datasets name (needs network)."""
 
-    context_len: int = 64
+    context_len: int = valid(64, ">= 2")
     """Tokens per context (the paper uses 64)."""
 
     keep_first: bool = False
@@ -34,7 +34,7 @@ class ActivationConfig:
     prepend_bos: bool = True
     """Start every context with the tokenizer's BOS token (if it has one)."""
 
-    n_tokens: int = 200_000
+    n_tokens: int = valid(200_000, ">= 1")
     """Activation tokens to harvest (after dropping excluded positions)."""
 
     cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
@@ -43,22 +43,15 @@ class ActivationConfig:
     cache_dir: str = ""
     """Activation cache folder. Empty: a folder named after model, hook, corpus and size under $SAESCALE_HOME (default ~/.cache/saescale)."""
 
-    shard_tokens: int = 65_536
+    shard_tokens: int = valid(65_536, ">= 1")
     """Activation tokens per cache shard file."""
 
-    harvest_batch: int = 32
+    harvest_batch: int = valid(32, ">= 1")
     """Contexts per forward pass when harvesting."""
 
-    val_fraction: float = 0.05
+    val_fraction: float = valid(0.05, "[0, 1)")
     """Fraction of documents held out for validation (by document, so no text is shared between splits)."""
 
     def __post_init__(self) -> None:
         check_model_dtype(self.model_dtype)
-        if self.context_len < 2:
-            raise SaescaleError(f"--context-len must be at least 2, got {self.context_len}")
-        if self.n_tokens <= 0:
-            raise SaescaleError(f"--n-tokens must be positive, got {self.n_tokens}")
-        if self.shard_tokens <= 0 or self.harvest_batch <= 0:
-            raise SaescaleError("--shard-tokens and --harvest-batch must be positive")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise SaescaleError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_valid(self)

@@ -20,11 +20,15 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from saescale.atomic import atomic_write_json, fsync_dir
@@ -165,29 +169,95 @@ def resolve_model_folder(name: str) -> Path | str:
     return name
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and per-load progress bars off (a bad model gets our one line, not theirs first)."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our own bars report progress
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub ($HF_ENDPOINT, default huggingface.co) accepts a connection within ``timeout`` s."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub_id(name: str) -> None:
+    """A hub id that is neither in the local Hugging Face cache nor reachable fails now, in seconds, not
+    after transformers' ~50 s of retries."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not cached and (offline or not hub_reachable()):
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached from here"
+        raise SaescaleError(f"model '{name}' is not a local folder and not in the Hugging Face cache, and {why}: "
+                            "download it where there is network and give its local folder (or a .gguf file)")
+
+
+def check_model_type(folder: Path) -> None:
+    """The folder's config.json is a JSON object whose model_type this transformers version knows."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SaescaleError(f"model folder {folder} has no config.json: give the folder of a Hugging Face causal LM "
+                            "(config.json + weights + tokenizer), a .gguf file, or 'default'")
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise SaescaleError(f"{path} is not a JSON object ({_first_line(e)}): restore the model's config.json") from None
+    if model_type not in CONFIG_MAPPING:
+        raise SaescaleError(f"model_type {model_type!r} in {path} is not known to transformers "
+                            f"{transformers.__version__}: upgrade transformers or fix the config's model_type")
+
+
 def load_model(
     name: str = "default", dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load causal LM ``name`` ('default', a local folder, a .gguf file, or a hub id) and its tokenizer.
 
-    The model is in eval mode with gradients disabled on all parameters.
+    The model is in eval mode with gradients disabled on all parameters. Anything transformers
+    cannot read (no config.json, an unknown model_type, missing or damaged weights) is one line.
     """
     source = resolve_model_folder(name)
-    hf_logging.disable_progress_bar()  # transformers' per-load weight bar; our own bars report progress
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SaescaleError(
-            f"model '{name}' not found or unreadable ({first[:120]}): give a local folder with "
-            "config.json + weights, a .gguf file, 'default', or a hub id reachable from here"
-        ) from e
-    finally:
-        hf_logging.enable_progress_bar()
+    if isinstance(source, str):
+        check_hub_id(source)
+    if isinstance(source, Path):
+        check_model_type(source)
+    with quiet_transformers():
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except Exception as e:  # noqa: BLE001 - unknown model_type, bad JSON, missing file: all the user's to fix
+            raise SaescaleError(f"model '{name}': its config cannot be read ({_first_line(e)}); give a folder with "
+                                "the config.json of a causal LM this transformers version knows") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - missing/damaged weights or tokenizer files
+            raise SaescaleError(
+                f"model '{name}' not found or unreadable ({_first_line(e)}): give a local folder with "
+                "config.json + weights + tokenizer, a .gguf file, 'default', or a hub id reachable from here"
+            ) from None
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 def parameter_count(name: str) -> int | None:

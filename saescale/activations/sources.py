@@ -8,6 +8,7 @@ same model and corpus).
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -45,7 +46,26 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
     if not path.exists():
         raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
     train = CacheReader(path, "train", seed)
+    if acts != "cache":
+        check_given_options(activations, train.manifest, path)
     return train, CacheReader(path, "val", seed), cache_provenance(train)
+
+
+def check_given_options(activations: ActivationConfig, manifest: dict[str, Any], path: Path) -> None:
+    """With ``--acts PATH`` the cache decides the activations: an activation option given on the command
+    line (not its default) that differs from what the cache was built with is refused, naming both."""
+    default, built = ActivationConfig(), manifest.get("config", {})
+    for f in dataclasses.fields(ActivationConfig):
+        given = getattr(activations, f.name)
+        if f.name == "cache_dir" or given == getattr(default, f.name):
+            continue
+        recorded = [built.get(f.name)] + ([manifest.get("hook")] if f.name == "hook" else [])
+        if f.name == "model_dtype":
+            recorded = [recorded_model_dtype(built)]
+        if given not in recorded:
+            opt = f"--{f.name.replace('_', '-')}"
+            raise SaescaleError(f"{opt} {given} differs from the cache given by --acts {path} (built with {opt} "
+                                f"{recorded[-1]}): drop {opt}, or use --acts cache to build a cache for it")
 
 
 def cache_provenance(reader: Any) -> dict[str, Any]:

@@ -10,9 +10,8 @@ from typing import Literal
 import torch
 
 from saescale.atomic import atomic_write_json
-from saescale.configs import config_to_dict
+from saescale.configs import check_valid, config_to_dict, valid
 from saescale.errors import SaescaleError
-from saescale.eval import require_positive
 from saescale.eval.ablation import AblationConfig
 from saescale.eval.downstream import DownstreamConfig
 from saescale.eval.n2g import N2GConfig
@@ -35,16 +34,16 @@ class EvalCommand:
     out: str = ""
     """Folder for metrics.json (and plots). Empty: the SAE folder's parent (the run folder); with --corpus, its subfolder eval-<corpus name>."""
 
-    seed: int = 0
+    seed: int = valid(0, ">= 0")
     """Seed of every random choice (eval contexts, probe data, sampled latents); same seed, same numbers."""
 
     corpus: str = ""
     """Evaluate on this corpus instead (same syntax as 'saescale train --corpus'; all of it counts as validation: out-of-distribution eval). Empty: the SAE's own corpus's validation documents."""
 
-    eval_contexts: int = 192
+    eval_contexts: int = valid(192, ">= 1")
     """Held-out contexts (a random sample of the validation documents' contexts, in random order) for recon, N2G, ablation, refine, progressive (about 63 tokens each)."""
 
-    batch: int = 16
+    batch: int = valid(16, ">= 1")
     """Contexts per forward pass."""
 
     plots: bool = False
@@ -56,7 +55,7 @@ class EvalCommand:
     model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """dtype of the model's forward passes: 'auto' = float32 for eval (a bf16 model moved the main job's ΔCE by 0.0063 nats, over the 0.005 tolerance: benchmarks/README.md); bfloat16 only when asked; metrics.json records the one used."""
 
-    threads: int = 0
+    threads: int = valid(0, "[0, 1024]")
     """Torch CPU threads; 0 = torch's default."""
 
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig, metadata={"prefix": "downstream"})
@@ -70,7 +69,11 @@ class EvalCommand:
         bad = [m for m in names if m not in ALL_METRICS]
         if bad or not names:
             raise SaescaleError(f"unknown metric(s) {bad or '(none)'} in --metrics; choose from {', '.join(ALL_METRICS)}")
-        require_positive(self, "", "eval_contexts", "batch")
+        check_valid(self)
+        if "downstream" in names and self.downstream.contexts > self.eval_contexts:
+            raise SaescaleError(f"--downstream-contexts {self.downstream.contexts} is more than --eval-contexts "
+                                f"{self.eval_contexts} (downstream splices the first eval contexts): lower the first "
+                                "or raise the second")
         if "probes" in names:
             from saescale.eval.tasks import select_tasks
 

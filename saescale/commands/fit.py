@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saescale.atomic import atomic_write_json
-from saescale.configs import config_to_dict
+from saescale.configs import check_valid, config_to_dict, valid
 from saescale.errors import SaescaleError
 
 
@@ -20,16 +20,16 @@ class FitConfig:
     out: str = ""
     """Folder for fit.json and the plots. Empty: the first results folder (a file's own folder)."""
 
-    heldout: int = 3
+    heldout: int = valid(3, ">= 0")
     """(n, k) points left out of the joint fit (drawn with --seed) to report its held-out relative error."""
 
-    seed: int = 0
+    seed: int = valid(0, ">= 0")
     """Seed of the held-out draw and of the bootstrap resamples; same seed, same numbers."""
 
-    bootstrap: int = 200
+    bootstrap: int = valid(200, ">= 0")
     """Bootstrap resamples for the 95% confidence intervals (0: no intervals)."""
 
-    target_loss: float = 0.0
+    target_loss: float = valid(0.0, ">= 0")
     """Loss at which L(N_model) compares the latents each subject model needs; 0: the median final loss."""
 
     plots: bool = True
@@ -40,11 +40,7 @@ class FitConfig:
             self.results = [self.results]
         if not self.paths:
             raise SaescaleError("--results is empty: give a sweep folder or a results.jsonl file")
-        for f in ("heldout", "bootstrap"):
-            if getattr(self, f) < 0:
-                raise SaescaleError(f"--{f} must be >= 0, got {getattr(self, f)}")
-        if self.target_loss < 0:
-            raise SaescaleError(f"--target-loss must be >= 0 (0: the median loss), got {self.target_loss}")
+        check_valid(self)
 
     @property
     def paths(self) -> list[str]:

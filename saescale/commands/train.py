@@ -22,6 +22,7 @@ from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
 from saescale.distributed.launch import rank_output, stop_on_sigterm, train_device
 from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, env_ranks, init_mesh
+from saescale.configs import check_valid, valid
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.config import SAEConfig
@@ -39,11 +40,14 @@ class RunConfig:
     out: str = ""
     """Output folder (checkpoints, metrics.jsonl, sae/, summary.json). Empty: runs/<acts>-<arch>-n<n>-k<k>-seed<seed>. Rerunning with the same folder resumes."""
 
-    eval_tokens: int = 65_536
+    eval_tokens: int = valid(65_536, ">= 1")
     """Held-out tokens used for the final nMSE / L0 / dead-fraction report."""
 
-    threads: int = 0
+    threads: int = valid(0, "[0, 1024]")
     """Torch CPU threads; 0 = torch's default."""
+
+    def __post_init__(self) -> None:
+        check_valid(self)
 
 
 @dataclass
@@ -56,6 +60,34 @@ class TrainCommand:
     activations: ActivationConfig = field(default_factory=ActivationConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"prefix": "synth"})
     dist: DistConfig = field(default_factory=DistConfig)
+
+    def __post_init__(self) -> None:
+        check_consistent(self)
+
+
+def changed(cfg: Any, prefix: str = "") -> list[str]:
+    """The options of dataclass ``cfg`` set to something other than their default (``--<prefix><name>``)."""
+    default = type(cfg)()
+    return [f"--{prefix}{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(default, f.name)]
+
+
+def check_consistent(cmd: TrainCommand) -> None:
+    """Refuse options that contradict each other (naming both); warn once about a setting the run ignores."""
+    acts = cmd.run.acts
+    if acts == "synthetic" and changed(cmd.activations):
+        opt = changed(cmd.activations)[0]
+        raise SaescaleError(f"{opt} sets model activations, but --acts synthetic trains on planted synthetic data: "
+                            f"drop {opt}, or use --acts cache / stream")
+    if acts != "synthetic" and changed(cmd.synthetic, "synth-"):
+        opt = changed(cmd.synthetic, "synth-")[0]
+        raise SaescaleError(f"{opt} applies to --acts synthetic only, not --acts {acts}: drop {opt} or use --acts synthetic")
+    if cmd.sae.arch != "topk" and cmd.train.multi_topk:
+        raise SaescaleError(f"--multi-topk is a TopK loss and --arch {cmd.sae.arch} has no top-k: drop one of them")
+    if cmd.sae.arch != "topk" and cmd.sae.k != SAEConfig().k:
+        print(f"warning: --k {cmd.sae.k} is unused by --arch {cmd.sae.arch} (it has no top-k)", file=sys.stderr)
+    if cmd.sae.arch == "topk" and cmd.train.l1_coef != TrainConfig().l1_coef:
+        print("warning: --l1-coef is unused by --arch topk (only 'relu' has an L1 penalty)", file=sys.stderr)
 
 
 def train_sources(cmd: TrainCommand, show: bool = False) -> tuple[BatchSource, BatchSource, dict[str, Any]]:

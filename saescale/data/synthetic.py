@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from saescale.configs import check_valid, valid
 from saescale.errors import SaescaleError
 
 
@@ -24,33 +25,30 @@ from saescale.errors import SaescaleError
 class SyntheticConfig:
     """Synthetic activations with a planted dictionary (used with --acts synthetic)."""
 
-    d: int = 64
+    d: int = valid(64, ">= 1")
     """Width d of the synthetic activations."""
 
-    features: int = 256
+    features: int = valid(256, ">= 1")
     """Number of planted feature directions (more than d: superposition)."""
 
-    k: int = 8
+    k: int = valid(8, ">= 1")
     """Active features per token."""
 
-    alpha: float = 0.5
+    alpha: float = valid(0.5, ">= 0")
     """Power-law exponent of feature frequencies (0 = all equally frequent)."""
 
-    noise: float = 0.01
+    noise: float = valid(0.01, ">= 0")
     """Standard deviation of isotropic Gaussian noise added to each token."""
 
-    seed: int = 1234
+    seed: int = valid(1234, ">= 0")
     """Seed of the planted dictionary and of the data stream."""
 
-    offset: float = 0.0
+    offset: float = valid(0.0, ">= 0")
     """Norm of a constant offset added to every token along one fixed random direction (a dataset-wide mean, as real residual streams have); 0 = none."""
 
     def __post_init__(self) -> None:
-        if self.d <= 0 or self.features <= 0:
-            raise SaescaleError("--synth-d and --synth-features must be positive")
-        if not self.offset >= 0:
-            raise SaescaleError(f"--synth-offset must be >= 0, got {self.offset}")
-        if not 0 < self.k <= self.features:
+        check_valid(self, "synth-")
+        if not self.k <= self.features:
             raise SaescaleError(f"--synth-k must be in [1, --synth-features={self.features}]")
 
 

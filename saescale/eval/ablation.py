@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saescale.eval import Track, require_positive, untracked
+from saescale.configs import check_valid, valid
+from saescale.eval import Track, untracked
 from saescale.eval.n2g import latent_values
 from saescale.eval.splice import Splicer
 from saescale.sae.base import SparseAutoencoder, SparseCode, fires
@@ -33,14 +34,14 @@ from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 class AblationConfig:
     """Ablation sparsity: one latent removed at a time."""
 
-    latents: int = 200
+    latents: int = valid(200, ">= 1")
     """Latents sampled for ablation sparsity (one ablation each)."""
 
-    horizon: int = 16
+    horizon: int = valid(16, ">= 1")
     """Positions T over which logit effects are compared (paper: 16)."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "ablation-", "latents", "horizon")
+        check_valid(self, "ablation-")
 
 
 def sparsity_score(delta: Tensor) -> tuple[Tensor, Tensor]:

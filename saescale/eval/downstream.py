@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saescale.eval import Track, require_positive, untracked
+from saescale.configs import check_valid, valid
+from saescale.eval import Track, untracked
 from saescale.eval.splice import Splicer
 from saescale.sae.base import SparseAutoencoder
 
@@ -34,11 +35,11 @@ from saescale.sae.base import SparseAutoencoder
 class DownstreamConfig:
     """Downstream loss: reconstructions spliced into the model."""
 
-    contexts: int = 48
+    contexts: int = valid(48, ">= 1")
     """Contexts spliced for the downstream loss (the first of the eval contexts, which are in random order: a random sample of the split; 4 forward passes each)."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "downstream-", "contexts")
+        check_valid(self, "downstream-")
 
 
 def next_token_ce(logits: Tensor, tokens: Tensor, scored: Tensor) -> Tensor:

@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from saescale.configs import check_valid, valid
 from saescale.activations.hooks import resolve_hook
 from saescale.errors import SaescaleError
-from saescale.eval import require_positive
 from saescale.eval.n2g_trie import WILD, Trie, precision_recall, predict
 from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
@@ -45,28 +45,26 @@ LENGTH_CHUNKS = (4, 8, 16, 32, 64, 128, 256)  # suffix lengths are tried up to t
 class N2GConfig:
     """N2G explanations: a trie of patterns per sampled latent, scored on held-out tokens."""
 
-    latents: int = 32
+    latents: int = valid(32, ">= 1")
     """Latents sampled (among those firing on the eval tokens) for N2G explanations."""
 
-    build: int = 16
+    build: int = valid(16, ">= 1")
     """Top-activating examples used to build each explanation."""
 
-    test: int = 16
+    test: int = valid(16, ">= 1")
     """Top-activating held-out examples used to test each explanation."""
 
-    negatives: int = 1024
+    negatives: int = valid(1024, ">= 0")
     """Random eval tokens added to the test set (negative sample for precision)."""
 
-    frac: float = 0.5
+    frac: float = valid(0.5, "(0, 1]")
     """Fraction of the original activation a suffix / wildcard must keep (paper: 0.5)."""
 
-    max_len: int = 12
+    max_len: int = valid(12, ">= 1")
     """Longest suffix (tokens) tried when shortening an example; bounds N2G's cost (the paper gives no limit)."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "n2g-", "latents", "build", "test", "max_len")
-        if self.negatives < 0 or not 0 < self.frac <= 1:
-            raise SaescaleError("--n2g-negatives must be >= 0 and --n2g-frac in (0, 1]")
+        check_valid(self, "n2g-")
 
 
 def latent_values(code: SparseCode, latent: int) -> Tensor:

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from saescale.eval import require_positive
+from saescale.configs import check_valid, valid
 from saescale.eval.logistic import cross_entropy_1d, dense_probe, newton_1d, standardize
 from saescale.eval.tasks import Task
 from saescale.sae.base import SparseCode
@@ -37,23 +37,23 @@ class ProbeConfig:
     tasks: str = "all"
     """Probe tasks, comma-separated, or 'all' (every built-in task plus optional ones whose data is installed)."""
 
-    docs: int = 32
+    docs: int = valid(32, ">= 1")
     """Documents drawn per probe data source (State of the Union, Moby-Dick, Python stdlib, fortunes)."""
 
-    per_doc: int = 3
+    per_doc: int = valid(3, ">= 1")
     """Contexts drawn per probe document."""
 
     pooling: Literal["max", "mean"] = "max"
     """How sequence-level probe tasks pool a latent over the context's tokens (paper unpublished; our default max)."""
 
-    max_per_class: int = 1024
+    max_per_class: int = valid(1024, ">= 1")
     """Most examples per class and task (classes are balanced by subsampling)."""
 
     dense: bool = True
     """Also fit a dense logistic probe on the raw activations (the ceiling)."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "probe-", "docs", "per_doc", "max_per_class")
+        check_valid(self, "probe-")
 
 
 def pool_code(code: SparseCode, n_ctx: int, t_kept: int, n: int, how: str) -> Tensor:

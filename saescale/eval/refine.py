@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saescale.eval import require_positive
+from saescale.configs import check_valid, valid
 from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
 GRAM_MAX_N = 8192  # up to this many latents the decoder Gram matrix is formed once and gathered per token
@@ -32,14 +32,14 @@ GRAM_MAX_N = 8192  # up to this many latents the decoder Gram matrix is formed o
 class RefineConfig:
     """Refinement (shrinkage): the encoder's values re-optimised on its support."""
 
-    tokens: int = 4096
+    tokens: int = valid(4096, ">= 1")
     """Eval tokens re-optimised for the refinement (shrinkage) metric."""
 
-    iters: int = 300
+    iters: int = valid(300, ">= 1")
     """Projected-gradient iterations of the refinement."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "refine-", "tokens", "iters")
+        check_valid(self, "refine-")
 
 
 def refine_values(sae: SparseAutoencoder, x_n: Tensor, code: SparseCode, iters: int,

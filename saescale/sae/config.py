@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from saescale.configs import check_valid, valid
 from saescale.errors import SaescaleError
 
 Normalization = Literal["layernorm", "std", "mean_sq", "none"]
@@ -17,30 +18,25 @@ class SAEConfig:
     arch: str = "topk"
     """Architecture name from the registry: 'topk' (the paper's TopK SAE) or 'relu' (ReLU + L1 baseline)."""
 
-    n: int = 4096
+    n: int = valid(4096, ">= 1")
     """Number of latents."""
 
-    k: int = 32
+    k: int = valid(32, ">= 1")
     """Active latents per token for TopK (ignored by 'relu')."""
 
-    d: int | None = None
+    d: int | None = valid(None, ">= 1")
     """Input width; unset (None) = taken from the data."""
 
     normalize: Normalization = "layernorm"
     """Input normalisation: 'layernorm' (paper: per token subtract the channel mean, scale to unit L2 norm), 'std' (released code: subtract mean, divide by std), 'mean_sq' (one scalar so E||x||^2 = d), 'none'. All errors are measured in the normalised space."""
 
-    norm_scale: float | None = None
+    norm_scale: float | None = valid(None, "> 0")
     """Scalar s of 'mean_sq' normalisation (x_n = s x); unset (None) = estimated at init from a data sample so that E||x_n||^2 = d. Only for --normalize mean_sq."""
 
     def __post_init__(self) -> None:
-        if self.n <= 0:
-            raise SaescaleError(f"--n must be positive, got {self.n}")
-        if self.d is not None and self.d <= 0:
-            raise SaescaleError(f"--d must be positive (or unset: taken from the data), got {self.d}")
-        if self.arch == "topk" and not 0 < self.k <= self.n:
+        check_valid(self)
+        if self.arch == "topk" and not self.k <= self.n:
             raise SaescaleError(f"--k must be in [1, n={self.n}], got {self.k}")
-        if self.norm_scale is not None and not self.norm_scale > 0:
-            raise SaescaleError(f"--norm-scale must be positive, got {self.norm_scale}")
         if self.norm_scale is not None and self.normalize != "mean_sq":
             raise SaescaleError(f"--norm-scale applies to --normalize mean_sq only, not {self.normalize!r}; drop it")
 

@@ -7,44 +7,44 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from saescale.errors import SaescaleError
+from saescale.configs import check_valid, valid
 
 
 @dataclass
 class TrainConfig:
     """How to train: token budget, optimiser and schedule, AuxK, logging and checkpoints."""
 
-    tokens: int = 1_400_000
+    tokens: int = valid(1_400_000, ">= 1")
     """Total training tokens."""
 
-    batch_size: int = 4096
+    batch_size: int = valid(4096, ">= 1")
     """Tokens per optimiser step."""
 
-    lr: float | None = None
+    lr: float | None = valid(None, "> 0")
     """Learning rate; unset (None) = the paper's rule 2e-4 / sqrt(n / 2^14)."""
 
-    warmup_steps: int | None = None
+    warmup_steps: int | None = valid(None, ">= 0")
     """Linear learning-rate warm-up steps; unset (None) = min(1000, 5% of steps)."""
 
     lr_decay: Literal["constant", "linear", "cosine"] = "constant"
     """Learning-rate schedule after warm-up (the paper keeps it constant)."""
 
-    decay_start: float = 0.8
+    decay_start: float = valid(0.8, "[0, 1]")
     """Fraction of training after which 'linear'/'cosine' decay to 0 starts."""
 
-    adam_beta1: float = 0.9
+    adam_beta1: float = valid(0.9, "[0, 1)")
     """Adam beta1."""
 
-    adam_beta2: float = 0.999
+    adam_beta2: float = valid(0.999, "[0, 1)")
     """Adam beta2."""
 
-    adam_eps: float = 6.25e-10
+    adam_eps: float = valid(6.25e-10, "> 0")
     """Adam epsilon (the paper's 6.25e-10)."""
 
-    grad_clip: float = 0.0
+    grad_clip: float = valid(0.0, ">= 0")
     """Clip the global gradient norm to this value; 0 = off."""
 
-    ema: float = 0.0
+    ema: float = valid(0.0, "[0, 1)")
     """Decay of an exponential moving average of the weights (e.g. 0.999, bias-corrected); the saved SAE uses it. 0 = off."""
 
     init_encoder_scale: bool = False
@@ -53,34 +53,34 @@ class TrainConfig:
     tied_init: bool = True
     """Initialise W_enc = W_dec^T (paper). --no-tied-init draws the encoder independently."""
 
-    k_aux: int | None = None
+    k_aux: int | None = valid(None, ">= 1")
     """Dead latents used by the AuxK loss; unset (None) = the power of two nearest d/2, at most n."""
 
-    aux_coef: float = 1 / 32
+    aux_coef: float = valid(1 / 32, ">= 0")
     """Weight alpha of the AuxK loss (paper: 1/32); 0 turns AuxK off."""
 
-    dead_tokens: int | None = None
+    dead_tokens: int | None = valid(None, ">= 1")
     """The dead-latent window W: a latent is dead (and AuxK may use it) after W training tokens without firing (saescale.sae.base.fires); unset (None) = min(10M, tokens / 10), at least 10 batches."""
 
     multi_topk: bool = False
     """Train with the Multi-TopK loss L(k) + L(4k)/8 (progressive code)."""
 
-    l1_coef: float = 0.01
+    l1_coef: float = valid(0.01, ">= 0")
     """L1 weight lambda for the 'relu' architecture."""
 
-    seed: int = 0
+    seed: int = valid(0, ">= 0")
     """Seed of the initialisation and data order."""
 
-    init_tokens: int = 32_768
+    init_tokens: int = valid(32_768, ">= 1")
     """Tokens used to initialise b_pre (geometric median) and the loss scale."""
 
-    log_every: int = 10
+    log_every: int = valid(10, ">= 1")
     """Write a metrics line to metrics.jsonl every this many steps."""
 
-    checkpoint_every: int = 100
+    checkpoint_every: int = valid(100, ">= 0")
     """Save a resumable checkpoint every this many steps (and at the end); 0 = only at the end."""
 
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = valid(2, ">= 1")
     """How many recent checkpoints to keep."""
 
     device: str = "cpu"
@@ -90,19 +90,7 @@ class TrainConfig:
     """Show a progress bar with tokens/s and ETA."""
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_size", "log_every", "keep_checkpoints", "init_tokens"):
-            if getattr(self, name) <= 0:
-                raise SaescaleError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "warmup_steps", "k_aux", "dead_tokens"):
-            v = getattr(self, name)
-            if v is not None and (v < 0 or (v == 0 and name != "warmup_steps")):
-                raise SaescaleError(f"--{name.replace('_', '-')} must be positive (or unset for the default), got {v}")
-        if self.aux_coef < 0 or self.l1_coef < 0 or self.grad_clip < 0:
-            raise SaescaleError("--aux-coef, --l1-coef and --grad-clip must be >= 0")
-        if not 0 <= self.ema < 1:
-            raise SaescaleError(f"--ema must be in [0, 1), got {self.ema}")
-        if not 0 <= self.decay_start <= 1:
-            raise SaescaleError(f"--decay-start must be in [0, 1], got {self.decay_start}")
+        check_valid(self)
 
     @property
     def steps(self) -> int:

@@ -38,12 +38,12 @@ def test_help_shows_field_docstrings():
     "args,needle",
     [
         (["train", "--bogus", "1"], "unrecognized arguments: --bogus"),
-        (["train", "--k", "0"], "--k must be in [1"),
+        (["train", "--k", "0"], "--k must be >= 1, got 0"),
         (["train", "--lr", "fast"], "invalid float value: 'fast'"),
         (["train", "--normalize", "zscore"], "invalid choice: 'zscore'"),
         (["train", "--acts", "/no/such/cache"], "not found"),
         (["frobnicate"], "unknown command 'frobnicate'"),
-        (["cache", "--context-len", "1"], "--context-len must be at least 2"),
+        (["cache", "--context-len", "1"], "--context-len must be >= 2, got 1"),
     ],
 )
 def test_bad_options_give_one_line_errors(args, needle):
@@ -73,7 +73,7 @@ def test_positionals_prefixes_and_their_option_forms():
     assert parse_config(FitConfig, ["--bootstrap", "0", "a", "b"], "f").paths == ["a", "b"]
     assert parse_config(FitConfig, ["a", "--results", "b,c"], "f").paths == ["b", "c", "a"]
     assert parse_config(SweepConfig, ["--no-fit", "s.toml"], "s").spec == "s.toml"
-    assert parse_config(TrainCommand, ["--synth-d", "8", "--synth-k", "2"], "t").synthetic.d == 8
+    assert parse_config(TrainCommand, ["--acts", "synthetic", "--synth-d", "8", "--synth-k", "2"], "t").synthetic.d == 8
     with pytest.raises(SaescaleError, match="required: SAE \\(or --sae\\)"):
         parse_config(EvalCommand, ["--seed", "1"], "e")
     r = cli("eval", "--help")
