@@ -17,7 +17,7 @@ class SweepConfig:
     """Sweep spec file (TOML): [sweep], [grid], [sae], [train], [activations], [synthetic] tables; see examples/sweep-nk.toml."""
 
     out: str = ""
-    """Output folder; overrides the spec's [sweep] out. Rerunning with the same folder trains only unfinished members."""
+    """Output folder; overrides the spec's [sweep] out. Rerunning with the same folder trains only unfinished members (refused, with nothing written, if the spec now asks other settings than a finished or started member was trained with)."""
 
     threads: int = 0
     """Torch CPU threads; 0 = torch's default."""

@@ -291,17 +291,29 @@ def parse_member(obj: object, where: str) -> Member:
     )
 
 
+def _line_text(raw: bytes, where: str) -> str:
+    """One line of a results file as text; one-line error if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SaescaleError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); fix or delete that line") from None
+
+
 def read_results(path: str | Path) -> list[Member]:
-    """Every member of one sweep folder or ``.jsonl`` file (blank lines skipped)."""
+    """Every member of one sweep folder or ``.jsonl`` file (blank lines skipped); a line that is not
+    UTF-8 or not JSON (a last line cut short says so) is a one-line error naming the file and line."""
     p = results_file(path)
     members = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    lines = p.read_bytes().split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        line = _line_text(raw, f"{p}:{i}")
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SaescaleError(f"{p}:{i}: not valid JSON ({e.msg}); fix or delete that line") from None
+            cut = " (the file ends inside it: truncated)" if i == len(lines) else ""
+            raise SaescaleError(f"{p}:{i}: not valid JSON ({e.msg}){cut}; fix or delete that line") from None
         members.append(parse_member(obj, f"{p}:{i}"))
     if not members:
         raise SaescaleError(f"{p} holds no results: wait until the sweep has finished some members, or check the path")

@@ -12,6 +12,10 @@ Resumption, member by member: a member with result.json is skipped; the others r
 their own last checkpoint. Batch i of the shared stream goes to every member whose next step is
 i, so a member resumed at a later step than another waits for the stream to reach it, and each
 member gets exactly the weights it would get in an uninterrupted sweep.
+
+Before anything is written, every member's recorded settings are compared with the spec
+(:func:`saescale.sweep.records.check_rerun`): a spec edited since (more tokens, another lr,
+other data) is refused in one line instead of skipping or resuming stale members.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from saescale.activations.sources import activation_sources, heldout_batches
 from saescale.atomic import atomic_write_json, atomic_write_text
 from saescale.data.source import BatchSource
 from saescale.eval.recon import reconstruction_metrics
+from saescale.sweep.records import check_rerun
 from saescale.sweep.spec import Member, SweepSpec, member_record
 from saescale.train.run import Log, finish_run, open_run
 from saescale.train.trainer import Callback, MetricsLog, Trainer
@@ -98,6 +103,7 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     training} after every batch (once first with the starting point); ``log`` one line per event.
     """
     log = log or (lambda line: None)
+    check_rerun(spec)
     out = spec.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.toml", spec.path.read_text())
