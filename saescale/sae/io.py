@@ -71,7 +71,8 @@ def read_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Load an SAE folder; one-line SaescaleError for a missing, corrupt or mismatched file."""
+    """Load an SAE folder; one-line SaescaleError for a missing, corrupt or mismatched file, or weights
+    that break the SAE's invariants (:func:`check_weights`)."""
     cfg, _ = read_cfg(path)
     f = Path(path) / "sae.safetensors"
     if not f.is_file():
@@ -81,12 +82,52 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Spa
     except (SafetensorError, OSError, ValueError) as e:
         raise SaescaleError(f"{f} is corrupt or truncated ({e}); restore it from a checkpoint or retrain") from None
     sae = build_sae(cfg)
-    expect = {name: tuple(getattr(sae, name).shape) for name in PARAMS}
-    got = {name: tuple(t.shape) for name, t in tensors.items()}
-    if got != expect:
-        raise SaescaleError(f"{f}: tensors {got} do not match cfg.json (expected {expect}); the files are from different SAEs")
-    for name, t in tensors.items():
-        if not torch.isfinite(t).all():
-            raise SaescaleError(f"{f}: tensor {name} contains NaN/inf; restore an earlier checkpoint")
+    check_weights(f, tensors, {name: tuple(getattr(sae, name).shape) for name in PARAMS})
     sae.load_state_dict(tensors)
     return sae.to(device)
+
+
+RESTORE = "restore it from a checkpoint or retrain"
+
+
+def check_weights(f: Path, tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
+    """One-line SaescaleError (naming file ``f``, the tensor, the problem and the fix) unless ``tensors``
+    are exactly the parameters of the SAE that cfg.json describes, each of its ``shapes``, floating point
+    and finite, with a usable decoder (:func:`check_decoder`). Extra tensors are refused: saescale writes
+    none, so they mean the file belongs to something else."""
+    extra = sorted(set(tensors) - set(shapes))
+    if extra:
+        raise SaescaleError(f"{f}: unknown tensor(s) {', '.join(extra)} (an SAE holds {', '.join(PARAMS)}); "
+                            f"the file is not this SAE's: {RESTORE}")
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise SaescaleError(f"{f}: tensor {name} is missing; {RESTORE}")
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise SaescaleError(f"{f}: tensor {name} has shape {tuple(t.shape)}, but cfg.json implies {shape}: the "
+                                "tensors do not match cfg.json (the files are from different SAEs); " + RESTORE)
+        if not t.dtype.is_floating_point:
+            raise SaescaleError(f"{f}: tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}, not a floating "
+                                f"point type (saescale saves float32); {RESTORE}")
+        if not torch.isfinite(t).all():
+            raise SaescaleError(f"{f}: tensor {name} contains NaN/inf; restore an earlier checkpoint or retrain")
+    check_decoder(f, tensors["W_dec"])
+
+
+ZERO_ROW = 1e-12
+"""A decoder row with a norm at most this is zero: :meth:`SparseAutoencoder.normalize_decoder` cannot bring it
+back to unit norm (it clamps norms to 1e-12), so its latent decodes to nothing however it fires."""
+
+
+def check_decoder(f: Path, W_dec: torch.Tensor) -> None:
+    """Refuse a decoder that is all zero or has rows of zero norm. Training keeps every row at unit norm
+    (renormalised after each step, and after EMA averaging); unit norm itself is not required, since an SAE
+    built by hand (or converted) may scale its rows, but a zero row is never a trained latent direction."""
+    norms = torch.linalg.vector_norm(W_dec.double(), dim=-1)
+    zero = (norms <= ZERO_ROW).nonzero().flatten().tolist()
+    if len(zero) == len(norms):
+        raise SaescaleError(f"{f}: tensor W_dec is all zero (every decoder row of a trained SAE has unit norm); {RESTORE}")
+    if zero:
+        rows = ", ".join(map(str, zero[:5])) + (", ..." if len(zero) > 5 else "")
+        raise SaescaleError(f"{f}: tensor W_dec has {len(zero)} of {len(norms)} rows of zero norm (rows {rows}; "
+                            f"a trained SAE's decoder rows have unit norm); {RESTORE}")
