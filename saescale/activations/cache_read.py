@@ -22,16 +22,21 @@ from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import SPLITS
 from saescale.activations.manifest import (
     META_KEYS, REBUILD, STATS, TORCH_DTYPES, open_shard, raw_dtype, read_manifest, shard_problem, sha256_file, to_torch,
+    verify_checksums,
 )
 from saescale.errors import SaescaleError
 
 
 class CacheReader:
-    """One split of the activation cache at ``path``, checked on open (sizes and headers).
+    """One split of the activation cache at ``path``, checked on open: sizes and headers, and the
+    sha256 of every shard of the split and of the statistics file, re-hashing only the files changed
+    since a reader last verified them (:func:`~saescale.activations.manifest.verify_checksums`; the
+    first open of a cache reads it all once).
 
     Attributes: ``d`` (width), ``n_tokens``, ``manifest`` (dict), ``dtype`` (storage dtype),
     ``stats`` (float64 train-split summary: mean_sq_norm, mean_norm, centered_mean_sq_norm, ...),
-    ``max_buffer_tokens`` (largest window loaded so far, for memory checks).
+    ``max_buffer_tokens`` (largest window loaded so far, for memory checks), ``hashed`` (files
+    whose sha256 this open computed).
     """
 
     def __init__(self, path: str | Path, split: str = "train", seed: int = 0, buffer_shards: int = 4):
@@ -46,6 +51,7 @@ class CacheReader:
         self.shards = self.manifest["splits"][split]["shards"]
         for entry in self.shards:
             self._check(entry, checksum=False)
+        self.hashed = verify_checksums(self.path, self._checksummed())
         self.sizes = [e["n_tokens"] for e in self.shards]
         self.offsets = [0, *accumulate(self.sizes)]  # shard i holds tokens offsets[i]:offsets[i+1]
         self.n_tokens = self.offsets[-1]
@@ -53,6 +59,13 @@ class CacheReader:
             raise SaescaleError(f"activation cache at {self.path} has no {split} tokens; rebuild it with a larger --n-tokens or --val-fraction")
         self.max_buffer_tokens = 0
         self._perm_key, self._perm = None, None  # (epoch, window) and its row permutation, for ``rows``
+
+    def _checksummed(self) -> list[tuple[str, str]]:
+        """(file, manifest sha256) of this split's shards and of the statistics file."""
+        files = [(e["file"], e["sha256"]) for e in self.shards]
+        if isinstance(self.stats, dict) and self.stats.get("sha256"):
+            files.append((STATS, self.stats["sha256"]))
+        return files
 
     def _check(self, entry: dict, checksum: bool) -> None:
         problem = shard_problem(self.path, entry, self.d, self.manifest["dtype"], checksum)

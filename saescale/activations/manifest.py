@@ -6,6 +6,8 @@ A cache folder::
     stats.safetensors              float64 per-channel ``mean`` and ``var`` (d,) of the train split
     train/shard_00000.safetensors  ...
     val/shard_00000.safetensors    ...
+    verified.json                  which files readers found matching their sha256, and at what
+                                   size, mtime and ctime (see :func:`verify_checksums`)
 
 Shard ``i`` of a split holds tokens ``[i * shard_tokens, (i + 1) * shard_tokens)`` of that
 split's token stream: ``acts`` (N, d) in the cache dtype and ``tokens``, ``doc``, ``pos``,
@@ -178,6 +180,64 @@ def shard_problem(folder: Path, entry: dict, d: int, dtype: str, checksum: bool 
     if checksum and sha256_file(path) != entry["sha256"]:
         return "fails its sha256 checksum (corrupted)"
     return None
+
+
+VERIFIED = "verified.json"
+VERIFIED_FORMAT = 1
+DAMAGED = "run 'saescale cache' with the same options to rebuild damaged shards"
+
+
+def _stamp(path: Path, sha256: str) -> dict:
+    """What must be unchanged for a file once verified to count as verified: size, mtime, ctime, and the
+    manifest's sha256 it was checked against (a rebuilt shard gets another)."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "sha256": sha256}
+
+
+def read_verified(folder: Path) -> dict[str, dict]:
+    """File (relative to the cache folder) -> its stamp when last verified; empty if none or unreadable."""
+    try:
+        record = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    files = record.get("files") if isinstance(record, dict) and record.get("format") == VERIFIED_FORMAT else None
+    return files if isinstance(files, dict) else {}
+
+
+def _write_verified(folder: Path, stamps: dict[str, dict]) -> None:
+    """Add ``stamps`` to the folder's verified.json (atomic); nothing on a folder we cannot write (read-only)."""
+    try:
+        atomic_write_json(folder / VERIFIED, {"format": VERIFIED_FORMAT, "files": {**read_verified(folder), **stamps}})
+    except (OSError, SaescaleError):  # read-only cache: every open verifies again
+        pass
+
+
+def verify_checksums(folder: Path, files: list[tuple[str, str]]) -> int:
+    """Check each (file, manifest sha256) of the cache at ``folder`` against its sha256, unless
+    verified.json records it verified at its present size, mtime and ctime; record the ones hashed now.
+    Returns how many files were hashed. A mismatch is a one-line SaescaleError naming the file.
+
+    So the first open of a cache reads every shard once and later opens only stat them. An edit that
+    keeps a file's size and restores its mtime (``touch -d``, ``os.utime``) still changes its ctime,
+    which no system call sets back, so it is hashed again; only an edit that also turns back the ctime
+    (the system clock) goes unseen here and is caught by ``saescale cache``, which hashes every file
+    whatever verified.json says. A cache folder that cannot be written (read-only) is hashed on every
+    open, without a verified.json and without an error.
+    """
+    known, fresh = read_verified(folder), {}
+    for file, sha256 in files:
+        path = folder / file
+        stamp = _stamp(path, sha256)
+        if known.get(file) == stamp:
+            continue
+        if sha256_file(path) != sha256:
+            what = "cache shard" if file != STATS else "cache statistics file"
+            raise SaescaleError(f"{what} {path} fails its sha256 checksum (its contents changed since the cache "
+                                f"was built); {DAMAGED}")
+        fresh[file] = stamp
+    if fresh:
+        _write_verified(folder, fresh)
+    return len(fresh)
 
 
 def open_shard(path: Path) -> dict[str, np.memmap]:
