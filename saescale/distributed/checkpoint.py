@@ -10,10 +10,11 @@ A distributed checkpoint folder (laid out and published by :mod:`saescale.train.
 Row-sharded tensors (the caller says which: ``sharded(name)``) are saved as DTensors split by
 rows over the mesh's latent dim and replicated over its data dim; the others as plain tensors.
 
-Loading builds the same keys, with shapes and dtypes from the checkpoint's metadata, as this
-run's layout needs them (rows [lo, hi) of each sharded tensor, the whole of the others) and DCP
-reads each rank's part whatever layout wrote it: 4 latent shards can resume 2 shards' run, and
-one process (no process group) reads whole tensors.
+Loading builds the same keys, with shapes and dtypes from the checkpoint's metadata (which the
+caller checks against its run first: :func:`saved_tensors`), as this run's layout needs them
+(rows [lo, hi) of each sharded tensor, the whole of the others) and DCP reads each rank's part
+whatever layout wrote it: 4 latent shards can resume 2 shards' run, and one process (no process
+group) reads whole tensors.
 """
 
 from __future__ import annotations
@@ -77,16 +78,33 @@ def save_dcp(folder: Path, mesh: Mesh, tensors: dict[str, Tensor], n: int, shard
         dcp.save(_as_dcp(tensors, mesh, n, sharded), checkpoint_id=str(folder))
 
 
-def load_dcp(folder: Path, mesh: Mesh, shard: LatentShard, device: str, sharded: Sharded) -> dict[str, Tensor]:
-    """This rank's tensors (rows [lo, hi) of the row-sharded ones, the others whole) from a DCP folder
-    written with any layout."""
+def _read_metadata(folder: Path) -> dict:
+    """The DCP metadata of ``folder`` (name -> storage metadata); one-line error if damaged."""
     import torch.distributed.checkpoint as dcp
 
     try:
-        saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+        return dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     except Exception as e:  # noqa: BLE001 (any damage to the metadata file)
         raise SaescaleError(f"checkpoint {folder} has damaged DCP metadata ({error_reason(e)}); "
-                            "delete it to fall back to an older one") from None
+                            f"delete it and {folder.parent / 'latest.json'} to fall back to an older one") from None
+
+
+def saved_tensors(folder: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype] | None]:
+    """What a DCP folder holds, from its metadata alone (no shard read): name -> (global shape, dtype),
+    None for an entry that is not a tensor."""
+    out: dict[str, tuple[tuple[int, ...], torch.dtype] | None] = {}
+    for key, md in _read_metadata(folder).items():
+        size, props = getattr(md, "size", None), getattr(md, "properties", None)
+        out[key] = (tuple(size), props.dtype) if size is not None and props is not None else None
+    return out
+
+
+def load_dcp(folder: Path, mesh: Mesh, shard: LatentShard, device: str, sharded: Sharded) -> dict[str, Tensor]:
+    """This rank's tensors (rows [lo, hi) of the row-sharded ones, the others whole) from a DCP folder
+    written with any layout (its metadata checked first: :func:`saved_tensors`)."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = _read_metadata(folder)
     local = {}
     for key, md in saved.items():
         shape = list(md.size)

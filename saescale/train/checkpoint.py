@@ -15,32 +15,39 @@ under any layout, one process included: a distributed one is re-sharded, a singl
 A checkpoint folder is written under a temporary name and renamed into place;
 ``latest.json`` is only pointed at complete folders, so a kill at any moment
 leaves the previous checkpoint valid.
+
+Loading checks every field of a checkpoint against the resuming run's settings before any of it is
+used (:mod:`saescale.train.checkpoint_check`): a damaged or forged one is refused in one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from saescale.atomic import atomic_save_safetensors, atomic_write_json, fsync_dir
-from saescale.configs import config_from_dict, config_to_dict
-from saescale.distributed.checkpoint import is_dist_checkpoint, load_dcp, save_dcp
+from saescale.configs import config_to_dict
+from saescale.distributed.checkpoint import is_dist_checkpoint, load_dcp, save_dcp, saved_tensors
 from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
 from saescale.sae.base import PARAMS, SHARDED, SparseAutoencoder
-from saescale.sae.config import SAEConfig, upgrade_sae_record
-from saescale.sae.io import load_sae, write_sae_files
+from saescale.sae.config import SAEConfig
+from saescale.sae.io import FORMAT as SAE_FORMAT
+from saescale.sae.io import write_sae_files
 from saescale.sae.registry import build_sae
+from saescale.train.checkpoint_check import (DIST_FORMAT, RunSettings, check_tensor_values, damaged, read_run_settings,
+                                             step_folder, validate_checkpoint, validate_dcp_checkpoint)
 
-DIST_FORMAT = "saescale-dcp-v1"
+STEP_NAME = re.compile(r"step-\d{9,}")  # a published checkpoint folder (temporaries start with '.')
 
 
 def row_sharded(key: str) -> bool:
@@ -55,7 +62,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``root/checkpoints/step-N`` and point latest.json at it; prune to ``keep``
     (collective in a distributed run: every rank calls it with its shard)."""
-    mesh, ckdir, name = sae.mesh, root / "checkpoints", f"step-{meta['step']:09d}"
+    mesh, ckdir, name = sae.mesh, root / "checkpoints", step_folder(meta["step"])
     if mesh.world == 1:
         ckdir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=ckdir, prefix=f".{name}.tmp-"))
@@ -71,11 +78,15 @@ def save_checkpoint(
     mesh.barrier("preparing a checkpoint folder")
     save_dcp(tmp, mesh, {**{k: getattr(sae, k).detach() for k in PARAMS}, **tensors}, sae.cfg.n, row_sharded)
     if mesh.rank == 0:
-        layout = {"world": mesh.world, "latent_shards": mesh.latent_shards}
-        atomic_write_json(tmp / "state.json", {**meta, "format": DIST_FORMAT, "sae": config_to_dict(sae.cfg),
-                                               "layout": layout})
+        atomic_write_json(tmp / "state.json", dcp_state_record(meta, sae.cfg, mesh.world, mesh.latent_shards))
         publish_checkpoint(tmp, ckdir, name, meta["step"], keep)
     return ckdir / name
+
+
+def dcp_state_record(meta: dict[str, Any], cfg: SAEConfig, world: int, latent_shards: int) -> dict[str, Any]:
+    """state.json of a distributed checkpoint: the trainer's ``meta``, the format, the SAE config and the layout."""
+    return {**meta, "format": DIST_FORMAT, "sae": config_to_dict(cfg),
+            "layout": {"world": world, "latent_shards": latent_shards}}
 
 
 def publish_checkpoint(tmp: Path, ckdir: Path, name: str, step: int, keep: int) -> Path:
@@ -101,50 +112,96 @@ def prune_checkpoints(ckdir: Path, keep: int, current: str) -> None:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The folder latest.json points to, or None when the run has no checkpoint yet."""
-    ptr = root / "checkpoints" / "latest.json"
+    """The folder latest.json points to (its record checked), the newest step-* folder when there is
+    no latest.json (it is written last: deleted, the folders left still hold whole checkpoints), or
+    None when the run has no checkpoint yet."""
+    ckdir = root / "checkpoints"
+    ptr = ckdir / "latest.json"
     if not ptr.is_file():
-        return None
+        done = [p for p in ckdir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)]
+        return max(done, key=lambda p: int(p.name[5:])) if done else None
+    fix = "delete it to resume from the newest step-* folder, or start a new --out"
     try:
-        folder = root / "checkpoints" / json.loads(ptr.read_text())["folder"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise SaescaleError(f"{ptr} is corrupt; delete it to resume from the newest step-* folder, or start a new --out") from None
+        rec = json.loads(ptr.read_text())
+    except (OSError, ValueError):
+        raise SaescaleError(f"{ptr} is corrupt; {fix}") from None
+    if not isinstance(rec, dict):
+        raise SaescaleError(f"{ptr} holds a JSON {type(rec).__name__}, expected an object {{folder, step}}; {fix}")
+    for key in ("folder", "step"):
+        if key not in rec:
+            raise SaescaleError(f"{ptr}: field '{key}' is missing; {fix}")
+    unknown = sorted(set(rec) - {"folder", "step"})
+    if unknown:
+        raise SaescaleError(f"{ptr}: field '{unknown[0]}' is not one saescale writes (expected only folder, "
+                            f"step); {fix}")
+    name, step = rec["folder"], rec["step"]
+    if type(step) is not int or step < 1:
+        raise SaescaleError(f"{ptr}: field 'step' is {step!r}, expected an integer >= 1; {fix}")
+    if name != step_folder(step):
+        raise SaescaleError(f"{ptr}: field 'folder' is {name!r}, expected {step_folder(step)!r} (field 'step' is "
+                            f"{step}); {fix}")
+    folder = ckdir / name
     if not folder.is_dir():
         raise SaescaleError(f"{ptr} points to missing {folder.name}; delete latest.json or start a new --out")
     return folder
 
 
-def _read_json(folder: Path) -> dict[str, Any]:
+def _clean(e: BaseException) -> str:
+    """An exception's text on one line."""
+    return " ".join(str(e).split())
+
+
+def _read_json(folder: Path, name: str) -> Any:
     try:
-        return json.loads((folder / "state.json").read_text())
+        return json.loads((folder / name).read_text())
     except (OSError, ValueError) as e:
-        raise SaescaleError(f"checkpoint {folder} is damaged ({e}); delete it to fall back to an older one") from None
+        raise damaged(folder, name, f"cannot be read ({_clean(e)})") from None
 
 
-def load_checkpoint(folder: Path, device: str = "cpu", mesh: Mesh | None = None,
+def _read_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(folder / name))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise damaged(folder, name, f"cannot be read ({_clean(e)})") from None
+
+
+def _agreed(mesh: Mesh, folder: Path, check: Callable[[], None], device: str) -> None:
+    """Run ``check`` on every rank (each on its own rows); when it fails anywhere every rank stops, the
+    failing ones with their own message, so no rank goes on to wait for the others in a collective."""
+    try:
+        check()
+        err = None
+    except SaescaleError as e:
+        err = e
+    bad = mesh.all_reduce(torch.tensor([0.0 if err is None else 1.0], device=device), "world")
+    if err is not None:
+        raise err
+    if bad.item() > 0:
+        raise damaged(folder, "DCP shards", "are damaged in rows another rank holds (see its error)")
+
+
+def load_checkpoint(folder: Path, device: str = "cpu", mesh: Mesh | None = None, run: RunSettings | None = None,
                     ) -> tuple[SparseAutoencoder, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint folder of either kind -> (this rank's SAE shard on ``mesh``, its state
-    tensors, state meta); one-line errors if damaged."""
+    tensors, state meta), every field validated before use (:mod:`saescale.train.checkpoint_check`)
+    against ``run`` (default: the settings in run.json of the run folder holding it); one-line errors
+    if damaged."""
     mesh = mesh or Mesh.single()
+    run = run or read_run_settings(folder.parent.parent)
+    meta = _read_json(folder, "state.json")
     if is_dist_checkpoint(folder):
-        meta = _read_json(folder)
-        if meta.get("format") != DIST_FORMAT:
-            raise SaescaleError(f"checkpoint {folder} is damaged (format {meta.get('format')!r}, expected "
-                                f"{DIST_FORMAT!r}); delete it to fall back to an older one")
-        cfg = config_from_dict(SAEConfig, upgrade_sae_record(meta["sae"]), what=f"{folder}/state.json", strict=True)
+        cfg = validate_dcp_checkpoint(folder, run, meta, saved_tensors(folder))
         sae = build_sae(cfg, mesh).to(device)
         tensors = load_dcp(folder, mesh, sae.shard, device, row_sharded)
+        _agreed(mesh, folder, lambda: check_tensor_values(folder, "DCP", tensors, meta, run), device)
     else:
-        whole = load_sae(folder, device)
-        try:
-            tensors = load_file(str(folder / "state.safetensors"))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise SaescaleError(f"checkpoint {folder} is damaged ({e}); delete it to fall back to an older one") from None
-        meta = _read_json(folder)
-        sae = build_sae(whole.cfg, mesh).to(whole.W_enc)  # this rank's rows of the whole SAE
+        cfg_record = _read_json(folder, "cfg.json")
+        weights, state = _read_tensors(folder, "sae.safetensors"), _read_tensors(folder, "state.safetensors")
+        cfg = validate_checkpoint(folder, run, meta, cfg_record, SAE_FORMAT, weights, state)
+        sae = build_sae(cfg, mesh).to(device)  # this rank's rows of the whole SAE
         s = sae.shard
-        tensors = {**{k: getattr(whole, k).detach() for k in PARAMS}, **tensors}
-        tensors = {k: v[s.lo : s.hi].clone() if row_sharded(k) and mesh.latent_shards > 1 else v for k, v in tensors.items()}
+        tensors = {k: v[s.lo : s.hi].clone() if row_sharded(k) and mesh.latent_shards > 1 else v
+                   for k, v in {**weights, **state}.items()}
     with torch.no_grad():
         for k in PARAMS:
             getattr(sae, k).copy_(tensors.pop(k))

@@ -36,6 +36,7 @@ from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sae.io import save_sae
 from saescale.sae.registry import build_sae
 from saescale.train.checkpoint import latest_checkpoint, load_checkpoint
+from saescale.train.checkpoint_check import read_run_settings
 from saescale.train.config import TrainConfig, upgrade_train_record
 from saescale.train.init import init_sae, resolve_sae_config, scale_encoder
 from saescale.train.trainer import Callback, Trainer
@@ -136,7 +137,7 @@ def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Pat
     record = run_record(sae_cfg, cfg, extra)
     folder = resume_folder(out, record, mesh.rank == 0) if out is not None else None
     if folder is not None:
-        sae, tensors, meta = load_checkpoint(folder, cfg.device, mesh)
+        sae, tensors, meta = load_checkpoint(folder, cfg.device, mesh, run=read_run_settings(out, sae_cfg, cfg))
         trainer = Trainer(sae, cfg, meta["loss_scale"], out)
         trainer.load_state(tensors, meta)
         where = "" if mesh.world == 1 else f" on {mesh.world} process(es), {mesh.latent_shards} latent shard(s)"

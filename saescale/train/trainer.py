@@ -275,7 +275,10 @@ class Trainer:
         return t
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Restore optimiser moments, counters, EMA and RNG saved by :meth:`state_tensors` (this shard's)."""
+        """Restore optimiser moments, counters, EMA and RNG saved by :meth:`state_tensors` (this shard's), as
+        :func:`~saescale.train.checkpoint.load_checkpoint` returns them: every key, shape, dtype and value
+        checked against this run first (an unchecked tensor can corrupt memory in fused Adam or
+        ``torch.set_rng_state``)."""
         dev = self.cfg.device
         self.state = TrainState(meta["step"], meta["tokens_seen"], tensors["since_fired"].to(dev), meta["loss_scale"])
         opt_state = {}
