@@ -10,12 +10,13 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from saescale.errors import SaescaleError
+from saescale.errors import SaescaleError, file_error
 
 DEFAULT_FILES = ("sotu.jsonl.gz", "moby_dick.jsonl.gz")
 SPLIT_SEED = 0  # seed of the train / val document split shared by the cache and the live stream
@@ -107,10 +108,19 @@ def _read_file(spec: str) -> list[Document]:
             f"corpus file '{spec}' not found: give existing .txt/.jsonl/.jsonl.gz/.parquet files, 'hf:NAME', or 'default'"
         )
     name = path.name.lower()
-    if name.endswith(".txt"):
-        return [Document(path.read_text(encoding="utf-8"), {"source": str(path)})]
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        return _read_jsonl(path)
+    try:
+        if name.endswith(".txt"):
+            return [Document(path.read_text(encoding="utf-8"), {"source": str(path)})]
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            return _read_jsonl(path)
+    except UnicodeDecodeError as e:
+        raise SaescaleError(f"corpus file {path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to "
+                            "UTF-8 (e.g. iconv -t utf-8) or drop it") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise SaescaleError(f"corpus file {path} is not a complete gzip file ({e or type(e).__name__}); "
+                            "re-download or re-compress it") from None
+    except OSError as e:
+        raise file_error(e, path, "read") from None
     if name.endswith(".parquet"):
         return _read_parquet(path)
     raise SaescaleError(f"corpus file '{spec}' has an unknown type: use .txt, .jsonl, .jsonl.gz or .parquet")

@@ -10,6 +10,10 @@ from saescale.configs import check_valid, config_to_dict, valid
 from saescale.errors import SaescaleError
 
 
+class NothingFitted(SaescaleError):
+    """No law could be fitted (one member, identical members): exit 2, nothing written."""
+
+
 @dataclass
 class FitConfig:
     """Fit the scaling laws (joint L(n, k), L(C), n_opt(C), L(N_model), lr rule) to finished sweeps, per group of comparable members (seeds averaged)."""
@@ -70,7 +74,7 @@ def run_fit(cfg: FitConfig) -> dict:
     members = load_members(cfg.paths)
     fits = fit_all(members, cfg.heldout, cfg.seed, cfg.bootstrap, cfg.target_loss)
     if not fits.fitted:
-        raise SaescaleError(nothing_fitted(fits, members))
+        raise NothingFitted(nothing_fitted(fits, members))
     print(f"loaded {len(members)} members from {len(cfg.paths)} result file(s)")
     print("\n".join(summary_lines(fits)))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

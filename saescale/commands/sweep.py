@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saescale.errors import SaescaleError
+from saescale.configs import check_valid, valid
 
 
 @dataclass
@@ -19,7 +19,7 @@ class SweepConfig:
     out: str = ""
     """Output folder; overrides the spec's [sweep] out. Rerunning with the same folder trains only unfinished members (refused, with nothing written, if the spec now asks other settings than a finished or started member was trained with)."""
 
-    threads: int = 0
+    threads: int = valid(0, "[0, 1024]")
     """Torch CPU threads; 0 = torch's default."""
 
     progress: bool = True
@@ -27,6 +27,9 @@ class SweepConfig:
 
     fit: bool = True
     """Run 'saescale fit' on the results when every member is finished."""
+
+    def __post_init__(self) -> None:
+        check_valid(self)
 
 
 def run_sweep_command(cfg: SweepConfig) -> None:
@@ -48,9 +51,9 @@ def run_sweep_command(cfg: SweepConfig) -> None:
         bar.close()
     print(f"{len(results)} members finished; results in {spec.out / 'results.jsonl'}")
     if cfg.fit and len(results) == len(spec.members):
-        from saescale.commands.fit import FitConfig, run_fit
+        from saescale.commands.fit import FitConfig, NothingFitted, run_fit
 
         try:
             run_fit(FitConfig(results=str(spec.out)))
-        except SaescaleError as e:  # too few members to fit is not a failed sweep
+        except NothingFitted as e:  # too few members to fit is not a failed sweep (a full disk is)
             print(f"fit skipped: {e}")

@@ -27,6 +27,7 @@ from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
+from saescale.train.memory import check_fits
 from saescale.train.run import TrainResult, train_sae
 
 
@@ -122,7 +123,11 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
 
             cmd = dataclasses.replace(cmd, run=dataclasses.replace(cmd.run, acts=str(built_cache(cmd.activations))))
         with rank_output(rank), stop_on_sigterm(rank, world):
+            fits = lambda d: check_fits(cmd.sae.n, d, cfg.batch_size, device, cfg.ema > 0, layout.latent_shards,  # noqa: E731
+                                        layout.data_shards)
+            fits(cmd.sae.d or (cmd.synthetic.d if cmd.run.acts == "synthetic" else None))  # before any harvest
             src, held, extra = train_sources(cmd, show=cfg.progress and rank == 0)
+            fits(src.d)
             mesh = init_mesh(layout, rank, cmd.dist, device)
             bar = ProgressBar(cfg.steps * cfg.batch_size, enabled=cfg.progress and rank == 0)
             try:

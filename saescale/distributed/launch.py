@@ -17,11 +17,33 @@ from typing import Any, Iterator
 import torch
 
 from saescale.distributed.mesh import RankLost
+from saescale.errors import SaescaleError
+
+
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch device that exists here; one line naming the fix otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SaescaleError(f"--device {device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SaescaleError(f"--device {device}: this machine has no usable CUDA device (torch "
+                                f"{torch.__version__}, cuda {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SaescaleError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices "
+                                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SaescaleError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise SaescaleError(f"--device {device}: saescale trains on 'cpu', 'cuda' or 'mps' only")
+    return dev
 
 
 def train_device(device: str, local_rank: int, world: int) -> torch.device:
-    """The device of this rank: ``cuda`` becomes cuda:LOCAL_RANK (one GPU per process); others as given."""
-    dev = torch.device(device)
+    """The device of this rank (checked to exist): ``cuda`` becomes cuda:LOCAL_RANK (one GPU per process);
+    others as given."""
+    dev = check_device(device)
     if dev.type == "cuda" and dev.index is None and world > 1:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda" and dev.index is not None:

@@ -105,7 +105,13 @@ def _as_given(record: dict[str, Any]) -> dict[str, Any]:
 
 def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
     """One-line error when ``out_dir/run.json`` records other settings than ``record`` (resumable ones aside)."""
-    old, new = _as_given(json.loads((out_dir / "run.json").read_text())), _as_given(record)
+    path = out_dir / "run.json"
+    try:
+        old = _as_given(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SaescaleError(f"{path} is damaged ({type(e).__name__}: {e}); restore it, or use another --out "
+                            "to start a new run (the checkpoints there are kept)") from None
+    new = _as_given(record)
     if old != new:
         diff = sorted(f"{sec}.{k}" for sec in new for k in set(old[sec]) | set(new[sec])
                       if old[sec].get(k) != new[sec].get(k))
@@ -123,10 +129,10 @@ def resume_folder(out: Path, record: dict[str, Any], first_writer: bool = True) 
         raise SaescaleError(f"--out {out} is not empty and holds no saescale run (no run.json); its files are not "
                             "ours to overwrite: choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    folder = latest_checkpoint(out) if (out / "run.json").exists() else None
-    if folder is not None:
-        check_same_run(out, record)
-    return folder
+    if not (out / "run.json").exists():
+        return None
+    check_same_run(out, record)  # also without a checkpoint yet: never restart another run's folder
+    return latest_checkpoint(out)
 
 
 def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Path | None,

@@ -1,0 +1,60 @@
+"""A model folder transformers cannot read, or a hub id with no network: one line, fast, no transformers
+warning first (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from saescale.activations.lm import check_hub_id, load_model
+from saescale.errors import SaescaleError
+
+
+def _copy(tiny_lm_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_lm_dir, folder)
+    return folder
+
+
+def test_unknown_model_type_is_one_line_without_a_transformers_warning(tiny_lm_dir, tmp_path, capsys):
+    folder = _copy(tiny_lm_dir, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "bogus"}))
+    with pytest.raises(SaescaleError, match="model_type 'bogus' in .*config.json is not known to transformers"):
+        load_model(str(folder))
+    out = capsys.readouterr()
+    assert out.err == "" and out.out == ""
+
+
+@pytest.mark.parametrize("damage,needle", [("[1]", "is not a JSON object"), ("{", "is not a JSON object"),
+                                           (None, "has no config.json")])
+def test_damaged_config(tiny_lm_dir, tmp_path, damage, needle):
+    folder = _copy(tiny_lm_dir, tmp_path)
+    if damage is None:
+        (folder / "config.json").unlink()
+    else:
+        (folder / "config.json").write_text(damage)
+    with pytest.raises(SaescaleError, match=needle):
+        load_model(str(folder))
+
+
+def test_damaged_weights(tiny_lm_dir, tmp_path):
+    folder = _copy(tiny_lm_dir, tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(SaescaleError, match="not found or unreadable"):
+        load_model(str(folder))
+
+
+def test_hub_id_without_network_fails_in_seconds(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # never resolves, here or in CI
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(SaescaleError, match="cannot be reached from here"):
+        check_hub_id("nobody/no-such-model")
+    assert time.perf_counter() - t0 < 10
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SaescaleError, match="HF_HUB_OFFLINE is set"):
+        load_model("nobody/no-such-model")
