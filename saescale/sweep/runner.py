@@ -117,6 +117,10 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
         shared = _Shared(spec, held_batches, extra, model, log)
         runs = [_open(m, source, out, extra, spec.settings.curve_points, log) for m in pending]
         for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
+            t = r.trainer
+            if t.state.step in r.curve_steps and not r.curve.at_resume:  # killed before its last curve point
+                r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen,
+                               "loss": heldout_nmse(t.sae, held_batches)})
             _finish(r, shared)
         _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress)
         for r in runs:
@@ -127,8 +131,9 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
 def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], points: int, log: Log) -> _Run:
     folder = out / m.id
     trainer = open_run(m.sae, m.train, source, folder, extra, log=log)
-    return _Run(m, trainer, folder, trainer.open_log(), MetricsLog(folder, trainer.state.step, "curve.jsonl"),
-                curve_steps(trainer.cfg.steps, points), {})
+    log_ = trainer.open_log()
+    return _Run(m, trainer, folder, log_, MetricsLog(folder, trainer.state.step, "curve.jsonl"),
+                curve_steps(trainer.cfg.steps, points), dict(log_.at_resume) if log_ else {})
 
 
 def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: Callback | None) -> None:

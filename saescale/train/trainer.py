@@ -214,6 +214,8 @@ class Trainer:
         last: dict[str, float] = {}
         for cb in self.callbacks:  # where this session starts (a resumed run part-way)
             cb({"step": self.state.step, "tokens": self.state.tokens_seen})
+        if log and self.state.step >= self.cfg.steps:  # killed after the last checkpoint: its logged metrics
+            last = dict(log.at_resume)
         try:
             while self.state.step < self.cfg.steps:
                 last = self.advance(next(batches), log)
@@ -318,6 +320,7 @@ class MetricsLog:
 
     def __init__(self, out_dir: Path, resume_step: int, name: str = "metrics.jsonl"):
         self.path = out_dir / name
+        self.at_resume: dict[str, float] = {}  # the line of the resume step itself, if logged
         kept = []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -328,6 +331,7 @@ class MetricsLog:
                 if rec.get("step", 0) > resume_step:
                     break
                 kept.append(line)
+                self.at_resume = rec if rec.get("step") == resume_step else {}
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, float]) -> None:
