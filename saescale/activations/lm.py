@@ -145,7 +145,13 @@ def converted_folder(gguf: Path, fingerprint: str, name: str) -> Path:
     """Folder holding the safetensors conversion of ``gguf``, converting it first if needed."""
     dest = saescale_home() / "models" / name
     if not _marker_matches(dest, fingerprint):
-        _convert_gguf(gguf, dest, fingerprint)
+        try:
+            _convert_gguf(gguf, dest, fingerprint)
+        except (OSError, SaescaleError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged or unsupported GGUF file: the user's to fix
+            raise SaescaleError(f"cannot read {gguf} as a GGUF model ({type(e).__name__}: {_first_line(e)}); "
+                                "re-download it, or give a Hugging Face model folder") from None
     return dest
 
 

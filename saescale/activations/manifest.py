@@ -98,15 +98,34 @@ def config_record(cfg: ActivationConfig) -> dict:
     return record
 
 
+MANIFEST_FIELDS = {"complete": bool, "config": dict, "corpus_fingerprint": str, "d_model": int, "dtype": str,
+                   "format": int, "hook": str, "model_fingerprint": str, "n_documents": int, "seed": int,
+                   "splits": dict, "stats": (dict, type(None)), "tokens_per_context": int}  # stats: None until complete
+SPLIT_FIELDS = {"n_contexts": int, "n_tokens": int, "shards": list}
+
+
+def check_fields(manifest: dict) -> None:
+    """ValueError naming the first field of a manifest (or of one of its splits) that is missing or of the wrong type."""
+    for fields, record, where in [(MANIFEST_FIELDS, manifest, "")] + [
+            (SPLIT_FIELDS, manifest.get("splits", {}).get(s), f"splits.{s}.") for s in SPLITS]:
+        if not isinstance(record, dict):
+            raise ValueError(f"field '{where.rstrip('.')}' is not an object")
+        for key, tp in fields.items():
+            value = record.get(key)
+            if key not in record or not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+                raise ValueError(f"field '{where}{key}' is {'missing' if key not in record else repr(value)[:40]}")
+
+
 def read_manifest(folder: Path) -> dict:
     """The parsed manifest of the cache at ``folder``; SaescaleError if missing or corrupt."""
     path = folder / MANIFEST
     if not path.is_file():
         raise SaescaleError(f"no activation cache at {folder} (missing {MANIFEST}); run `saescale cache` to build it")
     try:
-        manifest = json.loads(path.read_text())
-        if manifest["format"] != FORMAT or not all(s in manifest["splits"] for s in SPLITS):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError("unknown format")
+        check_fields(manifest)
     except (ValueError, KeyError, TypeError) as e:
         raise SaescaleError(f"{path} is corrupt ({e}); delete {folder} and run `saescale cache` to rebuild it") from None
     return manifest

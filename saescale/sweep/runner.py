@@ -31,6 +31,7 @@ import torch
 from saescale.activations.sources import activation_sources, heldout_batches
 from saescale.atomic import atomic_write_json, atomic_write_text
 from saescale.data.source import BatchSource
+from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sweep.records import check_rerun
 from saescale.sweep.spec import Member, SweepSpec, member_record
@@ -103,8 +104,11 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     training} after every batch (once first with the starting point); ``log`` one line per event.
     """
     log = log or (lambda line: None)
-    check_rerun(spec)
     out = spec.out
+    if out.is_dir() and not (out / "spec.toml").is_file() and any(out.iterdir()):
+        raise SaescaleError(f"--out {out} is not empty and holds no saescale sweep (no spec.toml); its files are not "
+                            "ours to overwrite: choose a new or empty folder")
+    check_rerun(spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.toml", spec.path.read_text())
     batch = spec.train.batch_size

@@ -323,7 +323,12 @@ class MetricsLog:
         self.at_resume: dict[str, float] = {}  # the line of the resume step itself, if logged
         kept = []
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise SaescaleError(f"{self.path} is not UTF-8 text (byte {e.start}), so it is not this run's log: "
+                                    "restore it, or use another --out to start a new run") from None
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:

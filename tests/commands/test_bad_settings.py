@@ -115,3 +115,16 @@ def test_run_json_without_checkpoint_is_still_checked(tmp_path, capsys):
     assert main(["train", *TRAIN, "--tokens", "2048", "--n", "32", "--out", str(out)]) == 2
     assert "different settings (sae.n)" in capsys.readouterr().err
     assert snapshot(out) == before and json.loads((out / "run.json").read_text()) == record
+
+
+def test_metrics_log_that_is_not_utf8(tmp_path, capsys):
+    from tests.commands.cli_helpers import interrupted_run
+
+    out = tmp_path / "run"
+    interrupted_run(out, 7)
+    (out / "metrics.jsonl").write_bytes(b"\xff\xfe{")
+    before = snapshot(out)
+    assert main(["train", *TRAIN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl is not UTF-8 text" in err and err.count("\n") == 1, err
+    assert snapshot(out) == before
