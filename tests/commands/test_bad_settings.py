@@ -4,7 +4,6 @@ run.json: each refused in one line before anything is written (issue 14)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -79,12 +78,10 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(tmp_path, capsys):
     assert 13e9 < min_train_bytes(2**20, 576, 4096) < 17.9e9  # a lower bound of the n = 2^20 benchmark's 17.9 GB peak
     assert min_train_bytes(2**20, 576, 4096, latent_shards=4) < min_train_bytes(2**20, 576, 4096) / 3.9
     check_fits(4096, 576, 4096, torch.device("cpu"))
-    t0 = time.perf_counter()
     for extra in (["--n", "1000000000000"], ["--batch-size", "1000000000000"]):
         assert main(["train", *TRAIN, *extra, "--out", str(tmp_path / "big")]) == 2
         err = capsys.readouterr().err
         assert "GiB" in err and "--n or --batch-size" in err and err.count("\n") == 1, err
-    assert time.perf_counter() - t0 < 60  # refused up front, not after a terabyte of allocation attempts
     assert not (tmp_path / "big").exists()
 
 

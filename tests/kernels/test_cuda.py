@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
-from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
 from saescale.train.trainer import Trainer
 from tests.helpers import make_sae
