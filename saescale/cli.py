@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from saescale.errors import SaescaleError, os_error_line
+from saescale.errors import SaescaleError, first_line, os_error_line
 
 
 def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
@@ -43,8 +43,7 @@ def unexpected_line(e: BaseException) -> str:
                 "memory); files saved earlier are intact")
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({e.reason} at byte {e.start}): check the files given and rerun"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return (f"internal error {type(e).__name__}: {first[:300]} - this is a bug in saescale; rerun with "
+    return (f"internal error {type(e).__name__}: {first_line(e, 300)} - this is a bug in saescale; rerun with "
             "SAESCALE_DEBUG=1 for the traceback and report it")
 
 

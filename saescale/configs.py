@@ -1,4 +1,5 @@
-"""Typed dataclass configs <-> JSON-ready dicts, with one-line errors for a damaged record.
+"""Typed dataclass configs <-> JSON-ready dicts, with one-line errors for a damaged record (and for a
+damaged JSON-lines file of them, :func:`read_jsonl`).
 
 The lowest layer: cfg.json, run.json, checkpoints and sweep specs all go through these two
 functions, and nothing here knows about the command line (:mod:`saescale.cliargs` builds the
@@ -8,10 +9,12 @@ options from the same dataclasses).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from saescale.errors import SaescaleError
@@ -144,3 +147,24 @@ def _check_type(v: Any, tp: Any, where: str) -> Any:
     if base in (int, float, str, bool) and (type(v) is not base):
         raise SaescaleError(f"{where}: expected {base.__name__}, got {type(v).__name__} {v!r}")
     return v
+
+
+def read_jsonl(path: Path, fix: str) -> list[tuple[int, Any]]:
+    """(line number, decoded JSON) of every non-blank line of ``path``; a line that is not UTF-8 or not JSON
+    (a last line cut short says so) is a one-line error naming ``path:line`` and ``fix``."""
+    lines = path.read_bytes().split(b"\n")
+    out = []
+    for i, raw in enumerate(lines, start=1):
+        where = f"{path}:{i}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SaescaleError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); {fix}") from None
+        if not text.strip():
+            continue
+        try:
+            out.append((i, json.loads(text)))
+        except json.JSONDecodeError as e:
+            cut = " (the file ends inside it: truncated)" if i == len(lines) else ""
+            raise SaescaleError(f"{where}: not valid JSON ({e.msg}){cut}; {fix}") from None
+    return out

@@ -15,6 +15,12 @@ class SaescaleError(Exception):
     """A problem with the user's input, stated in one line with the fix."""
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name if it has none), at most ``limit`` characters."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 _REMEDY = {
     errno.ENOSPC: "no space left on the device: free space there or choose a folder on another disk (--out, "
                   "--cache-dir or $SAESCALE_HOME), then rerun; files saved earlier are intact",

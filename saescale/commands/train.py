@@ -75,13 +75,13 @@ def changed(cfg: Any, prefix: str = "") -> list[str]:
 
 def check_consistent(cmd: TrainCommand) -> None:
     """Refuse options that contradict each other (naming both); warn once about a setting the run ignores."""
-    acts = cmd.run.acts
-    if acts == "synthetic" and changed(cmd.activations):
-        opt = changed(cmd.activations)[0]
+    acts, model_opts, synth_opts = cmd.run.acts, changed(cmd.activations), changed(cmd.synthetic, "synth-")
+    if acts == "synthetic" and model_opts:
+        opt = model_opts[0]
         raise SaescaleError(f"{opt} sets model activations, but --acts synthetic trains on planted synthetic data: "
                             f"drop {opt}, or use --acts cache / stream")
-    if acts != "synthetic" and changed(cmd.synthetic, "synth-"):
-        opt = changed(cmd.synthetic, "synth-")[0]
+    if acts != "synthetic" and synth_opts:
+        opt = synth_opts[0]
         raise SaescaleError(f"{opt} applies to --acts synthetic only, not --acts {acts}: drop {opt} or use --acts synthetic")
     if cmd.sae.arch != "topk" and cmd.train.multi_topk:
         raise SaescaleError(f"--multi-topk is a TopK loss and --arch {cmd.sae.arch} has no top-k: drop one of them")

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from saescale.configs import read_jsonl
 from saescale.errors import SaescaleError
 from saescale.sae.config import upgrade_sae_record
 from saescale.train.config import upgrade_train_record
@@ -291,30 +292,11 @@ def parse_member(obj: object, where: str) -> Member:
     )
 
 
-def _line_text(raw: bytes, where: str) -> str:
-    """One line of a results file as text; one-line error if it is not UTF-8."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SaescaleError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); fix or delete that line") from None
-
-
 def read_results(path: str | Path) -> list[Member]:
     """Every member of one sweep folder or ``.jsonl`` file (blank lines skipped); a line that is not
     UTF-8 or not JSON (a last line cut short says so) is a one-line error naming the file and line."""
     p = results_file(path)
-    members = []
-    lines = p.read_bytes().split(b"\n")
-    for i, raw in enumerate(lines, start=1):
-        line = _line_text(raw, f"{p}:{i}")
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            cut = " (the file ends inside it: truncated)" if i == len(lines) else ""
-            raise SaescaleError(f"{p}:{i}: not valid JSON ({e.msg}){cut}; fix or delete that line") from None
-        members.append(parse_member(obj, f"{p}:{i}"))
+    members = [parse_member(obj, f"{p}:{i}") for i, obj in read_jsonl(p, "fix or delete that line")]
     if not members:
         raise SaescaleError(f"{p} holds no results: wait until the sweep has finished some members, or check the path")
     return members

@@ -45,7 +45,7 @@ import torch
 from saescale.activations.config import ActivationConfig
 from saescale.activations.manifest import MANIFEST, config_record, read_manifest
 from saescale.activations.precision import recorded_model_dtype
-from saescale.configs import config_from_dict, config_to_dict, field_default
+from saescale.configs import config_from_dict, config_to_dict, field_default, read_jsonl
 from saescale.data.synthetic import SyntheticConfig
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig, upgrade_sae_record
@@ -73,28 +73,6 @@ class Record(NamedTuple):
     train: dict[str, Any]
     data: dict[str, Any] | None  # source provenance (source, synthetic / activations); None if not recorded
     d: int | None  # the resolved input width, if recorded
-
-
-def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, decoded JSON) of every non-blank line of ``path``; one-line errors for bytes that
-    are not UTF-8, a line that is not JSON, and a last line cut short."""
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    out = []
-    for i, line in enumerate(lines, start=1):
-        where = f"{path}:{i}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SaescaleError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); {_JSONL_FIX}") from None
-        if not text.strip():
-            continue
-        try:
-            out.append((i, json.loads(text)))
-        except json.JSONDecodeError as e:
-            cut = " (the file ends inside it: truncated)" if i == len(lines) else ""
-            raise SaescaleError(f"{where}: not valid JSON ({e.msg}){cut}; {_JSONL_FIX}") from None
-    return out
 
 
 def read_json(path: Path, fix: str) -> dict[str, Any]:
@@ -149,7 +127,7 @@ def results_lines(spec: SweepSpec) -> dict[str, Record]:
     if not path.is_file():
         return {}
     ids, lines = {m.id for m in spec.members}, {}
-    for i, obj in read_jsonl(path):
+    for i, obj in read_jsonl(path, _JSONL_FIX):
         where = f"{path}:{i}"
         mid = obj.get("id") if isinstance(obj, dict) else None
         if not isinstance(mid, str):

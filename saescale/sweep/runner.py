@@ -31,11 +31,10 @@ import torch
 from saescale.activations.sources import activation_sources, heldout_batches
 from saescale.atomic import atomic_write_json, atomic_write_text
 from saescale.data.source import BatchSource
-from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sweep.records import check_rerun
 from saescale.sweep.spec import Member, SweepSpec, member_record
-from saescale.train.run import Log, finish_run, open_run
+from saescale.train.run import Log, finish_run, open_run, refuse_foreign_folder
 from saescale.train.trainer import Callback, MetricsLog, Trainer
 
 
@@ -105,9 +104,7 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     """
     log = log or (lambda line: None)
     out = spec.out
-    if out.is_dir() and not (out / "spec.toml").is_file() and any(out.iterdir()):
-        raise SaescaleError(f"--out {out} is not empty and holds no saescale sweep (no spec.toml); its files are not "
-                            "ours to overwrite: choose a new or empty folder")
+    refuse_foreign_folder(out, "spec.toml", "sweep")
     check_rerun(spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.toml", spec.path.read_text())
@@ -121,10 +118,8 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
         shared = _Shared(spec, held_batches, extra, model, log)
         runs = [_open(m, source, out, extra, spec.settings.curve_points, log) for m in pending]
         for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
-            t = r.trainer
-            if t.state.step in r.curve_steps and not r.curve.at_resume:  # killed before its last curve point
-                r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen,
-                               "loss": heldout_nmse(t.sae, held_batches)})
+            if r.trainer.state.step in r.curve_steps and not r.curve.at_resume:  # killed before its last curve point
+                _curve_point(r, held_batches)
             _finish(r, shared)
         _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress)
         for r in runs:
@@ -155,13 +150,19 @@ def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: Cal
                 continue
             r.last = t.advance(x, r.log)
             if t.state.step in r.curve_steps:
-                r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen, "loss": heldout_nmse(t.sae, held)})
+                _curve_point(r, held)
             if t.state.step >= t.cfg.steps:
                 _finish(r, shared)
                 active.remove(r)
         report({"tokens": (i + 1) * batch, "training": len(active)})
         if not active:  # before the stream reads a batch nobody needs
             break
+
+
+def _curve_point(r: _Run, held: list[torch.Tensor]) -> None:
+    """The member's held-out nMSE now, as a line of its curve.jsonl."""
+    t = r.trainer
+    r.curve.write({"step": t.state.step, "tokens": t.state.tokens_seen, "loss": heldout_nmse(t.sae, held)})
 
 
 def _finish(r: _Run, shared: _Shared) -> None:

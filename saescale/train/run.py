@@ -120,14 +120,21 @@ def check_same_run(out_dir: Path, record: dict[str, Any]) -> None:
         )
 
 
+def refuse_foreign_folder(out: Path, marker: str, what: str) -> None:
+    """One-line error when ``out`` is a non-empty folder without ``marker``: not a saescale ``what`` folder,
+    so its files are not ours to overwrite."""
+    if out.is_dir() and not (out / marker).exists() and any(out.iterdir()):
+        raise SaescaleError(f"--out {out} is not empty and holds no saescale {what} (no {marker}); its files are not "
+                            "ours to overwrite: choose a new or empty folder")
+
+
 def resume_folder(out: Path, record: dict[str, Any], first_writer: bool = True) -> Path | None:
     """The last checkpoint of the run in ``out`` (created if missing), its settings checked against
     ``record`` (one-line error if they differ); None when the run is new. The ``first_writer`` (rank 0,
     which writes run.json) refuses a non-empty folder without one; the other ranks would see rank 0's
     files appearing."""
-    if first_writer and out.is_dir() and not (out / "run.json").exists() and any(out.iterdir()):
-        raise SaescaleError(f"--out {out} is not empty and holds no saescale run (no run.json); its files are not "
-                            "ours to overwrite: choose a new or empty folder")
+    if first_writer:
+        refuse_foreign_folder(out, "run.json", "run")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "run.json").exists():
         return None
