@@ -91,6 +91,12 @@ def check_valid(cfg: Any, option_prefix: str = "") -> None:
                 raise SaescaleError(f"{opt} must be {said}{unset}, got {v}")
 
 
+def non_default(cfg: Any) -> list[str]:
+    """The names of the fields of dataclass ``cfg`` set to something other than their default."""
+    default = type(cfg)()
+    return [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) dataclass config."""
     return dataclasses.asdict(cfg)

@@ -8,7 +8,6 @@ same model and corpus).
 
 from __future__ import annotations
 
-import dataclasses
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -17,7 +16,7 @@ import torch
 
 from saescale.activations.config import ActivationConfig
 from saescale.activations.precision import recorded_model_dtype
-from saescale.configs import config_to_dict
+from saescale.configs import config_to_dict, non_default
 from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
 from saescale.errors import SaescaleError
@@ -54,16 +53,16 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
 def check_given_options(activations: ActivationConfig, manifest: dict[str, Any], path: Path) -> None:
     """With ``--acts PATH`` the cache decides the activations: an activation option given on the command
     line (not its default) that differs from what the cache was built with is refused, naming both."""
-    default, built = ActivationConfig(), manifest.get("config", {})
-    for f in dataclasses.fields(ActivationConfig):
-        given = getattr(activations, f.name)
-        if f.name == "cache_dir" or given == getattr(default, f.name):
+    built = manifest.get("config", {})
+    for name in non_default(activations):
+        given = getattr(activations, name)
+        if name == "cache_dir":
             continue
-        recorded = [built.get(f.name)] + ([manifest.get("hook")] if f.name == "hook" else [])
-        if f.name == "model_dtype":
+        recorded = [built.get(name)] + ([manifest.get("hook")] if name == "hook" else [])
+        if name == "model_dtype":
             recorded = [recorded_model_dtype(built)]
         if given not in recorded:
-            opt = f"--{f.name.replace('_', '-')}"
+            opt = f"--{name.replace('_', '-')}"
             raise SaescaleError(f"{opt} {given} differs from the cache given by --acts {path} (built with {opt} "
                                 f"{recorded[-1]}): drop {opt}, or use --acts cache to build a cache for it")
 

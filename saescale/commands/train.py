@@ -22,7 +22,7 @@ from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
 from saescale.distributed.launch import rank_output, stop_on_sigterm, train_device
 from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, env_ranks, init_mesh
-from saescale.configs import check_valid, valid
+from saescale.configs import check_valid, non_default, valid
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.config import SAEConfig
@@ -68,9 +68,7 @@ class TrainCommand:
 
 def changed(cfg: Any, prefix: str = "") -> list[str]:
     """The options of dataclass ``cfg`` set to something other than their default (``--<prefix><name>``)."""
-    default = type(cfg)()
-    return [f"--{prefix}{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg)
-            if getattr(cfg, f.name) != getattr(default, f.name)]
+    return [f"--{prefix}{name.replace('_', '-')}" for name in non_default(cfg)]
 
 
 def check_consistent(cmd: TrainCommand) -> None:

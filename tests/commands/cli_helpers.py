@@ -15,6 +15,16 @@ TRAIN = ["--acts", "synthetic", "--synth-d", "16", "--synth-features", "64", "--
          "--keep-checkpoints", "2", "--eval-tokens", "1024", "--no-progress"]
 
 
+def sweep_spec(grid: str = "n = [32, 64]", curve_points: int = 2, checkpoint_every: int | None = None) -> str:
+    """A tiny synthetic sweep spec (d 16, 64 planted features, 4096 tokens per member); ``grid`` is the
+    body of its [grid] table (with k in the grid, [sae] leaves k out)."""
+    sae_k = "" if "k =" in grid else "k = 4\n"
+    every = "" if checkpoint_every is None else f"checkpoint_every = {checkpoint_every}\n"
+    return (f"[sweep]\nsource = \"synthetic\"\ncurve_points = {curve_points}\n[grid]\n{grid}\n[sae]\n{sae_k}"
+            f"normalize = \"none\"\n[train]\ntokens = 4096\nbatch_size = 512\n{every}[synthetic]\nd = 16\n"
+            "features = 64\nk = 4\n")
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (but a test's disk filler)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

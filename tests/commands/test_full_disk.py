@@ -21,29 +21,13 @@ import pytest
 
 import saescale.atomic as atomic
 from saescale.cli import main
-from tests.commands.cli_helpers import TRAIN, interrupted_run, snapshot
+from tests.commands.cli_helpers import TRAIN, interrupted_run, snapshot, sweep_spec
 from tests.eval.eval_helpers import save_for_model
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPEC = """[sweep]
-source = "synthetic"
-curve_points = 2
-[grid]
-n = [32, 64, 128]
-k = [2, 4]
-[sae]
-normalize = "none"
-[train]
-tokens = 4096
-batch_size = 512
-checkpoint_every = 4
-[synthetic]
-d = 16
-features = 64
-k = 4
-"""
+SPEC = sweep_spec(grid='n = [32, 64, 128]\nk = [2, 4]', checkpoint_every=4)
 
 
 def _can_mount() -> bool:

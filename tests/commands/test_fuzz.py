@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from saescale.cli import _commands, main
 from saescale.cliargs import _leaf_fields
 from saescale.configs import _bounds, in_range, unwrap_optional
-from tests.commands.cli_helpers import TRAIN, interrupted_run, snapshot
+from tests.commands.cli_helpers import TRAIN, interrupted_run, snapshot, sweep_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,22 +45,7 @@ def fuzz(n: int) -> settings:
     """``n`` generated cases, reproducible (derandomized), no deadline."""
     return settings(BASE, max_examples=n)
 CACHE = ["--n-tokens", "3000", "--shard-tokens", "1024", "--context-len", "32", "--val-fraction", "0.2"]
-SPEC = """[sweep]
-source = "synthetic"
-curve_points = 2
-[grid]
-n = [32, 64]
-[sae]
-k = 4
-normalize = "none"
-[train]
-tokens = 4096
-batch_size = 512
-[synthetic]
-d = 16
-features = 64
-k = 4
-"""
+SPEC = sweep_spec()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from saescale.cli import main
-from tests.commands.cli_helpers import TRAIN
+from tests.commands.cli_helpers import TRAIN, sweep_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,23 +30,7 @@ def test_train_killed_after_its_last_checkpoint(tmp_path, capsys):
     assert json.loads((out / "eval.json").read_text()) == report
 
 
-SPEC = """[sweep]
-source = "synthetic"
-curve_points = 3
-[grid]
-n = [32, 64]
-[sae]
-k = 4
-normalize = "none"
-[train]
-tokens = 4096
-batch_size = 512
-checkpoint_every = 4
-[synthetic]
-d = 16
-features = 64
-k = 4
-"""
+SPEC = sweep_spec(curve_points=3, checkpoint_every=4)
 
 
 def test_sweep_member_killed_after_its_last_checkpoint(tmp_path, capsys, monkeypatch):
