@@ -26,7 +26,7 @@ from torch import Tensor
 
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.base import SparseAutoencoder, SparseCode, fires
-from saescale.sae.relu import dense_to_code
+from saescale.sae.base import dense_to_code
 
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 CALIBRATION_TOKENS = 2048  # tokens of the sample that sets the thresholds

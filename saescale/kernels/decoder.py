@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from saescale.kernels.csr import codes_csr, latent_major_dots, rowwise_dots, sparse_matmul
+from saescale.kernels.csr import codes_csr, latent_major, latent_major_dots, rowwise_dots, sparse_matmul
 from saescale.threads import one_thread
 
 
@@ -81,3 +81,56 @@ def sparse_decode(W_dec: Tensor, codes: list[SparseCode]) -> list[Tensor]:
     """Decode each code without bias: [sum_j v[b, j] W_dec[i[b, j]]] -> list of (B, d)."""
     flat = [t for c in codes for t in (c.values, c.indices)]
     return list(SparseDecode.apply(W_dec, *flat))
+
+
+class PrefixDecode(torch.autograd.Function):
+    """Partial decodes by latent group (Matryoshka): (W_dec, bounds, v_1, i_1, ...) -> (G, B, d) with
+
+        out[g, b] = sum_(s, j: lo_g <= i_s[b, j] < hi_g) v_s[b, j] W_dec[i_s[b, j]],   [lo_g, hi_g) the g-th group
+
+    of latents cut at ``bounds`` (m_1 < ... < m_G = n). Forward: one ``embedding_bag`` over the entries
+    sorted into (group, token) bags. Backward, with G_gb the upstream gradient of bag (g, b), stacked
+    (G B, d): dW_dec = S @ G_stack, S the CSR (n, G B) of the values at columns g B + b, and
+    dv = W_dec[i] . G_stack[bag] on the same pattern (as :class:`SparseDecode`, one sparse matmul for
+    all groups: the G nested reconstructions cost one decode, not G)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, W_dec: Tensor, bounds: Tensor, *flat: Tensor) -> Tensor:
+        values, indices = flat[0::2], flat[1::2]
+        B, G = indices[0].shape[0], bounds.numel()
+        with one_thread():
+            lat = torch.cat([i.reshape(-1) for i in indices])
+            val = torch.cat([v.reshape(-1) for v in values])
+            rows = torch.cat([torch.arange(B, device=lat.device).repeat_interleave(i.shape[1]) for i in indices])
+            bags = torch.searchsorted(bounds, lat, right=True) * B + rows  # (E,) in [0, G B)
+            order = torch.sort(bags, stable=True).indices
+            offsets = torch.zeros(G * B, dtype=torch.long, device=lat.device)
+            torch.cumsum(torch.bincount(bags, minlength=G * B)[:-1], 0, out=offsets[1:])
+        out = F.embedding_bag(lat[order], W_dec, offsets, per_sample_weights=val[order], mode="sum")
+        ctx.save_for_backward(W_dec, lat, val, bags)
+        ctx.shapes = [i.shape for i in indices]
+        ctx.set_materialize_grads(False)
+        return out.view(G, B, -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor | None) -> tuple[Tensor | None, ...]:
+        W_dec, lat, val, bags = ctx.saved_tensors
+        none = (None,) * (2 * len(ctx.shapes))
+        if grad is None:
+            return (None, None, *none)
+        G_stack = grad.reshape(-1, grad.shape[-1])  # (G B, d)
+        with one_thread():
+            lm = latent_major(lat, bags, val, W_dec.shape[0], G_stack.shape[0])
+        dW = sparse_matmul(lm.S, G_stack) if ctx.needs_input_grad[0] else None
+        dv = latent_major_dots(lm, W_dec, G_stack).split([s.numel() for s in ctx.shapes])
+        out: list[Tensor | None] = [dW, None]
+        for s, d in zip(ctx.shapes, dv):
+            out += [d.view(s), None]
+        return tuple(out)
+
+
+def prefix_decode(W_dec: Tensor, codes: list[SparseCode], bounds: Tensor) -> Tensor:
+    """Decode the codes (same B tokens) into partial sums by latent group, (G, B, d); see :class:`PrefixDecode`."""
+    flat = [t for c in codes for t in (c.values, c.indices)]
+    return PrefixDecode.apply(W_dec, bounds, *flat)

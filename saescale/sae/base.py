@@ -39,7 +39,7 @@ PARAMS = ("W_enc", "b_enc", "W_dec", "b_pre")
 SHARDED = ("W_enc", "b_enc", "W_dec")  # split by latent (rows) over a mesh's latent group; b_pre is replicated
 
 __all__ = ["PARAMS", "SHARDED", "LossContext", "SparseAutoencoder", "SparseCode", "StepOutput", "decode_sparse",
-           "fires"]
+           "dense_to_code", "fires"]
 
 
 def fires(values: Tensor) -> Tensor:
@@ -51,6 +51,13 @@ def fires(values: Tensor) -> Tensor:
     tokens (``TrainConfig.dead_tokens``); eval reports separately the fraction that never fired on
     its M held-out tokens."""
     return values > 0
+
+
+def dense_to_code(z: Tensor) -> SparseCode:
+    """Dense non-negative z (B, n) -> SparseCode padded to the row with most non-zeros (B, m)."""
+    m = max(int((z > 0).sum(-1).max()), 1) if z.numel() else 1
+    values, indices = z.topk(m, dim=-1)
+    return SparseCode(values, indices)
 
 
 def decode_sparse(code: SparseCode, W_dec: Tensor, b_pre: Tensor) -> Tensor:
@@ -67,6 +74,10 @@ class SparseAutoencoder(nn.Module):
     """
 
     arch: str = ""
+    extra_params: tuple[str, ...] = ()
+    """Trained parameters besides :data:`PARAMS`, each one value per latent (n,), e.g. Gated's r_mag."""
+    buffers: tuple[str, ...] = ()
+    """Saved tensors that are not trained by gradient (n,), e.g. BatchTopK's inference threshold."""
 
     def __init__(self, cfg: SAEConfig, mesh: Mesh | None = None):
         super().__init__()
@@ -79,6 +90,34 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.zeros(n, d))
         self.b_pre = nn.Parameter(torch.zeros(d))
+        for name in self.extra_params:
+            self.register_parameter(name, nn.Parameter(torch.zeros(n)))
+        for name in self.buffers:
+            self.register_buffer(name, torch.zeros(n))
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """The parameters the optimiser trains: :data:`PARAMS` and the architecture's own."""
+        return PARAMS + cls.extra_params
+
+    @classmethod
+    def stored_names(cls) -> tuple[str, ...]:
+        """Every tensor of the SAE that sae.safetensors and checkpoints hold."""
+        return PARAMS + cls.extra_params + cls.buffers
+
+    @classmethod
+    def stored_shapes(cls, n: int, d: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each stored tensor of a whole SAE of n latents on width d."""
+        return {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,),
+                **{name: (n,) for name in cls.extra_params + cls.buffers}}
+
+    @torch.no_grad()
+    def init_extra(self, x_n: Tensor) -> None:
+        """Initialise the architecture's own tensors from a normalised sample x_n (N, d); zeros by default."""
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called by the trainer after each optimiser step (BatchTopK updates its threshold here)."""
 
     # ---- normalisation -------------------------------------------------
     def normalize(self, x: Tensor) -> tuple[Tensor, NormStats]:
@@ -162,8 +201,9 @@ class LossContext(NamedTuple):
     aux_coef: float  # alpha of the AuxK loss (paper: 1/32)
     loss_scale: float  # 1 / E||x_n - E x_n||^2 from a data sample (fixed, not per batch)
     multi_topk: bool  # add L(4k)/8 (Multi-TopK)
-    l1_coef: float  # lambda for the ReLU + L1 baseline
+    l1_coef: float  # lambda of the L1 penalty (relu, gated, prolu)
     batch: int | None = None  # B, the global batch over the data-parallel ranks; None: this batch
+    l0_coef: float = 0.0  # lambda of JumpReLU's L0 penalty
 
 
 class StepOutput(NamedTuple):

@@ -9,6 +9,9 @@ from saescale.configs import check_valid, valid
 from saescale.errors import SaescaleError
 
 Normalization = Literal["layernorm", "std", "mean_sq", "none"]
+ARCHS = ("topk", "relu", "gated", "prolu", "jumprelu", "batchtopk", "matryoshka")
+"""The registered architectures (saescale.sae.registry checks that each has its module)."""
+TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")  # the architectures that use k
 
 
 @dataclass
@@ -16,13 +19,13 @@ class SAEConfig:
     """The SAE's architecture and input normalisation."""
 
     arch: str = "topk"
-    """Architecture name from the registry: 'topk' (the paper's TopK SAE) or 'relu' (ReLU + L1 baseline)."""
+    """Architecture: 'topk' (the paper's TopK SAE), 'relu' (ReLU + L1 baseline), 'gated' (Gated SAE), 'prolu' (ProLU + L1), 'jumprelu' (JumpReLU + L0, the Gemma Scope format), 'batchtopk' (top B*k over the batch; saved with a JumpReLU threshold), 'matryoshka' (BatchTopK code, nested prefix losses). docs/architectures.md has each one's maths and defaults."""
 
     n: int = valid(4096, ">= 1")
     """Number of latents."""
 
     k: int = valid(32, ">= 1")
-    """Active latents per token for TopK (ignored by 'relu')."""
+    """Active latents per token: exactly k for 'topk', k on average over each batch for 'batchtopk' and 'matryoshka' (unused by the others)."""
 
     d: int | None = valid(None, ">= 1")
     """Input width; unset (None) = taken from the data."""
@@ -33,20 +36,62 @@ class SAEConfig:
     norm_scale: float | None = valid(None, "> 0")
     """Scalar s of 'mean_sq' normalisation (x_n = s x); unset (None) = estimated at init from a data sample so that E||x_n||^2 = d. Only for --normalize mean_sq."""
 
+    prefixes: tuple[int, ...] | None = valid(None, ">= 1")
+    """'matryoshka' only: the nested prefix sizes m_1 < ... < m_G = n whose reconstructions are each trained (the loss sums ||x - x̂_{<=m_g}||^2 over g); n is added when missing. Unset (None) = n/16, n/8, n/4, n/2, n."""
+
+    bandwidth: float | None = valid(None, "> 0")
+    """'jumprelu' only: the bandwidth epsilon of the straight-through estimators (rectangle kernel) of the threshold's gradient, in the normalised space. Unset (None) = 0.001 times the data's RMS spread per coordinate, sqrt(E||x_n - E x_n||^2 / d), measured at init (the paper's 0.001 on inputs with E||x||^2 = d)."""
+
+    prolu_grad: Literal["ste", "relu"] = "ste"
+    """'prolu' only: the synthetic gradient of the encoder bias: 'ste' (ProLU-STE: straight-through the gate, d z / d b = m on active latents) or 'relu' (ProLU-ReLU: the gradient ReLU(m + b) would give, d z / d b = 1 on active latents)."""
+
+    threshold_lr: float = valid(0.01, "(0, 1]")
+    """'batchtopk' and 'matryoshka' only: rate of the running average theta <- (1 - r) theta + r min(kept activation) per training batch; theta is the saved JumpReLU threshold used at inference."""
+
     def __post_init__(self) -> None:
         check_valid(self)
-        if self.arch == "topk" and not self.k <= self.n:
+        if self.arch not in ARCHS:
+            raise SaescaleError(f"unknown SAE architecture {self.arch!r} (--arch); choose one of {', '.join(ARCHS)}")
+        if self.arch in TOPK_ARCHS and not self.k <= self.n:
             raise SaescaleError(f"--k must be in [1, n={self.n}], got {self.k}")
+        for name, archs in (("prefixes", ("matryoshka",)), ("bandwidth", ("jumprelu",)),
+                            ("prolu_grad", ("prolu",)), ("threshold_lr", ("batchtopk", "matryoshka"))):
+            if self.arch not in archs and getattr(self, name) != SAEConfig.__dataclass_fields__[name].default:
+                opt = "--" + name.replace("_", "-")
+                raise SaescaleError(f"{opt} applies to --arch {' / '.join(archs)} only, not {self.arch!r}; drop it")
+        if self.arch == "matryoshka":
+            self.prefixes = matryoshka_prefixes(self.n, self.prefixes)
         if self.norm_scale is not None and self.normalize != "mean_sq":
             raise SaescaleError(f"--norm-scale applies to --normalize mean_sq only, not {self.normalize!r}; drop it")
 
 
+def matryoshka_prefixes(n: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The prefix sizes, checked: strictly increasing, at most n, ending at n (added when missing)."""
+    if given is None:
+        sizes = sorted({max(1, n // 2**i) for i in range(5)})
+        return tuple(sizes)
+    sizes = tuple(int(m) for m in given)
+    if not sizes:
+        raise SaescaleError("--prefixes is empty; give sizes like 512 2048 8192, or leave it unset for n/16 ... n")
+    big = [m for m in sizes if m > n]
+    if big:
+        raise SaescaleError(f"--prefixes {big[0]} is larger than n = {n} (a prefix is latents 0..m-1): "
+                            f"give sizes up to {n}, or raise --n")
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise SaescaleError(f"--prefixes {' '.join(map(str, sizes))} must be strictly increasing")
+    return sizes if sizes[-1] == n else sizes + (n,)
+
+
 def upgrade_sae_record(record: dict) -> dict:
     """An SAEConfig record written before unset settings were None (cfg.json, run.json, checkpoints):
-    d = 0 meant 'from the data'; norm_scale was 1.0 (unused) for every normalisation but mean_sq."""
+    d = 0 meant 'from the data'; norm_scale was 1.0 (unused) for every normalisation but mean_sq. One
+    written before the architectures' own settings existed gets their defaults (no architecture then used them)."""
     out = dict(record)
     if out.get("d") == 0:
         out["d"] = None
     if out.get("normalize") != "mean_sq" and out.get("norm_scale") == 1.0:
         out["norm_scale"] = None
+    if out.get("arch") in ("topk", "relu"):
+        for name in ("prefixes", "bandwidth", "prolu_grad", "threshold_lr"):
+            out.setdefault(name, SAEConfig.__dataclass_fields__[name].default)
     return out

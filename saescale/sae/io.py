@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from saescale.atomic import atomic_save_safetensors, atomic_write_json, fsync_dir
 from saescale.configs import config_from_dict, config_to_dict
 from saescale.errors import SaescaleError
-from saescale.sae.base import PARAMS, SparseAutoencoder
+from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sae.registry import build_sae
 
@@ -31,7 +31,7 @@ FORMAT = "saescale-sae-v1"
 def write_sae_files(sae: SparseAutoencoder, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """Write cfg.json + sae.safetensors into an existing folder (each file atomic)."""
     cfg = {"format": FORMAT, **config_to_dict(sae.cfg), "extra": extra or {}}
-    tensors = {name: getattr(sae, name).detach().float() for name in PARAMS}
+    tensors = {name: getattr(sae, name).detach().float() for name in sae.stored_names()}
     atomic_save_safetensors(tensors, folder / "sae.safetensors", metadata={"format": FORMAT})
     atomic_write_json(folder / "cfg.json", cfg)
 
@@ -82,7 +82,7 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Spa
     except (SafetensorError, OSError, ValueError) as e:
         raise SaescaleError(f"{f} is corrupt or truncated ({e}); restore it from a checkpoint or retrain") from None
     sae = build_sae(cfg)
-    check_weights(f, tensors, {name: tuple(getattr(sae, name).shape) for name in PARAMS})
+    check_weights(f, tensors, {name: tuple(getattr(sae, name).shape) for name in sae.stored_names()})
     sae.load_state_dict(tensors)
     return sae.to(device)
 
@@ -97,7 +97,7 @@ def check_weights(f: Path, tensors: dict[str, torch.Tensor], shapes: dict[str, t
     none, so they mean the file belongs to something else."""
     extra = sorted(set(tensors) - set(shapes))
     if extra:
-        raise SaescaleError(f"{f}: unknown tensor(s) {', '.join(extra)} (an SAE holds {', '.join(PARAMS)}); "
+        raise SaescaleError(f"{f}: unknown tensor(s) {', '.join(extra)} (this SAE holds {', '.join(shapes)}); "
                             f"the file is not this SAE's: {RESTORE}")
     for name, shape in shapes.items():
         if name not in tensors:

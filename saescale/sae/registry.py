@@ -7,7 +7,7 @@ from typing import Callable
 from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
-from saescale.sae.config import SAEConfig
+from saescale.sae.config import ARCHS, SAEConfig
 
 REGISTRY: dict[str, type[SparseAutoencoder]] = {}
 
@@ -21,12 +21,30 @@ def register(name: str) -> Callable[[type[SparseAutoencoder]], type[SparseAutoen
     return wrap
 
 
+def load_all() -> dict[str, type[SparseAutoencoder]]:
+    """Import every architecture's module (each registers itself); the registry, checked against
+    :data:`saescale.sae.config.ARCHS` (the names the config accepts)."""
+    import saescale.sae.batchtopk  # noqa: F401  (registers)
+    import saescale.sae.gated  # noqa: F401
+    import saescale.sae.jumprelu  # noqa: F401
+    import saescale.sae.matryoshka  # noqa: F401
+    import saescale.sae.prolu  # noqa: F401
+    import saescale.sae.relu  # noqa: F401
+    import saescale.sae.topk  # noqa: F401
+
+    assert set(REGISTRY) == set(ARCHS), (sorted(REGISTRY), ARCHS)
+    return REGISTRY
+
+
+def arch_class(name: str) -> type[SparseAutoencoder]:
+    """The class registered as ``name``; one line naming the registered ones otherwise."""
+    load_all()
+    if name not in REGISTRY:
+        raise SaescaleError(f"unknown SAE architecture {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
 def build_sae(cfg: SAEConfig, mesh: Mesh | None = None) -> SparseAutoencoder:
     """Instantiate the architecture named by ``cfg.arch`` on ``mesh`` (this rank's rows; default one
     process), weights zero: see saescale.train.init."""
-    import saescale.sae.relu  # noqa: F401  (registers)
-    import saescale.sae.topk  # noqa: F401
-
-    if cfg.arch not in REGISTRY:
-        raise SaescaleError(f"unknown SAE architecture {cfg.arch!r}; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[cfg.arch](cfg, mesh)
+    return arch_class(cfg.arch)(cfg, mesh)

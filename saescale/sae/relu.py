@@ -13,15 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saescale import losses
-from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
+from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput, dense_to_code
 from saescale.sae.registry import register
-
-
-def dense_to_code(z: Tensor) -> SparseCode:
-    """Dense non-negative z (B, n) -> SparseCode padded to the row with most non-zeros (B, m)."""
-    m = max(int((z > 0).sum(-1).max()), 1) if z.numel() else 1
-    values, indices = z.topk(m, dim=-1)
-    return SparseCode(values, indices)
 
 
 @register("relu")

@@ -39,7 +39,7 @@ from saescale.configs import config_to_dict
 from saescale.distributed.checkpoint import is_dist_checkpoint, load_dcp, save_dcp, saved_tensors
 from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
-from saescale.sae.base import PARAMS, SHARDED, SparseAutoencoder
+from saescale.sae.base import SHARDED, SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.io import FORMAT as SAE_FORMAT
 from saescale.sae.io import write_sae_files
@@ -76,7 +76,8 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     mesh.barrier("preparing a checkpoint folder")
-    save_dcp(tmp, mesh, {**{k: getattr(sae, k).detach() for k in PARAMS}, **tensors}, sae.cfg.n, row_sharded)
+    save_dcp(tmp, mesh, {**{k: getattr(sae, k).detach() for k in sae.stored_names()}, **tensors}, sae.cfg.n,
+             row_sharded)
     if mesh.rank == 0:
         atomic_write_json(tmp / "state.json", dcp_state_record(meta, sae.cfg, mesh.world, mesh.latent_shards))
         publish_checkpoint(tmp, ckdir, name, meta["step"], keep)
@@ -203,6 +204,6 @@ def load_checkpoint(folder: Path, device: str = "cpu", mesh: Mesh | None = None,
         tensors = {k: v[s.lo : s.hi].clone() if row_sharded(k) and mesh.latent_shards > 1 else v
                    for k, v in {**weights, **state}.items()}
     with torch.no_grad():
-        for k in PARAMS:
+        for k in sae.stored_names():
             getattr(sae, k).copy_(tensors.pop(k))
     return sae, tensors, meta

@@ -66,7 +66,10 @@ class TrainConfig:
     """Train with the Multi-TopK loss L(k) + L(4k)/8 (progressive code)."""
 
     l1_coef: float = valid(0.01, ">= 0")
-    """L1 weight lambda for the 'relu' architecture."""
+    """L1 weight lambda of the sparsity penalty of 'relu', 'gated' (on the gate) and 'prolu'."""
+
+    l0_coef: float = valid(0.001, ">= 0")
+    """L0 weight lambda of 'jumprelu' (loss = nMSE-scaled error + lambda * mean number of active latents)."""
 
     seed: int = valid(0, ">= 0")
     """Seed of the initialisation and data order."""

@@ -50,14 +50,20 @@ def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-7) -> Ten
 
 
 def resolve_sae_config(cfg: SAEConfig, sample: Tensor) -> SAEConfig:
-    """Fill the data-dependent fields (d; norm_scale for 'mean_sq' unless given) from a raw sample (N, d)."""
+    """Fill the data-dependent fields from a raw sample (N, d): d; norm_scale for 'mean_sq' unless given;
+    JumpReLU's bandwidth unless given, 0.001 sqrt(E||x_n - E x_n||^2 / d) (the paper's 0.001 on data with
+    E||x||^2 = d, scaled to this normalisation)."""
     d = sample.shape[-1]
     if cfg.d is not None and cfg.d != d:
         raise SaescaleError(f"--d {cfg.d} does not match the data width {d}; drop --d")
     scale = cfg.norm_scale
     if cfg.normalize == "mean_sq" and scale is None:
         scale = estimate_norm_scale(sample)
-    return dataclasses.replace(cfg, d=d, norm_scale=scale)
+    bandwidth = cfg.bandwidth
+    if cfg.arch == "jumprelu" and bandwidth is None:
+        x_n, _ = normalize(sample.float(), cfg.normalize, scale)
+        bandwidth = float(f"{0.001 * (1.0 / (loss_scale(x_n) * d)) ** 0.5:.4g}")
+    return dataclasses.replace(cfg, d=d, norm_scale=scale, bandwidth=bandwidth)
 
 
 def loss_scale(x_n: Tensor) -> float:
@@ -109,6 +115,7 @@ def init_sae(sae: SparseAutoencoder, sample: Tensor, generator: torch.Generator,
     sae.W_enc.copy_(W if tied else unit_rows(sae, generator))
     sae.b_enc.zero_()
     sae.b_pre.copy_(geometric_median(x_n[:32_768]))
+    sae.init_extra(x_n)
     return loss_scale(x_n)
 
 

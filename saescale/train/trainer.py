@@ -31,7 +31,7 @@ import torch
 from saescale import losses
 from saescale.errors import SaescaleError
 from saescale.kernels import workspace
-from saescale.sae.base import PARAMS, SHARDED, LossContext, SparseAutoencoder, fires
+from saescale.sae.base import SHARDED, LossContext, SparseAutoencoder, fires
 from saescale.sae.registry import build_sae
 from saescale.threads import one_thread
 from saescale.train.checkpoint import save_checkpoint
@@ -77,7 +77,8 @@ class Trainer:
             self._hook = sae.W_dec.register_post_accumulate_grad_hook(self._step_decoder_early)
 
     def _params(self) -> dict[str, torch.nn.Parameter]:
-        return {name: getattr(self.sae, name) for name in PARAMS}
+        """The trained parameters: PARAMS and the architecture's own (SparseAutoencoder.param_names)."""
+        return {name: getattr(self.sae, name) for name in self.sae.param_names()}
 
     @property
     def dead(self) -> torch.Tensor:
@@ -91,7 +92,7 @@ class Trainer:
         with workspace.using(self.workspace):
             x_n, _ = sae.normalize(x.to(cfg.device, non_blocking=True))
             ctx = LossContext(self.dead, cfg.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef,
-                              batch)
+                              batch, cfg.l0_coef)
             out = sae.loss_terms(x_n, ctx)
             totals = self._batch_totals(out.loss, out.aux_loss, out.x_hat, x_n)
             if not torch.isfinite(totals[0]):  # the same verdict on every rank
@@ -99,6 +100,7 @@ class Trainer:
                     f"training diverged at step {self.state.step} (loss {totals[0].item()}); lower --lr or check the data"
                 )
             lr = self.optimise(out.loss)
+            sae.after_step()
         fired = self._update_dead(out.code.values, out.code.indices, batch)
         l0 = mesh.all_reduce(fires(out.code.values).sum().double(), "world").item() / batch
         return {"loss": totals[0].item(), "nmse": self._nmse(totals, batch), "l0": l0, "aux_loss": totals[1].item(),
@@ -284,7 +286,7 @@ class Trainer:
         dev = self.cfg.device
         self.state = TrainState(meta["step"], meta["tokens_seen"], tensors["since_fired"].to(dev), meta["loss_scale"])
         opt_state = {}
-        for i, name in enumerate(PARAMS):
+        for i, name in enumerate(self._params()):
             s = {k.split(".")[-1]: v.to(dev) for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
             if s:
                 s["step"] = s["step"].reshape(())
@@ -293,7 +295,7 @@ class Trainer:
         self.opt.load_state_dict({"state": opt_state, "param_groups": sd["param_groups"]})
         if self.ema is not None:
             self.ema.t = meta["ema_t"]
-            self.ema.avg = {k: tensors[f"ema.{k}"].to(dev) for k in PARAMS}
+            self.ema.avg = {k: tensors[f"ema.{k}"].to(dev) for k in self._params()}
         torch.set_rng_state(tensors["rng.torch"])
         self.dead_total = int(self.mesh.all_reduce(self.dead.sum(), "latent"))
 
@@ -309,6 +311,7 @@ class Trainer:
         if self.mesh.rank != 0:
             return None
         sae = build_sae(self.sae.cfg).to(self.sae.W_enc)
+        whole.update({k: getattr(self.sae, k).detach() for k in self.sae.buffers})  # not averaged
         sae.load_state_dict(whole)
         if self.ema is not None:
             sae.normalize_decoder()

@@ -7,7 +7,8 @@ from saescale.kernels import workspace
 from saescale.kernels.csr import latent_major, sparse_matmul
 from saescale.sae.base import LossContext
 from saescale.train.config import TrainConfig
-from saescale.train.trainer import PARAMS, Trainer
+from saescale.sae.base import PARAMS
+from saescale.train.trainer import Trainer
 from tests.helpers import make_sae
 
 

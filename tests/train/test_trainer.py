@@ -5,7 +5,8 @@ import torch
 
 from saescale.sae.base import LossContext
 from saescale.train.config import TrainConfig
-from saescale.train.trainer import PARAMS, Trainer
+from saescale.sae.base import PARAMS
+from saescale.train.trainer import Trainer
 from tests.helpers import make_sae
 
 
