@@ -1,6 +1,12 @@
 """Training-step throughput against the encoder-matmul bound, in one process.
 
-Usage: python benchmarks/train_step.py [--n 16384] [--k 32] [--d 576] [--batch 4096] [--steps 5] [--threads 2]
+Usage: python benchmarks/train_step.py [--arch topk] [--n 16384] [--k 32] [--d 576] [--batch 4096] [--steps 5] [--threads 2]
+
+With ``--arch NAME`` other than topk: that architecture's ``Trainer.step`` and the TopK step at the same
+shape, timed alternately in this process, and their ratio as the last line (issue 16's targets: batchtopk
+and matryoshka <= 1.3, jumprelu and gated <= 2). The L1/L0 architectures are timed at a trained-like
+sparsity: their biases (gated, prolu) or thresholds (jumprelu) are set from a batch so that about k
+latents per token are active, as after training (at init most latents are active, and the dense path runs).
 
 Measures, on random inputs of width d, for B = --batch tokens and n latents:
   * the encoder matmul x (B, d) @ W_enc^T (d, n) + b_enc: GFLOP/s and its bound B / time;
@@ -79,12 +85,23 @@ def random_unit_rows(n: int, d: int, g: torch.Generator, device: str = "cpu") ->
     return W.div_(torch.linalg.vector_norm(W, dim=1, keepdim=True))
 
 
-def build_trainer(args: argparse.Namespace, g: torch.Generator) -> Trainer:
-    """A TopK SAE with tied init (W_enc = W_dec, b_enc = 0, b_pre = 0) and the default trainer settings."""
-    sae = build_sae(SAEConfig(arch="topk", n=args.n, k=args.k, d=args.d, normalize="layernorm"))
+def build_trainer(args: argparse.Namespace, g: torch.Generator, arch: str = "topk",
+                  x: torch.Tensor | None = None) -> Trainer:
+    """An SAE with tied init (W_enc = W_dec, b_enc = 0, b_pre = 0) and the default trainer settings; for
+    gated, prolu and jumprelu, biases or thresholds set on ``x`` so that about k latents per token fire."""
+    extra = {"bandwidth": 1e-4} if arch == "jumprelu" else {}
+    sae = build_sae(SAEConfig(arch=arch, n=args.n, k=args.k, d=args.d, normalize="layernorm", **extra))
     with torch.no_grad():
         sae.W_dec.copy_(random_unit_rows(args.n, args.d, g))
         sae.W_enc.copy_(sae.W_dec)
+        if arch in ("gated", "prolu", "jumprelu"):
+            x_n = torch.nn.functional.layer_norm(x[:1024].cpu(), (args.d,))
+            pre = torch.nn.functional.linear(x_n, sae.W_enc)  # (1024, n)
+            cut = pre.quantile(1 - args.k / args.n, dim=0) if args.n <= 65536 else pre.sort(0).values[-1 - 1024 * args.k // args.n]
+            if arch == "jumprelu":
+                sae.log_threshold.copy_(cut.clamp_min(1e-6).log())
+            else:
+                sae.b_enc.copy_(-cut)
     cfg = TrainConfig(batch_size=args.batch, tokens=args.batch * 1000, progress=False, multi_topk=args.multi_topk,
                       device=args.device)
     return Trainer(sae, cfg, loss_scale=1.0)
@@ -116,6 +133,7 @@ def naive_step_fn(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="topk", help="architecture to time (others: against the TopK step)")
     p.add_argument("--n", type=int, default=16384)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--d", type=int, default=576)
@@ -134,6 +152,9 @@ def main() -> None:
     print(f"B={B} d={args.d} n={args.n} k={args.k} multi_topk={args.multi_topk} threads={args.threads} "
           f"torch {torch.__version__} {torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()}")
 
+    if args.arch != "topk":
+        compare_arch(args, g, x)
+        return
     trainer = build_trainer(args, g)
     matmul = encoder_matmul(x, trainer.sae.W_enc.detach(), trainer.sae.b_enc.detach())
     blocked = args.batch * args.n * 4 > DENSE_LIMIT_BYTES  # long blocked matmul: one call, no warm-up
@@ -168,6 +189,21 @@ def main() -> None:
         rss = f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 1e9:.1f} GB, " + rss
     ratio = f"ratio to encoder-matmul bound: {(B / step) / bound:.2f}"
     print(*((rss, ratio) if naive_fits else (ratio, rss)), sep="\n")
+
+
+def compare_arch(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor) -> None:
+    """Time ``args.arch``'s step and the TopK step alternately (the machine is shared); print their ratio."""
+    ours = build_trainer(args, g, args.arch, x)
+    topk = build_trainer(args, g, "topk")
+    t_arch, t_topk, metrics = [], [], {}
+    for _ in range(args.steps):
+        t_arch += timed(lambda: metrics.update(ours.step(x)), 1, args.device)
+        t_topk += timed(lambda: topk.step(x), 1, args.device)
+    l0 = metrics["l0"]
+    a, b = min(t_arch[1:] or t_arch), min(t_topk[1:] or t_topk)
+    print(f"{args.arch} step: best {a * 1e3:.0f} ms (median {statistics.median(t_arch) * 1e3:.0f}), L0 {l0:.1f}")
+    print(f"topk step: best {b * 1e3:.0f} ms (median {statistics.median(t_topk) * 1e3:.0f})")
+    print(f"step time ratio {args.arch}/topk: {a / b:.2f}")
 
 
 if __name__ == "__main__":

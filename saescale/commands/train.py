@@ -25,7 +25,7 @@ from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, env_
 from saescale.configs import check_valid, non_default, valid
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
-from saescale.sae.config import SAEConfig
+from saescale.sae.config import L1_ARCHS, TOPK_ARCHS, SAEConfig
 from saescale.train.config import TrainConfig
 from saescale.train.memory import check_fits
 from saescale.train.run import TrainResult, train_sae
@@ -81,12 +81,17 @@ def check_consistent(cmd: TrainCommand) -> None:
     if acts != "synthetic" and synth_opts:
         opt = synth_opts[0]
         raise SaescaleError(f"{opt} applies to --acts synthetic only, not --acts {acts}: drop {opt} or use --acts synthetic")
-    if cmd.sae.arch != "topk" and cmd.train.multi_topk:
-        raise SaescaleError(f"--multi-topk is a TopK loss and --arch {cmd.sae.arch} has no top-k: drop one of them")
-    if cmd.sae.arch != "topk" and cmd.sae.k != SAEConfig().k:
-        print(f"warning: --k {cmd.sae.k} is unused by --arch {cmd.sae.arch} (it has no top-k)", file=sys.stderr)
-    if cmd.sae.arch == "topk" and cmd.train.l1_coef != TrainConfig().l1_coef:
-        print("warning: --l1-coef is unused by --arch topk (only 'relu' has an L1 penalty)", file=sys.stderr)
+    arch, train_default = cmd.sae.arch, TrainConfig()
+    if arch != "topk" and cmd.train.multi_topk:
+        raise SaescaleError(f"--multi-topk is the TopK SAE's loss and --arch {arch} does not train with it: "
+                            "drop one of them")
+    if arch not in TOPK_ARCHS and cmd.sae.k != SAEConfig().k:
+        print(f"warning: --k {cmd.sae.k} is unused by --arch {arch} (it has no top-k)", file=sys.stderr)
+    for name, archs in (("l1_coef", L1_ARCHS), ("l0_coef", ("jumprelu",)), ("k_aux", TOPK_ARCHS),
+                        ("aux_coef", TOPK_ARCHS)):
+        if arch not in archs and getattr(cmd.train, name) != getattr(train_default, name):
+            print(f"warning: --{name.replace('_', '-')} is unused by --arch {arch} (only {', '.join(archs)})",
+                  file=sys.stderr)
 
 
 def train_sources(cmd: TrainCommand, show: bool = False) -> tuple[BatchSource, BatchSource, dict[str, Any]]:

@@ -11,7 +11,8 @@ from saescale.errors import SaescaleError
 Normalization = Literal["layernorm", "std", "mean_sq", "none"]
 ARCHS = ("topk", "relu", "gated", "prolu", "jumprelu", "batchtopk", "matryoshka")
 """The registered architectures (saescale.sae.registry checks that each has its module)."""
-TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")  # the architectures that use k
+TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")  # the architectures that use k (and AuxK)
+L1_ARCHS = ("relu", "gated", "prolu")  # the architectures with an L1 penalty (TrainConfig.l1_coef)
 
 
 @dataclass
