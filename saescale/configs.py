@@ -98,8 +98,17 @@ def non_default(cfg: Any) -> list[str]:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) dataclass config."""
-    return dataclasses.asdict(cfg)
+    """A JSON-ready dict of a (nested) dataclass config: tuples as lists, as JSON reads them back (so a
+    record compares equal to the same record read from a file)."""
+    return _lists(dataclasses.asdict(cfg))
+
+
+def _lists(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _lists(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_lists(x) for x in v]
+    return v
 
 
 def config_from_dict(cls: type, data: dict[str, Any], what: str = "config", strict: bool = False) -> Any:

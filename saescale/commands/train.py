@@ -87,7 +87,7 @@ def check_consistent(cmd: TrainCommand) -> None:
                             "drop one of them")
     if arch not in TOPK_ARCHS and cmd.sae.k != SAEConfig().k:
         print(f"warning: --k {cmd.sae.k} is unused by --arch {arch} (it has no top-k)", file=sys.stderr)
-    for name, archs in (("l1_coef", L1_ARCHS), ("l0_coef", ("jumprelu",)), ("k_aux", TOPK_ARCHS),
+    for name, archs in (("l1_coef", L1_ARCHS), ("l0_coef", ("jumprelu",)), ("threshold_lr_mult", ("jumprelu",)), ("k_aux", TOPK_ARCHS),
                         ("aux_coef", TOPK_ARCHS)):
         if arch not in archs and getattr(cmd.train, name) != getattr(train_default, name):
             print(f"warning: --{name.replace('_', '-')} is unused by --arch {arch} (only {', '.join(archs)})",

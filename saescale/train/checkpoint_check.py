@@ -185,7 +185,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _json_type_ok(v: Any, tp: Any) -> bool:
-    """Whether JSON value ``v`` is of config field type ``tp`` (int, float, str, a Literal, or optional)."""
+    """Whether JSON value ``v`` is of config field type ``tp`` (int, float, str, a Literal, a tuple or list of
+    one of those, or optional)."""
     base, optional = unwrap_optional(tp)
     if v is None:
         return optional
@@ -193,6 +194,9 @@ def _json_type_ok(v: Any, tp: Any) -> bool:
         return v in get_args(base)
     if base is float:
         return type(v) in (int, float)
+    if get_origin(base) in (tuple, list):  # tuple[int, ...] / list[int]: a JSON list of those
+        item = get_args(base)[0]
+        return type(v) is list and all(_json_type_ok(x, item) for x in v)
     return type(v) is base
 
 

@@ -71,6 +71,9 @@ class TrainConfig:
     l0_coef: float = valid(0.001, ">= 0")
     """L0 weight lambda of 'jumprelu' (loss = nMSE-scaled error + lambda * mean number of active latents)."""
 
+    threshold_lr_mult: float = valid(1.0, "> 0")
+    """'jumprelu' only: the learning rate of log θ is this times the learning rate (1 = the paper, which trains for 100k+ steps; Adam moves log θ by about lr per step, so a short run's thresholds barely move unless this is larger: docs/architectures.md)."""
+
     seed: int = valid(0, ">= 0")
     """Seed of the initialisation and data order."""
 

@@ -10,13 +10,20 @@ from torch import nn
 from saescale.train.config import TrainConfig
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam(beta1, beta2, eps) fused over all parameters where supported (cfg resolved: lr set)."""
+def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam(beta1, beta2, eps) fused over all parameters where supported (cfg resolved: lr set). ``params``
+    may be parameter groups; a group's ``lr_mult`` scales the scheduled learning rate (see :func:`set_lr`)."""
     kw = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     try:
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, foreach=True, **kw)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_mult`` (1 by default)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -36,7 +36,7 @@ from saescale.sae.registry import build_sae
 from saescale.threads import one_thread
 from saescale.train.checkpoint import save_checkpoint
 from saescale.train.config import TrainConfig
-from saescale.train.optim import EMA, lr_at, make_optimizer
+from saescale.train.optim import EMA, lr_at, make_optimizer, set_lr
 
 Callback = Callable[[dict[str, float]], None]
 
@@ -64,7 +64,7 @@ class Trainer:
     def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, loss_scale: float, out_dir: Path | None = None):
         self.sae, self.mesh, self.out_dir = sae.to(cfg.device), sae.mesh, out_dir
         self.cfg = cfg.resolved(sae.cfg.n, sae.cfg.d)
-        self.opt = make_optimizer(list(self._params().values()), self.cfg)
+        self.opt = make_optimizer(self._param_groups(), self.cfg)
         self.ema = EMA(self._params(), cfg.ema) if cfg.ema > 0 else None
         self.state = TrainState(0, 0, torch.zeros(sae.shard.size, dtype=torch.long, device=cfg.device), loss_scale)
         self.dead_total = 0  # dead latents over all shards
@@ -79,6 +79,15 @@ class Trainer:
     def _params(self) -> dict[str, torch.nn.Parameter]:
         """The trained parameters: PARAMS and the architecture's own (SparseAutoencoder.param_names)."""
         return {name: getattr(self.sae, name) for name in self.sae.param_names()}
+
+    def _param_groups(self) -> list[dict]:
+        """The optimiser's groups, in :meth:`_params` order: JumpReLU's log θ on its own, at
+        ``threshold_lr_mult`` times the learning rate, the rest at the learning rate."""
+        params = self._params()
+        mult = self.cfg.threshold_lr_mult
+        slow = [p for name, p in params.items() if name != "log_threshold"]
+        own = [p for name, p in params.items() if name == "log_threshold"]
+        return [{"params": slow}] + ([{"params": own, "lr_mult": mult}] if own else [])
 
     @property
     def dead(self) -> torch.Tensor:
@@ -125,8 +134,7 @@ class Trainer:
         Adam, renormalisation, EMA. Returns the learning rate used."""
         cfg, sae = self.cfg, self.sae
         lr = lr_at(self.state.step, cfg)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        set_lr(self.opt, lr)
         self.drop_grads()
         self._in_backward = True
         try:

@@ -562,14 +562,7 @@ def configs(arch: str) -> tuple[SAEConfig, TrainConfig]:
     return sae, train
 
 
-MATRYOSHKA_RESUME = (
-    "bug: a Matryoshka run cannot be resumed or rerun: run.json and the checkpoint's cfg.json hold prefixes as a "
-    "JSON list, compared with the config's tuple (train.run.check_same_run: 'holds a run with different settings "
-    "(sae.prefixes)'; train.checkpoint_check.check_sae_record: \"cfg.json field 'prefixes' is [...], expected tuple\")")
-xfail_matryoshka = pytest.mark.xfail(strict=True, raises=SaescaleError, reason=MATRYOSHKA_RESUME)
-
-
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=xfail_matryoshka) if a == "matryoshka" else a for a in NEW])
+@pytest.mark.parametrize("arch", NEW)
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(arch, tmp_path):
     sae_cfg, cfg = configs(arch)
     ref = train_sae(sae_cfg, cfg, SyntheticSource(SYN), tmp_path / "ref")
@@ -587,9 +580,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(arch, tmp_path):
         assert getattr(ref.sae, name).detach().abs().sum() > 0, name
 
 
-@xfail_matryoshka
 def test_a_matryoshka_checkpoint_passes_its_own_validation(tmp_path):
-    """The second half of the bug above, apart from run.json: the checkpoint a killed run left is refused."""
+    """Its prefixes, a tuple, are a JSON list in run.json and cfg.json: the checkpoint a killed run left is
+    accepted (it was refused: a list is not a tuple), as is the rerun (run.json's list compared with a tuple)."""
     sae_cfg, cfg = configs("matryoshka")
     with pytest.raises(Interrupted):
         train_sae(sae_cfg, cfg, StopAfter(KILL), tmp_path / "run")
