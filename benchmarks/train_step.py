@@ -95,7 +95,7 @@ def build_trainer(args: argparse.Namespace, g: torch.Generator, arch: str = "top
         sae.W_dec.copy_(random_unit_rows(args.n, args.d, g))
         sae.W_enc.copy_(sae.W_dec)
         if arch in ("gated", "prolu", "jumprelu"):
-            x_n = torch.nn.functional.layer_norm(x[:1024].cpu(), (args.d,))
+            x_n, _ = sae.normalize(x[:1024].cpu())  # the SAE's own input normalisation
             pre = torch.nn.functional.linear(x_n, sae.W_enc)  # (1024, n)
             cut = pre.quantile(1 - args.k / args.n, dim=0) if args.n <= 65536 else pre.sort(0).values[-1 - 1024 * args.k // args.n]
             if arch == "jumprelu":

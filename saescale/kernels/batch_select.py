@@ -4,7 +4,7 @@ BatchTopK keeps the T = B k largest entries of pre = (x_n - b_pre) W_enc^T + b_e
 whole batch, flattened; a token may keep more or fewer than k. Exact selection from per-row
 candidates:
 
-    cand_b  = top-m of row b (the chunked kernel, m = CANDIDATES k to start)
+    cand_b  = top-m of row b (the chunked kernel, m = 1.5 k to start: CANDIDATES)
     t       = the T-th largest value of all candidates                 (t <= the true T-th largest t*)
     row b is *saturated* when its m-th candidate >= t and m < n: it may hold more of the top set
     saturated rows get top-2m (same kernel, those rows only); repeat until none is saturated
@@ -13,22 +13,24 @@ At the end every row's candidates hold all its entries >= t and t is the T-th la
 so t = t* and {entries >= t} is the batch's top-T (ties at t are all kept). Each row's kept entries
 are a prefix of its candidates (sorted descending), so the code is trimmed to the widest row.
 
-The first pass is :class:`~saescale.kernels.encoder.FusedTopKEncode` (differentiable values, sparse
-backward, and AuxK's top-k_aux among dead latents from the same chunks); the extra candidates of
-saturated rows are recomputed differentiably by :func:`~saescale.kernels.encoder.gathered_encode`.
+The passes are :func:`~saescale.kernels.select.select_topk` (the first also AuxK's top-k_aux among dead
+latents, from the same chunks); the kept entries of all passes and AuxK's, trimmed to the widest row,
+get their gradient through one :func:`~saescale.kernels.encoder.gathered_encode` with the values the
+selection computed (no second matmul; one sparse backward over the kept pairs only).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from saescale.kernels.encoder import fused_topk_encode, gathered_encode
+from saescale.kernels.encoder import gathered_encode
 from saescale.kernels.select import DEFAULT_CHUNK, select_topk
 
-CANDIDATES = 2  # first-pass candidates per row, in units of k
+CANDIDATES = 1.5  # first-pass candidates per row, in units of k (more: a slower selection; fewer: more rows widened)
 
 
 class BatchSelection(NamedTuple):
@@ -56,18 +58,17 @@ def batch_topk_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, 
                       k_aux: int = 0, chunk: int = DEFAULT_CHUNK) -> BatchSelection:
     """The B k largest pre-activations of the batch x_n (B, d); see the module docstring."""
     B, n = x_n.shape[0], W_enc.shape[0]
-    total, m = B * k, min(n, CANDIDATES * k)
-    sel = fused_topk_encode(x_n, b_pre, W_enc, b_enc, m, dead, k_aux, chunk)
-    first = sel.values.detach()
-    extra_v, extra_i = first.new_empty(B, 0), sel.indices.new_empty(B, 0)
+    total, m = B * k, min(n, math.ceil(CANDIDATES * k))
     with torch.no_grad():
-        pool = first
-        t = kth_largest(pool, total)
+        x_c = (x_n - b_pre).detach()
+        sel = select_topk(x_c, W_enc.detach(), b_enc.detach(), m, dead, k_aux, chunk)
+        first = sel.values
+        extra_v, extra_i = first.new_empty(B, 0), sel.indices.new_empty(B, 0)
+        t = kth_largest(first, total)
         rows = (first[:, -1] >= t).nonzero()[:, 0] if m < n else first.new_empty(0, dtype=torch.long)
-        width, x_c = m, None
+        width = m
         while rows.numel():  # widen the saturated rows, then look again
             width = min(n, 2 * width)
-            x_c = (x_n - b_pre).detach() if x_c is None else x_c
             more = select_topk(x_c[rows], W_enc.detach(), b_enc.detach(), width, chunk=chunk)
             idx = torch.arange(width - m, device=first.device).repeat(B, 1)  # pads: distinct latents
             val = first.new_full((B, width - m), float("-inf"))
@@ -76,14 +77,12 @@ def batch_topk_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, 
             extra_i, extra_v = idx, val
             t = kth_largest(torch.cat([first, val], 1), total)
             rows = (val[:, -1] >= t).nonzero()[:, 0] if width < n else rows.new_empty(0)
-    keep = first >= t
-    w = max(int(keep.sum(1).max()), 1)
-    e_keep = extra_v >= t
-    e = int(e_keep.sum(1).max()) if extra_v.shape[1] else 0
-    extra_i, e_keep = extra_i[:, :e], e_keep[:, :e]
-    if e:  # the saturated rows' further entries, differentiable
-        extra_v, _ = gathered_encode(x_n, b_pre, W_enc, b_enc, extra_i)
-    else:
-        extra_v = first.new_empty(B, 0)
-    return BatchSelection(sel.values[:, :w], sel.indices[:, :w], keep[:, :w], extra_v, extra_i, e_keep, t,
-                          sel.aux_values, sel.aux_indices)
+        keep, e_keep = first >= t, extra_v >= t
+        w = max(int(keep.sum(1).max()), 1)
+        e = int(e_keep.sum(1).max()) if extra_v.shape[1] else 0
+        indices = torch.cat([sel.indices[:, :w], extra_i[:, :e]], 1)  # (B, w + e), one set for one backward
+        values = torch.cat([first[:, :w], extra_v[:, :e]], 1)
+    # the selection's own values, made differentiable with one sparse backward for the code and AuxK
+    v, aux_v = gathered_encode(x_n, b_pre, W_enc, b_enc, indices, sel.aux_indices, known=(values, sel.aux_values))
+    return BatchSelection(v[:, :w], indices[:, :w], keep[:, :w], v[:, w:], indices[:, w:], e_keep[:, :e], t,
+                          aux_v, sel.aux_indices)

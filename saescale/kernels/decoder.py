@@ -84,7 +84,7 @@ def sparse_decode(W_dec: Tensor, codes: list[SparseCode]) -> list[Tensor]:
 
 
 class PrefixDecode(torch.autograd.Function):
-    """Partial decodes by latent group (Matryoshka): (W_dec, bounds, v_1, i_1, ...) -> (G, B, d) with
+    """Partial decodes by latent group (Matryoshka): (W_dec, bounds, v_1, i_1, ...) -> G outputs (B, d), with
 
         out[g, b] = sum_(s, j: lo_g <= i_s[b, j] < hi_g) v_s[b, j] W_dec[i_s[b, j]],   [lo_g, hi_g) the g-th group
 
@@ -95,7 +95,7 @@ class PrefixDecode(torch.autograd.Function):
     all groups: the G nested reconstructions cost one decode, not G)."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, W_dec: Tensor, bounds: Tensor, *flat: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, W_dec: Tensor, bounds: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
         values, indices = flat[0::2], flat[1::2]
         B, G = indices[0].shape[0], bounds.numel()
         with one_thread():
@@ -110,16 +110,17 @@ class PrefixDecode(torch.autograd.Function):
         ctx.save_for_backward(W_dec, lat, val, bags)
         ctx.shapes = [i.shape for i in indices]
         ctx.set_materialize_grads(False)
-        return out.view(G, B, -1)
+        return tuple(out.view(G, B, -1).unbind(0))  # one output per group: no (G, B, d) gradient to zero-fill
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: FunctionCtx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         W_dec, lat, val, bags = ctx.saved_tensors
         none = (None,) * (2 * len(ctx.shapes))
-        if grad is None:
+        live = [g for g in grads if g is not None]
+        if not live:
             return (None, None, *none)
-        G_stack = grad.reshape(-1, grad.shape[-1])  # (G B, d)
+        G_stack = torch.cat([g if g is not None else torch.zeros_like(live[0]) for g in grads])  # (G B, d)
         with one_thread():
             lm = latent_major(lat, bags, val, W_dec.shape[0], G_stack.shape[0])
         dW = sparse_matmul(lm.S, G_stack) if ctx.needs_input_grad[0] else None
@@ -130,7 +131,7 @@ class PrefixDecode(torch.autograd.Function):
         return tuple(out)
 
 
-def prefix_decode(W_dec: Tensor, codes: list[SparseCode], bounds: Tensor) -> Tensor:
-    """Decode the codes (same B tokens) into partial sums by latent group, (G, B, d); see :class:`PrefixDecode`."""
+def prefix_decode(W_dec: Tensor, codes: list[SparseCode], bounds: Tensor) -> list[Tensor]:
+    """Decode the codes (same B tokens) into partial sums by latent group: G tensors (B, d); see :class:`PrefixDecode`."""
     flat = [t for c in codes for t in (c.values, c.indices)]
-    return PrefixDecode.apply(W_dec, bounds, *flat)
+    return list(PrefixDecode.apply(W_dec, bounds, *flat))

@@ -83,15 +83,20 @@ def selected_backward(x_c: Tensor, W_enc: Tensor, pairs: list[tuple[Tensor | Non
 class GatheredEncode(torch.autograd.Function):
     """(x_n, b_pre, W_enc, b_enc) -> pre[b, indices[b, j]] (B, m) and pre[b, aux[b, j]] (B, m_aux), with
     pre = (x_n - b_pre) W_enc^T + b_enc, for latents chosen elsewhere (a threshold, a batch-wide top-k),
-    and the same sparse backward as :class:`FusedTopKEncode`. ``pre`` (B, n) given (a dense encoder's
-    own, no autograd): gathers; else the dot products per row (``sampled_addmm``: no (B, n) matrix)."""
+    and the same sparse backward as :class:`FusedTopKEncode`. The forward values come from, in order:
+    ``known`` (the pair of value tensors a selection already computed: returned as they are), ``pre``
+    (B, n) (a dense encoder's own, no autograd: gathered), or the dot products per row (``sampled_addmm``:
+    no (B, n) matrix)."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, indices: Tensor,
-                aux: Tensor, pre: Tensor | None) -> tuple[Tensor, Tensor]:
+                aux: Tensor, pre: Tensor | None, known: Tensor | None, known_aux: Tensor | None
+                ) -> tuple[Tensor, Tensor]:
         x_c = x_n - b_pre
         with torch.no_grad():
-            if pre is not None:
+            if known is not None:
+                out = known.clone(), known_aux.clone()
+            elif pre is not None:
                 out = pre.gather(1, indices), pre.gather(1, aux)
             else:
                 out = tuple(rowwise_dots(x_c, W_enc, i) + b_enc[i] for i in (indices, aux))
@@ -103,15 +108,18 @@ class GatheredEncode(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, g: Tensor | None, g_aux: Tensor | None):
         x_c, W_enc, idx, aux = ctx.saved_tensors
-        return (*selected_backward(x_c, W_enc, [(g, idx), (g_aux, aux)], ctx.needs_input_grad[:4]), None, None, None)
+        return (*selected_backward(x_c, W_enc, [(g, idx), (g_aux, aux)], ctx.needs_input_grad[:4]),
+                None, None, None, None, None)
 
 
 def gathered_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, indices: Tensor,
-                    aux: Tensor | None = None, pre: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    aux: Tensor | None = None, pre: Tensor | None = None,
+                    known: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Differentiable pre-activations at ``indices`` (B, m) and ``aux`` (B, m_aux; none: (B, 0)); see
-    :class:`GatheredEncode`."""
+    :class:`GatheredEncode` (``known``: the values at indices and aux, already computed)."""
     aux = indices.new_zeros(indices.shape[0], 0) if aux is None else aux
-    return GatheredEncode.apply(x_n, b_pre, W_enc, b_enc, indices, aux, pre)
+    k_main, k_aux = known if known is not None else (None, None)
+    return GatheredEncode.apply(x_n, b_pre, W_enc, b_enc, indices, aux, pre, k_main, k_aux)
 
 
 def fused_topk_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, m: int,

@@ -43,6 +43,8 @@ def batch_topk_dense(pre: Tensor, k: int) -> Tensor:
 
 def cat_codes(codes: list[SparseCode]) -> SparseCode:
     """One code (B, sum widths) from several over the same tokens (disjoint latents per token)."""
+    if len(codes) == 1:
+        return codes[0]
     return SparseCode(torch.cat([c.values for c in codes], 1), torch.cat([c.indices for c in codes], 1))
 
 
@@ -100,10 +102,10 @@ class BatchTopKSAE(SparseAutoencoder):
         return [dense_code_with_grad(z)], aux
 
     def _note_min_kept(self, parts: list[SparseCode]) -> None:
-        with torch.no_grad():
-            v = torch.cat([p.values.detach().reshape(-1) for p in parts])
-            pos = v[v > 0]
-            self._min_kept = pos.min().item() if pos.numel() else None
+        with torch.no_grad():  # the smallest positive value of the parts, without concatenating them
+            lows = [torch.where(p.values > 0, p.values, float("inf")).amin() for p in parts if p.values.numel()]
+            low = min(v.item() for v in lows) if lows else float("inf")
+            self._min_kept = low if low < float("inf") else None
 
     def reconstruction_loss(self, x_n: Tensor, parts: list[SparseCode], ctx: LossContext, batch: int
                             ) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ own latents only:
 so the first latents must reconstruct well alone: they learn general features, the later ones the
 refinements (less feature absorption). The G reconstructions share one code: the sparse decoder
 cuts each token's entries by group and decodes all groups at once
-(:func:`saescale.kernels.decoder.prefix_decode`, partial sums p_g (G, B, d), x̂_{<=m_g} = b_pre +
+(:func:`saescale.kernels.decoder.prefix_decode`, partial sums p_g, G of (B, d), x̂_{<=m_g} = b_pre +
 p_1 + ... + p_g), with one sparse backward for every group. Reference: dense z, one matmul per prefix.
 """
 
@@ -27,11 +27,15 @@ from saescale.sae.batchtopk import BatchTopKSAE
 from saescale.sae.registry import register
 
 
-def prefix_losses(partials: Tensor, x_n: Tensor, b_pre: Tensor, scale: float, batch: int) -> tuple[Tensor, Tensor]:
-    """(sum_g scaled error of b_pre + p_1 + ... + p_g, the full reconstruction) for partials (G, B, d)."""
-    nested = partials.cumsum(0) + b_pre  # (G, B, d)
-    loss = sum(losses.scaled_mse(nested[g], x_n, scale, batch) for g in range(nested.shape[0]))
-    return loss, nested[-1]
+def prefix_losses(partials: list[Tensor], x_n: Tensor, b_pre: Tensor, scale: float, batch: int) -> tuple[Tensor, Tensor]:
+    """(sum_g scaled error of b_pre + p_1 + ... + p_g, the full reconstruction) for G partials (B, d).
+    A running sum, not ``cumsum`` over G (which copies (G, B, d) both ways: ~100 ms at B = 4096, G = 5)."""
+    x_hat = partials[0] + b_pre
+    loss = losses.scaled_mse(x_hat, x_n, scale, batch)
+    for g in range(1, len(partials)):
+        x_hat = x_hat + partials[g]
+        loss = loss + losses.scaled_mse(x_hat, x_n, scale, batch)
+    return loss, x_hat
 
 
 @register("matryoshka")
@@ -46,5 +50,5 @@ class MatryoshkaSAE(BatchTopKSAE):
         else:  # the reference: z dense (B, n), one matmul per group
             z = sum(p.to_dense(self.cfg.n) for p in parts)
             lo = [0, *self.cfg.prefixes[:-1]]
-            partials = torch.stack([z[:, a:b] @ self.W_dec[a:b] for a, b in zip(lo, self.cfg.prefixes)])
+            partials = [z[:, a:b] @ self.W_dec[a:b] for a, b in zip(lo, self.cfg.prefixes)]
         return prefix_losses(partials, x_n, self.b_pre, ctx.loss_scale, batch)
