@@ -28,7 +28,7 @@ def test_every_option_has_help_text(command):
 def test_help_shows_field_docstrings():
     r = cli("train", "--help")
     assert r.returncode == 0
-    assert "Active latents per token for TopK" in " ".join(r.stdout.split())
+    assert "Active latents per token: exactly k for 'topk'" in " ".join(r.stdout.split())
     assert field_docs(SAEConfig)["k"].startswith("Active latents per token")
     top = cli("--help")
     assert "train" in top.stdout and "cache" in top.stdout
