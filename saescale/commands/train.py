@@ -71,6 +71,9 @@ def changed(cfg: Any, prefix: str = "") -> list[str]:
     return [f"--{prefix}{name.replace('_', '-')}" for name in non_default(cfg)]
 
 
+SHORT_JUMPRELU_STEPS = 20_000  # below this, JumpReLU's thresholds barely move at the paper's learning rate
+
+
 def check_consistent(cmd: TrainCommand) -> None:
     """Refuse options that contradict each other (naming both); warn once about a setting the run ignores."""
     acts, model_opts, synth_opts = cmd.run.acts, changed(cmd.activations), changed(cmd.synthetic, "synth-")
@@ -87,6 +90,10 @@ def check_consistent(cmd: TrainCommand) -> None:
                             "drop one of them")
     if arch not in TOPK_ARCHS and cmd.sae.k != SAEConfig().k:
         print(f"warning: --k {cmd.sae.k} is unused by --arch {arch} (it has no top-k)", file=sys.stderr)
+    if arch == "jumprelu" and cmd.train.threshold_lr_mult == 1.0 and cmd.train.steps < SHORT_JUMPRELU_STEPS:
+        print(f"warning: --arch jumprelu for {cmd.train.steps:,} steps: Adam moves log θ by about the learning rate "
+              "per step, so the thresholds will barely leave their start (a ReLU-like SAE); the paper trains "
+              "100k+ steps. Pass --threshold-lr-mult 100 for a short run (docs/architectures.md)", file=sys.stderr)
     for name, archs in (("l1_coef", L1_ARCHS), ("l0_coef", ("jumprelu",)), ("threshold_lr_mult", ("jumprelu",)), ("k_aux", TOPK_ARCHS),
                         ("aux_coef", TOPK_ARCHS)):
         if arch not in archs and getattr(cmd.train, name) != getattr(train_default, name):

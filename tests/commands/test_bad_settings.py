@@ -38,6 +38,25 @@ def test_unused_option_warns_once(capsys):
     assert err.count("warning:") == 1 and "--k 7 is unused by --arch relu" in err
 
 
+@pytest.mark.parametrize("argv,said", [
+    (["--arch", "gated", "--l0-coef", "0.1"], "--l0-coef is unused by --arch gated"),
+    (["--arch", "jumprelu", "--l1-coef", "0.1", "--threshold-lr-mult", "50"], "--l1-coef is unused by --arch jumprelu"),
+    (["--arch", "topk", "--threshold-lr-mult", "50"], "--threshold-lr-mult is unused by --arch topk"),
+    (["--arch", "relu", "--aux-coef", "0.5"], "--aux-coef is unused by --arch relu"),
+    (["--arch", "jumprelu"], "thresholds will barely leave their start"),  # 341 steps at the paper's rate
+])
+def test_other_architectures_settings_warn_once(capsys, argv, said):
+    parse_config(TrainCommand, ["--acts", "synthetic", *argv], "t")
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and said in err, err
+
+
+def test_a_long_or_fast_jumprelu_run_does_not_warn(capsys):
+    parse_config(TrainCommand, ["--acts", "synthetic", "--arch", "jumprelu", "--threshold-lr-mult", "100"], "t")
+    parse_config(TrainCommand, ["--acts", "synthetic", "--arch", "jumprelu", "--tokens", "100000000"], "t")
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_eval_downstream_contexts_above_eval_contexts():
     with pytest.raises(SaescaleError, match="--downstream-contexts 64 is more than --eval-contexts 32"):
         parse_config(EvalCommand, ["x/sae", "--eval-contexts", "32", "--downstream-contexts", "64"], "e")
