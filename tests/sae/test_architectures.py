@@ -30,6 +30,7 @@ from saescale.sae.registry import arch_class
 from saescale.train.checkpoint import latest_checkpoint, load_checkpoint
 from saescale.train.config import TrainConfig
 from saescale.train.run import train_sae
+from tests.commands.cli_helpers import Interrupted, StopAfter
 from tests.helpers import make_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -543,25 +544,6 @@ SYN = SyntheticConfig(d=16, features=64, k=4)
 STEPS, EVERY, KILL = 12, 5, 7
 
 
-class Interrupted(Exception):
-    pass
-
-
-class StopAfter:
-    """The synthetic source with its training stream (the second read: the first is the init sample) cut off
-    after ``steps`` batches, like a killed run (as tests/commands/cli_helpers.StopAfter)."""
-
-    def __init__(self, steps: int):
-        self.src, self.steps, self.d, self.reads = SyntheticSource(SYN), steps, SYN.d, 0
-
-    def batches(self, batch_size: int, start: int = 0):
-        self.reads += 1
-        for i, x in enumerate(self.src.batches(batch_size, start), start):
-            if self.reads > 1 and i >= self.steps:
-                raise Interrupted
-            yield x
-
-
 def configs(arch: str) -> tuple[SAEConfig, TrainConfig]:
     sae = SAEConfig(arch=arch, n=64, k=4, normalize="none")
     train = TrainConfig(tokens=64 * STEPS, batch_size=64, lr=3e-3, checkpoint_every=EVERY, init_tokens=256,
@@ -574,7 +556,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(arch, tmp_path):
     sae_cfg, cfg = configs(arch)
     ref = train_sae(sae_cfg, cfg, SyntheticSource(SYN), tmp_path / "ref")
     with pytest.raises(Interrupted):
-        train_sae(sae_cfg, cfg, StopAfter(KILL), tmp_path / "run")
+        train_sae(sae_cfg, cfg, StopAfter(SYN, KILL), tmp_path / "run")
     assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"] == EVERY
     again = train_sae(sae_cfg, cfg, SyntheticSource(SYN), tmp_path / "run")
     assert again.resumed_from == EVERY
@@ -592,6 +574,6 @@ def test_a_matryoshka_checkpoint_passes_its_own_validation(tmp_path):
     accepted (it was refused: a list is not a tuple), as is the rerun (run.json's list compared with a tuple)."""
     sae_cfg, cfg = configs("matryoshka")
     with pytest.raises(Interrupted):
-        train_sae(sae_cfg, cfg, StopAfter(KILL), tmp_path / "run")
+        train_sae(sae_cfg, cfg, StopAfter(SYN, KILL), tmp_path / "run")
     sae, tensors, meta = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert meta["step"] == EVERY and sae.cfg.prefixes == (4, 8, 16, 32, 64) and bool(sae.threshold.any())

@@ -10,15 +10,15 @@ so they can be quoted.
 from itertools import islice
 
 import pytest
-from conftest import single_thread
 
-from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
+from saescale.data.synthetic import feature_recovery
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
 from saescale.train.run import train_sae
 
-D, FEATS, K = 64, 256, 8
+D, FEATS, K = 64, 256, 8  # as the data fixture (tests/train/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 # arch: (SAEConfig settings, TrainConfig settings), found by experiment; batch 1024 and n = 256 for all.
 # init_encoder_scale (W_enc scaled so random unit inputs reconstruct with norm ~1) is what lets the L1
@@ -32,18 +32,6 @@ SETTINGS = {
     "prolu": ({}, dict(tokens=900_000, lr=1e-2, l1_coef=0.07, init_encoder_scale=True)),
     "jumprelu": ({"bandwidth": 0.3}, dict(tokens=800_000, lr=1e-2, l0_coef=0.02)),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_module():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data():
-    src = SyntheticSource(SyntheticConfig(d=D, features=FEATS, k=K))
-    return src, src.heldout()
 
 
 @pytest.mark.parametrize("arch", list(SETTINGS))

@@ -7,7 +7,6 @@ from itertools import islice
 
 import pytest
 import torch
-from conftest import single_thread
 
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
 from saescale.eval.recon import reconstruction_metrics
@@ -15,20 +14,8 @@ from saescale.sae.config import SAEConfig
 from saescale.train.config import TrainConfig
 from saescale.train.run import train_sae
 
-D, FEATS, K = 64, 256, 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_module():
-    """The module-scoped trainings below run on one thread too."""
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data():
-    src = SyntheticSource(SyntheticConfig(d=D, features=FEATS, k=K))
-    return src, src.heldout()
+D, FEATS, K = 64, 256, 8  # as the data fixture (tests/train/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def train(src, arch="topk", n=FEATS, tokens=1_000_000, **kw):
