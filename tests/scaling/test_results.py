@@ -30,16 +30,16 @@ def test_older_lines_recorded_6_d_n_and_are_read_at_12_d_n():
     assert members([no_d])[0].flops_per_token == 777.0  # without d only the recorded value is known
 
 
-@pytest.mark.parametrize("name,window,members_", [("sweep-nk", 200_000, 16), ("sweep-lr", 40_000, 28)])
+@pytest.mark.parametrize("name,window,members_", [("sweep-nk", 200_000, 16), ("sweep-lr", 40_960, 28)])
 def test_committed_results_read_with_todays_names_and_compute(name, window, members_):
-    """docs/scaling/*-results.jsonl (older records): one group, W from the old default, C = 12·d·n·tokens."""
+    """docs/scaling/*-results.jsonl (retrained 2026-12-01): one group, today's names and W, C = 12·d·n·tokens."""
     ms = read_results(DOCS / f"{name}-results.jsonl")
     raw = [json.loads(x) for x in (DOCS / f"{name}-results.jsonl").read_text().splitlines()]
     assert len(ms) == members_ and len({m.group for m in ms}) == 1
     for m, r in zip(ms, raw):
-        assert m.flops_per_token == 12 * r["d"] * r["n"] == 2 * r["flops_per_token"]
-        assert (m.dead_frac, m.never_fired_frac) == (r["train_dead_frac"], r["dead_frac"])
-        assert m.dead_window_tokens == window and m.heldout_tokens == 10_000
+        assert m.flops_per_token == 12 * r["d"] * r["n"] == r["flops_per_token"]
+        assert (m.dead_frac, m.never_fired_frac) == (r["dead_frac"], r["never_fired_frac"])
+        assert m.dead_window_tokens == window == r["dead_window_tokens"] and m.heldout_tokens == 10_000
     fit = json.loads((DOCS / f"{name}-fit.json").read_text())  # the committed fit is on the same scale
     assert fit["groups"][fit["primary"]]["compute"]["flops_per_n"] == 12 * 576
     assert fit_all(ms, bootstrap=0).primary == fit["primary"] == "default/topk"
