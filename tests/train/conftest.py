@@ -1,7 +1,7 @@
 """Fixtures of the planted-dictionary training tests (test_train_synthetic.py, test_arch_recovery.py)."""
 
 import pytest
-from conftest import single_thread
+from saescale.threads import one_thread as single_thread
 
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
 
