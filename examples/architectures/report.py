@@ -40,7 +40,11 @@ ORDER = ("topk", "batchtopk", "matryoshka", "relu", "gated", "prolu", "jumprelu"
 def members() -> list[dict]:
     rows = []
     for sweep in SWEEPS:
-        for line in Path(sweep, "results.jsonl").read_text().splitlines():
+        path = Path(sweep, "results.jsonl")
+        if not path.is_file():
+            print(f"{path} not found (sweep not run or not finished yet): its members are left out")
+            continue
+        for line in path.read_text().splitlines():
             r = json.loads(line)
             train = r["settings"]["train"]
             r["coef"] = {"relu": train.get("l1_coef"), "gated": train.get("l1_coef"), "prolu": train.get("l1_coef"),
@@ -121,6 +125,8 @@ def main() -> None:
         print(f"| {r['arch']} | {setting} | {r['l0']:.1f} | {r['loss']:.3f} | {r['delta_ce']:.3f} | {r['kl']:.3f} | "
               f"{r['dead_frac']:.1%} |")
     topk = [r for r in rows if r["arch"] == "topk"]
+    if not topk:
+        return
     print("\nAgainst TopK at the same L0 (linear in log L0 between TopK's points):")
     for r in rows:
         if r["arch"] in ("topk",):
