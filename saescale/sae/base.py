@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
 from saescale.kernels.decoder import SparseCode
+from saescale.kernels.select import CUDA_CHUNK, DEFAULT_CHUNK
 from saescale.sae.config import SAEConfig
 from saescale.sae.normalize import NormStats, denormalize, normalize
 from saescale.threads import one_thread
@@ -78,6 +79,9 @@ class SparseAutoencoder(nn.Module):
     """Trained parameters besides :data:`PARAMS`, each one value per latent (n,), e.g. Gated's r_mag."""
     buffers: tuple[str, ...] = ()
     """Saved tensors that are not trained by gradient (n,), e.g. BatchTopK's inference threshold."""
+    threshold_params: tuple[str, ...] = ()
+    """Those of :attr:`extra_params` trained at ``TrainConfig.threshold_lr_mult`` times the learning rate (JumpReLU's log θ)."""
+    kernel_chunk: int | None = None  # latents per encoder matmul block of the chunked kernels; None: by device
 
     def __init__(self, cfg: SAEConfig, mesh: Mesh | None = None):
         super().__init__()
@@ -110,6 +114,18 @@ class SparseAutoencoder(nn.Module):
         """The shape of each stored tensor of a whole SAE of n latents on width d."""
         return {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,),
                 **{name: (n,) for name in cls.extra_params + cls.buffers}}
+
+    def chunk_for(self, x: Tensor) -> int:
+        """Latents per block of the chunked selection kernels for a batch on ``x``'s device."""
+        if self.kernel_chunk is not None:
+            return self.kernel_chunk
+        return CUDA_CHUNK if x.is_cuda else DEFAULT_CHUNK
+
+    def aux_latents(self, ctx: "LossContext") -> int:
+        """Latents used by AuxK this step: min(k_aux, dead count over all shards), 0 when AuxK is off."""
+        if ctx.aux_coef <= 0 or ctx.k_aux <= 0:
+            return 0
+        return min(ctx.k_aux, int(self.mesh.all_reduce(ctx.dead.sum(), "latent")))
 
     @torch.no_grad()
     def init_extra(self, x_n: Tensor) -> None:

@@ -28,7 +28,6 @@ from saescale import losses
 from saescale.distributed.sharded_topk import stable_topk
 from saescale.kernels import fast_kernels, sparse_decode
 from saescale.kernels.batch_select import batch_topk_encode
-from saescale.kernels.select import CUDA_CHUNK, DEFAULT_CHUNK
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput, dense_to_code
 from saescale.sae.registry import register
 
@@ -53,7 +52,6 @@ class BatchTopKSAE(SparseAutoencoder):
     """BatchTopK SAE, saved with its JumpReLU inference threshold."""
 
     buffers = ("threshold",)
-    kernel_chunk: int | None = None
 
     def __init__(self, cfg, mesh=None):
         super().__init__(cfg, mesh)
@@ -76,18 +74,12 @@ class BatchTopKSAE(SparseAutoencoder):
             self.threshold.mul_(1 - r).add_(r * t)
         self._min_kept = None
 
-    def _aux_k(self, ctx: LossContext) -> int:
-        if ctx.aux_coef <= 0 or ctx.k_aux <= 0:
-            return 0
-        return min(ctx.k_aux, int(ctx.dead.sum()))
-
     def batch_code(self, x_n: Tensor, ctx: LossContext) -> tuple[list[SparseCode], SparseCode | None]:
         """The batch's top-B k code as parts (values differentiable) and AuxK's code (None without AuxK)."""
-        k_aux = self._aux_k(ctx)
+        k_aux = self.aux_latents(ctx)
         if fast_kernels():
-            chunk = self.kernel_chunk or (CUDA_CHUNK if x_n.is_cuda else DEFAULT_CHUNK)
             sel = batch_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, self.cfg.k,
-                                    ctx.dead if k_aux else None, k_aux, chunk)
+                                    ctx.dead if k_aux else None, k_aux, self.chunk_for(x_n))
             parts = [SparseCode(torch.where(sel.keep, F.relu(sel.values), 0.0), sel.indices)]
             if sel.extra_indices.shape[1]:
                 parts.append(SparseCode(torch.where(sel.extra_keep, F.relu(sel.extra_values), 0.0), sel.extra_indices))

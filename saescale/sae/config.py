@@ -13,6 +13,9 @@ ARCHS = ("topk", "relu", "gated", "prolu", "jumprelu", "batchtopk", "matryoshka"
 """The registered architectures (saescale.sae.registry checks that each has its module)."""
 TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")  # the architectures that use k (and AuxK)
 L1_ARCHS = ("relu", "gated", "prolu")  # the architectures with an L1 penalty (TrainConfig.l1_coef)
+ARCH_FIELDS = {"prefixes": ("matryoshka",), "bandwidth": ("jumprelu",), "prolu_grad": ("prolu",),
+               "threshold_lr": ("batchtopk", "matryoshka")}
+"""The SAEConfig fields of some architectures only, with those architectures."""
 
 
 @dataclass
@@ -55,8 +58,7 @@ class SAEConfig:
             raise SaescaleError(f"unknown SAE architecture {self.arch!r} (--arch); choose one of {', '.join(ARCHS)}")
         if self.arch in TOPK_ARCHS and not self.k <= self.n:
             raise SaescaleError(f"--k must be in [1, n={self.n}], got {self.k}")
-        for name, archs in (("prefixes", ("matryoshka",)), ("bandwidth", ("jumprelu",)),
-                            ("prolu_grad", ("prolu",)), ("threshold_lr", ("batchtopk", "matryoshka"))):
+        for name, archs in ARCH_FIELDS.items():
             if self.arch not in archs and getattr(self, name) != SAEConfig.__dataclass_fields__[name].default:
                 opt = "--" + name.replace("_", "-")
                 raise SaescaleError(f"{opt} applies to --arch {' / '.join(archs)} only, not {self.arch!r}; drop it")
@@ -93,6 +95,6 @@ def upgrade_sae_record(record: dict) -> dict:
     if out.get("normalize") != "mean_sq" and out.get("norm_scale") == 1.0:
         out["norm_scale"] = None
     if out.get("arch") in ("topk", "relu"):
-        for name in ("prefixes", "bandwidth", "prolu_grad", "threshold_lr"):
+        for name in ARCH_FIELDS:
             out.setdefault(name, SAEConfig.__dataclass_fields__[name].default)
     return out

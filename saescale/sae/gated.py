@@ -18,7 +18,6 @@ entries with π_gate > 0, which alone are gathered, decoded and back-propagated.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -41,24 +40,23 @@ class GatedSAE(SparseAutoencoder):
 
     extra_params = ("r_mag", "b_mag")
 
-    def _paths(self, x_n: Tensor) -> tuple[Tensor, Tensor]:
-        """(π_gate, π_mag), each (B, n), dense."""
-        m = F.linear(x_n - self.b_pre, self.W_enc)
-        return m + self.b_enc, m * self.r_mag.exp() + self.b_mag
+    def _magnitude(self, gate: Tensor, latents: Tensor | slice) -> Tensor:
+        """π_mag = exp(r_mag) (π_gate - b_gate) + b_mag of gate pre-activations ``gate`` of ``latents`` (the
+        entries' indices, or all n): the shared W_enc x_c is π_gate less its bias."""
+        return (gate - self.b_enc[latents]) * self.r_mag[latents].exp() + self.b_mag[latents]
 
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
-        return dense_to_code(gated_code(*self._paths(x_n)))
+        gate = self.pre_acts(x_n)
+        return dense_to_code(gated_code(gate, self._magnitude(gate, slice(None))))
 
     def loss_terms(self, x_n: Tensor, ctx: LossContext) -> StepOutput:
         """Main reconstruction + λ gate sparsity + auxiliary gate reconstruction; see the module docstring."""
         batch = ctx.batch or x_n.shape[0]
-        with torch.no_grad():
-            gate_pre = self.pre_acts(x_n)
-            entries = row_entries(gate_pre > 0) if fast_kernels() else None
+        gate = self.pre_acts(x_n)  # π_gate (B, n): the dense encoder, once; the sparse path reads it without autograd
+        entries = row_entries(gate.detach() > 0) if fast_kernels() else None
         norms = self.W_dec.norm(dim=-1)  # (n,)
         if entries is None:  # dense: the reference, and a code that is not sparse yet
-            gate, mag = self._paths(x_n)
-            z = gated_code(gate, mag)
+            z = gated_code(gate, self._magnitude(gate, slice(None)))
             x_hat = z @ self.W_dec + self.b_pre
             g = F.relu(gate)
             x_gate = g @ self.W_dec.detach() + self.b_pre.detach()
@@ -66,9 +64,8 @@ class GatedSAE(SparseAutoencoder):
             code = dense_to_code(z.detach())
         else:
             idx, valid = entries
-            gate, _ = gathered_encode(x_n, self.b_pre, self.W_enc, self.b_enc, idx, pre=gate_pre)
-            mag = (gate - self.b_enc[idx]) * self.r_mag[idx].exp() + self.b_mag[idx]
-            z = gated_code(gate, mag) * valid
+            gate, _ = gathered_encode(x_n, self.b_pre, self.W_enc, self.b_enc, idx, pre=gate.detach())
+            z = gated_code(gate, self._magnitude(gate, idx)) * valid
             g = F.relu(gate) * valid
             x_hat = sparse_decode(self.W_dec, [SparseCode(z, idx)])[0] + self.b_pre
             x_gate = sparse_decode(self.W_dec.detach(), [SparseCode(g, idx)])[0] + self.b_pre.detach()

@@ -91,6 +91,7 @@ class JumpReLUSAE(SparseAutoencoder):
     """JumpReLU + L0 SAE."""
 
     extra_params = ("log_threshold",)
+    threshold_params = ("log_threshold",)
 
     @property
     def eps(self) -> float:
@@ -114,18 +115,16 @@ class JumpReLUSAE(SparseAutoencoder):
         """Scaled reconstruction error + λ L0; see the module docstring."""
         batch, eps = ctx.batch or x_n.shape[0], self.eps
         theta = self.theta
-        with torch.no_grad():
-            pre = self.pre_acts(x_n)  # (B, n): the dense encoder
-            entries = row_entries(pre > theta - eps / 2) if fast_kernels() else None
+        pre = self.pre_acts(x_n)  # (B, n): the dense encoder, once; the sparse path reads it without autograd
+        entries = row_entries(pre.detach() > theta.detach() - eps / 2) if fast_kernels() else None
         if entries is None:  # dense: the reference, and a code that is not sparse yet
-            pre = self.pre_acts(x_n)
             z = jumprelu(pre, theta, eps)
             x_hat = z @ self.W_dec + self.b_pre
             l0 = step(pre, theta, eps).sum() / batch
             code = dense_to_code(z.detach())
         else:
             idx, valid = entries
-            values, _ = gathered_encode(x_n, self.b_pre, self.W_enc, self.b_enc, idx, pre=pre)
+            values, _ = gathered_encode(x_n, self.b_pre, self.W_enc, self.b_enc, idx, pre=pre.detach())
             th = theta[idx]
             z = jumprelu(values, th, eps) * valid
             x_hat = sparse_decode(self.W_dec, [SparseCode(z, idx)])[0] + self.b_pre

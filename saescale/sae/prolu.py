@@ -65,18 +65,18 @@ class ProLUSAE(SparseAutoencoder):
         """Scaled reconstruction error + λ L1; see the module docstring."""
         batch, variant = ctx.batch or x_n.shape[0], self.cfg.prolu_grad
         norms = self.W_dec.norm(dim=-1)
+        m = torch.nn.functional.linear(x_n - self.b_pre, self.W_enc)  # once; the sparse path reads it without autograd
         with torch.no_grad():
-            m = torch.nn.functional.linear(x_n - self.b_pre, self.W_enc)
             entries = row_entries((m > 0) & (m + self.b_enc > 0)) if fast_kernels() else None
         if entries is None:  # dense: the reference, and a code that is not sparse yet
-            z = prolu(torch.nn.functional.linear(x_n - self.b_pre, self.W_enc), self.b_enc, variant)
+            z = prolu(m, self.b_enc, variant)
             x_hat = z @ self.W_dec + self.b_pre
             l1 = losses.l1_penalty(z, norms)
             code = dense_to_code(z.detach())
         else:
             idx, valid = entries
             no_bias = self.b_enc.detach().new_zeros(self.b_enc.shape)  # b enters through ProLU only
-            values, _ = gathered_encode(x_n, self.b_pre, self.W_enc, no_bias, idx, pre=m)
+            values, _ = gathered_encode(x_n, self.b_pre, self.W_enc, no_bias, idx, pre=m.detach())
             z = prolu(values, self.b_enc[idx], variant) * valid
             x_hat = sparse_decode(self.W_dec, [SparseCode(z, idx)])[0] + self.b_pre
             l1 = (z * norms[idx]).sum(-1).mean()

@@ -44,7 +44,7 @@ from saescale import losses
 from saescale.distributed.collectives import centered_sq_sum, copy_to_shards, sum_over_shards
 from saescale.distributed.sharded_topk import global_order, pad_candidates, stable_topk
 from saescale.kernels import fast_kernels, fused_topk_encode, sparse_decode
-from saescale.kernels.select import CUDA_CHUNK, DEFAULT_CHUNK, Selection
+from saescale.kernels.select import Selection
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
 from saescale.sae.registry import register
 
@@ -59,13 +59,6 @@ def topk_code(pre: Tensor, k: int) -> SparseCode:
 class TopKSAE(SparseAutoencoder):
     """The paper's TopK sparse autoencoder."""
 
-    kernel_chunk: int | None = None  # latents per encoder matmul block in the fast path; None: by device
-
-    def _chunk(self, x: Tensor) -> int:
-        if self.kernel_chunk is not None:
-            return self.kernel_chunk
-        return CUDA_CHUNK if x.is_cuda else DEFAULT_CHUNK
-
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
         """x_n (B, d) -> SparseCode (B, k)."""
         return self.encode_k(x_n, self.cfg.k)
@@ -74,21 +67,15 @@ class TopKSAE(SparseAutoencoder):
         """Encode with a different test-time k (progressive codes); a whole SAE (one shard) only."""
         if not fast_kernels():
             return topk_code(self.pre_acts(x_n), k)
-        sel = fused_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, min(k, self.cfg.n), chunk=self._chunk(x_n))
+        sel = fused_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, min(k, self.cfg.n), chunk=self.chunk_for(x_n))
         return SparseCode(F.relu(sel.values), sel.indices)
-
-    def _aux_k(self, ctx: LossContext) -> int:
-        """Latents used by AuxK this step: min(k_aux, dead count over all shards), 0 when AuxK is off."""
-        if ctx.aux_coef <= 0 or ctx.k_aux <= 0:
-            return 0
-        return min(ctx.k_aux, int(self.mesh.all_reduce(ctx.dead.sum(), "latent")))
 
     def _select(self, x_n: Tensor, c: int, dead: Tensor, k_aux: int) -> Selection:
         """This shard's top-c pre-activations (differentiable values, local indices) and top-k_aux among its dead latents."""
         b_pre = copy_to_shards(self.b_pre, self.mesh)
         if fast_kernels():
             return fused_topk_encode(x_n, b_pre, self.W_enc, self.b_enc, c, dead if k_aux else None, k_aux,
-                                     self._chunk(x_n))
+                                     self.chunk_for(x_n))
         pre = F.linear(x_n - b_pre, self.W_enc, self.b_enc)  # (B_r, n_L): the plain dense reference
         aux = stable_topk(pre.masked_fill(~dead, float("-inf")), k_aux)
         return Selection(*stable_topk(pre, c), *aux)
@@ -130,7 +117,7 @@ class TopKSAE(SparseAutoencoder):
         """Main (+ Multi-TopK) + alpha * AuxK loss for this rank's normalised rows x_n (B_r, d); see the module docstring."""
         k, n, mesh = self.cfg.k, self.cfg.n, self.mesh
         m = min(4 * k, n) if ctx.multi_topk else k
-        k_aux = self._aux_k(ctx)
+        k_aux = self.aux_latents(ctx)
         sel = self._select(x_n, min(m, self.shard.size), ctx.dead, min(k_aux, int(ctx.dead.sum())))
         codes = self._codes(sel, k, m, ctx.multi_topk)
         if k_aux:

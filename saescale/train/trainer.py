@@ -81,13 +81,19 @@ class Trainer:
         return {name: getattr(self.sae, name) for name in self.sae.param_names()}
 
     def _param_groups(self) -> list[dict]:
-        """The optimiser's groups, in :meth:`_params` order: JumpReLU's log θ on its own, at
-        ``threshold_lr_mult`` times the learning rate, the rest at the learning rate."""
-        params = self._params()
-        mult = self.cfg.threshold_lr_mult
-        slow = [p for name, p in params.items() if name != "log_threshold"]
-        own = [p for name, p in params.items() if name == "log_threshold"]
-        return [{"params": slow}] + ([{"params": own, "lr_mult": mult}] if own else [])
+        """The optimiser's groups: the architecture's thresholds (``SparseAutoencoder.threshold_params``,
+        JumpReLU's log θ) on their own at ``threshold_lr_mult`` times the learning rate, the rest at the
+        learning rate. Their order, :meth:`_opt_names`, is how the optimiser numbers the parameters."""
+        params, own = self._params(), self.sae.threshold_params
+        groups = [{"params": [p for name, p in params.items() if name not in own]}]
+        if own:
+            groups.append({"params": [params[name] for name in own], "lr_mult": self.cfg.threshold_lr_mult})
+        return groups
+
+    def _opt_names(self) -> list[str]:
+        """The trained parameters' names in the optimiser's order (the groups' order of :meth:`_param_groups`)."""
+        own = self.sae.threshold_params
+        return [name for name in self._params() if name not in own] + list(own)
 
     @property
     def dead(self) -> torch.Tensor:
@@ -294,7 +300,7 @@ class Trainer:
         dev = self.cfg.device
         self.state = TrainState(meta["step"], meta["tokens_seen"], tensors["since_fired"].to(dev), meta["loss_scale"])
         opt_state = {}
-        for i, name in enumerate(self._params()):
+        for i, name in enumerate(self._opt_names()):
             s = {k.split(".")[-1]: v.to(dev) for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
             if s:
                 s["step"] = s["step"].reshape(())
