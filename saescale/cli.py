@@ -52,10 +52,25 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _check_hub_ids(argv: list[str]) -> None:
+    """Refuse a ``--model`` hub id that cannot be reached before importing torch and transformers (~4 s),
+    so that an offline machine answers in about a second."""
+    from saescale.activations.hub import check_hub_id, is_hub_id, model_options
+
+    for model in model_options(argv):
+        if is_hub_id(model):
+            check_hub_id(model)
+
+
 def main(argv: list[str] | None = None) -> int:
     from saescale.cliargs import parse_config
 
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" not in argv and "--help" not in argv:
+        try:
+            _check_hub_ids(argv)
+        except SaescaleError as e:
+            return _fail(str(e))
     cmds = _commands()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(cmds))

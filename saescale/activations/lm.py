@@ -20,17 +20,16 @@ import json
 import math
 import os
 import shutil
-import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from saescale.activations.hub import check_hub_id, is_hub_id
 from saescale.atomic import atomic_write_json, fsync_dir
 from saescale.errors import SaescaleError, first_line
 
@@ -168,7 +167,7 @@ def resolve_model_folder(name: str) -> Path | str:
         return converted_folder(path, fp, f"{path.stem}-{hashlib.sha256(fp.encode()).hexdigest()[:8]}")
     if path.is_dir():
         return path
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+    if not is_hub_id(name):
         raise SaescaleError(
             f"model '{name}' not found: give a local folder, a .gguf file, 'default', or a hub id like org/name"
         )
@@ -186,29 +185,6 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(level)
         hf_logging.enable_progress_bar()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub ($HF_ENDPOINT, default huggingface.co) accepts a connection within ``timeout`` s."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def check_hub_id(name: str) -> None:
-    """A hub id that is neither in the local Hugging Face cache nor reachable fails now, in seconds, not
-    after transformers' ~50 s of retries."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if not cached and (offline or not hub_reachable()):
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached from here"
-        raise SaescaleError(f"model '{name}' is not a local folder and not in the Hugging Face cache, and {why}: "
-                            "download it where there is network and give its local folder (or a .gguf file)")
 
 
 def check_model_type(folder: Path) -> None:

@@ -4,6 +4,7 @@ warning first (issue 14)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -58,8 +59,26 @@ def test_hub_id_without_network_fails_before_transformers_retries(monkeypatch):
     monkeypatch.setattr(lm.AutoTokenizer, "from_pretrained", reached)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # never resolves, here or in CI
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(SaescaleError, match="cannot be reached from here"):
+    with pytest.raises(SaescaleError, match="offline or unknown model .*cannot be reached from here"):
         load_model("nobody/no-such-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SaescaleError, match="HF_HUB_OFFLINE is set"):
         load_model("nobody/no-such-model")
+
+
+def test_cli_refuses_an_unreachable_hub_id_before_importing_torch(tmp_path):
+    """`--model org/name` with no hub and no cached copy: one line saying "offline or unknown model", answered
+    before torch and transformers are imported (their ~4 s of imports would otherwise come first)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from saescale.cli import main; "
+            f"rc = main(['train', '--model', 'nobody/no-such-model', '--out', {str(tmp_path / 'run')!r}]); "
+            "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["2", "False", "False"], out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: offline or unknown model 'nobody/no-such-model'"), lines
+    assert not (tmp_path / "run").exists()
