@@ -35,7 +35,7 @@ class SAEConfig:
     """Input width; unset (None) = taken from the data."""
 
     normalize: Normalization = "layernorm"
-    """Input normalisation: 'layernorm' (paper: per token subtract the channel mean, scale to unit L2 norm), 'std' (released code: subtract mean, divide by std), 'mean_sq' (one scalar so E||x||^2 = d), 'none'. All errors are measured in the normalised space."""
+    """Input normalisation (x (B, d), per token μ = channel mean, x_c = x - μ, ε = 1e-5): 'layernorm' (paper: x_n = x_c / (||x_c|| + sqrt(d-1) ε), unit L2 norm), 'std' (OpenAI's released code and SAELens 'layer_norm': x_n = x_c / (σ + ε), σ the unbiased std; equals 'layernorm' times sqrt(d-1)), 'mean_sq' (one scalar s, x_n = s x, so E||x_n||^2 = d), 'none'. All errors are measured in the normalised space; decoding multiplies back by ||x_c|| (layernorm), σ (std) or 1/s. saescale.sae.normalize has the maths."""
 
     norm_scale: float | None = valid(None, "> 0")
     """Scalar s of 'mean_sq' normalisation (x_n = s x); unset (None) = estimated at init from a data sample so that E||x_n||^2 = d. Only for --normalize mean_sq."""
