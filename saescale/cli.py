@@ -15,6 +15,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.commands.eval import EvalCommand, run_eval
     from saescale.commands.fit import FitConfig, run_fit
     from saescale.commands.sweep import SweepConfig, run_sweep_command
+    from saescale.commands.steer import SteerCommand, run_steer
     from saescale.commands.train import TrainCommand, run_train
 
     return {
@@ -24,6 +25,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
         "sweep": ("train a grid of SAEs (spec file) together on one pass over the activations; rerun to resume",
                   SweepConfig, run_sweep_command),
         "fit": ("scaling-law fits (joint L(n,k), L(C), lr rule) of finished sweeps (PATH...)", FitConfig, run_fit),
+        "steer": ("greedy continuations of a prompt without and with one SAE latent steered (SAE_DIR)", SteerCommand, run_steer),
     }
 
 
