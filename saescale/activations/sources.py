@@ -1,9 +1,11 @@
 """The activation sources a training run can read, by the name ``--acts`` gives them.
 
 'synthetic' (a planted sparse dictionary), 'stream' (the model run live), 'cache' (the on-disk
-cache for the activation settings, built if missing) or the path of a built cache. Each comes
-with a held-out source and the provenance recorded with the SAE (so evaluation can rerun the
-same model and corpus).
+cache for the activation settings, built if missing), the path of a built cache (a folder with the
+cache's manifest.json), or the path of your own (N, d) activations: an .npy / .safetensors / .pt
+file or a folder of them (:class:`~saescale.data.arrays.ArraySource`, the last 5% of the rows held
+out). Each comes with a held-out source and the provenance recorded with the SAE (so evaluation can
+rerun the same model and corpus, or find the same files).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from saescale.activations.config import ActivationConfig
 from saescale.activations.precision import recorded_model_dtype
 from saescale.configs import config_to_dict, non_default
+from saescale.data.arrays import ArraySource
 from saescale.data.source import BatchSource
 from saescale.data.synthetic import SyntheticConfig, SyntheticSource
 from saescale.errors import SaescaleError
@@ -41,13 +44,36 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
                 {"source": "stream", "activations": dict(config_to_dict(activations), model_dtype=lt.model_dtype)})
     from saescale.activations.cache import CacheReader, build_cache
 
+    if acts != "cache" and is_array_path(acts):
+        check_no_model_options(activations, acts)
+        train = ArraySource(acts, seed=seed)
+        return train, train.heldout(), train.provenance()
     path = Path(acts) if acts != "cache" else build_cache(activations, progress=progress, log=log)
     if not path.exists():
-        raise SaescaleError(f"activation cache {path} not found; build it with 'saescale cache' or use --acts cache")
+        raise SaescaleError(f"--acts {path} not found: give an activation file (.npy, .safetensors, .pt), a folder "
+                            "of them, a built cache folder ('saescale cache'), or synthetic / stream / cache")
     train = CacheReader(path, "train", seed)
     if acts != "cache":
         check_given_options(activations, train.manifest, path)
     return train, CacheReader(path, "val", seed), cache_provenance(train)
+
+
+def is_array_path(acts: str) -> bool:
+    """Whether ``--acts`` names your own activations: an existing file, or a folder without the cache manifest."""
+    from saescale.activations.manifest import MANIFEST
+
+    path = Path(acts).expanduser()
+    return path.is_file() or (path.is_dir() and not (path / MANIFEST).exists())
+
+
+def check_no_model_options(activations: ActivationConfig, acts: str) -> None:
+    """With ``--acts FILE_OR_FOLDER`` of your own activations no model runs: an activation option given
+    (not its default) is refused, naming it."""
+    given = [n for n in non_default(activations) if n != "cache_dir"]
+    if given:
+        opt = f"--{given[0].replace('_', '-')}"
+        raise SaescaleError(f"{opt} sets how a model's activations are made, but --acts {acts} trains on the "
+                            f"activations stored there: drop {opt}")
 
 
 def check_given_options(activations: ActivationConfig, manifest: dict[str, Any], path: Path) -> None:

@@ -7,6 +7,7 @@ process's place in the mesh comes from torchrun's environment; one process is a 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from saescale.activations.config import ActivationConfig
-from saescale.activations.sources import activation_sources, heldout_batches
+from saescale.activations.sources import activation_sources, heldout_batches, is_array_path
 from saescale.atomic import atomic_write_json
 from saescale.commands.progress import ProgressBar
 from saescale.data.source import BatchSource
@@ -36,7 +37,7 @@ class RunConfig:
     """Where the activations come from and where results go."""
 
     acts: str = "cache"
-    """Activation source: 'cache' (build or reuse the on-disk cache for --model/--hook/--corpus, then train on it), 'stream' (run the model live, no cache), 'synthetic' (planted sparse dictionary, see --synth-*), or the path of an existing cache folder."""
+    """Activation source: 'cache' (build or reuse the on-disk cache for --model/--hook/--corpus, then train on it), 'stream' (run the model live, no cache), 'synthetic' (planted sparse dictionary, see --synth-*), the path of an existing cache folder (one with manifest.json), or your own activations: an (N, d) float array in a .npy, .safetensors (the tensor 'acts', or its only 2-D tensor) or .pt file (torch.load weights_only) or a folder of such shards (same width, in name order), memory-mapped, shuffled, the last 5% of the rows held out."""
 
     out: str = ""
     """Output folder (checkpoints, metrics.jsonl, sae/, summary.json). Empty: runs/<acts>-<arch>-n<n>-k<k>-seed<seed>. Rerunning with the same folder resumes."""
@@ -113,8 +114,24 @@ def train_sources(cmd: TrainCommand, show: bool = False) -> tuple[BatchSource, B
 
 
 def default_out(cmd: TrainCommand) -> Path:
-    name = "cache" if Path(cmd.run.acts).exists() else cmd.run.acts
+    acts = cmd.run.acts
+    name = acts if acts in ("cache", "stream", "synthetic") else (Path(acts).stem or "acts") if is_array_path(acts) \
+        else "cache"
     return Path("runs") / f"{name}-{cmd.sae.arch}-n{cmd.sae.n}-k{cmd.sae.k}-seed{cmd.train.seed}"
+
+
+def check_width(cmd: TrainCommand, d: int, out: Path) -> None:
+    """Before anything is written: one-line error when --d, or the run already in ``out``, has another
+    width than the data (``d``)."""
+    if cmd.sae.d is not None and cmd.sae.d != d:
+        raise SaescaleError(f"--d {cmd.sae.d} does not match the width {d} of --acts {cmd.run.acts}: drop --d")
+    try:
+        recorded = json.loads((out / "run.json").read_text())["resolved"]["sae"]["d"]
+    except (OSError, ValueError, KeyError, TypeError):  # no run there yet (a damaged run.json is reported later)
+        return
+    if isinstance(recorded, int) and recorded != d:
+        raise SaescaleError(f"{out} holds a run trained on width-{recorded} activations, but --acts {cmd.run.acts} "
+                            f"has width {d}: resume it on its own activations, or use another --out")
 
 
 def run_train(cmd: TrainCommand) -> dict[str, float]:
@@ -137,6 +154,7 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
                                         layout.data_shards)
             fits(cmd.sae.d or (cmd.synthetic.d if cmd.run.acts == "synthetic" else None))  # before any harvest
             src, held, extra = train_sources(cmd, show=cfg.progress and rank == 0)
+            check_width(cmd, src.d, out)
             fits(src.d)
             mesh = init_mesh(layout, rank, cmd.dist, device)
             bar = ProgressBar(cfg.steps * cfg.batch_size, enabled=cfg.progress and rank == 0)

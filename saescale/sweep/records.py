@@ -45,7 +45,9 @@ import torch
 from saescale.activations.config import ActivationConfig
 from saescale.activations.manifest import MANIFEST, config_record, read_manifest
 from saescale.activations.precision import recorded_model_dtype
+from saescale.activations.sources import is_array_path
 from saescale.configs import config_from_dict, config_to_dict, field_default, read_jsonl
+from saescale.data.arrays import ArraySource
 from saescale.data.synthetic import SyntheticConfig
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig, upgrade_sae_record
@@ -175,6 +177,8 @@ def spec_data(spec: SweepSpec) -> dict[str, Any]:
         return {"source": "stream", "activations": config_record(spec.activations)}
     if source == "cache":
         return {"source": "cache", "activations": config_record(spec.activations)}
+    if is_array_path(source):  # your own activation files: what they are now (files, shapes, dtypes, split)
+        return ArraySource(source, seed=spec.train.seed).provenance()
     path = Path(source)  # an existing cache: what its manifest says (nothing to compare if it cannot be read)
     try:
         manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
@@ -197,6 +201,9 @@ def data_settings(data: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(synth, dict):
         synth = with_defaults(SyntheticConfig, {"offset": 0.0, **{k.removeprefix("synth_"): v for k, v in synth.items()}})
         flat.update({f"data.synthetic.{k}": v for k, v in synth.items()})
+    arrays = data.get("arrays")
+    if isinstance(arrays, dict):  # the files as a whole (paths, shapes, dtypes), the row counts and the split
+        flat.update({f"data.arrays.{k}": v for k, v in arrays.items()})
     acts = data.get("activations")
     if isinstance(acts, dict):
         acts = {**with_defaults(ActivationConfig, acts), "model_dtype": recorded_model_dtype(acts)}

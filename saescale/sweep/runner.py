@@ -28,9 +28,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from saescale.activations.sources import activation_sources, heldout_batches
+from saescale.activations.sources import activation_sources, heldout_batches, is_array_path
 from saescale.atomic import atomic_write_json, atomic_write_text
+from saescale.data.arrays import ArraySource
 from saescale.data.source import BatchSource
+from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sweep.records import check_rerun
 from saescale.sweep.spec import Member, SweepSpec, member_record
@@ -85,10 +87,24 @@ def sources(spec: SweepSpec) -> tuple[BatchSource, BatchSource, dict[str, Any], 
     train, held, extra = activation_sources(spec.settings.source, spec.activations, spec.synthetic, spec.train.seed)
     if extra["source"] == "synthetic":
         return train, held, extra, {"model": "synthetic", "model_params": None}
+    if extra["source"] == "arrays":  # your own activations: no model known here, the path names the data
+        return train, held, extra, {"model": f"arrays:{spec.settings.source}", "model_params": None}
     from saescale.activations.lm import parameter_count
 
     model = extra["activations"].get("model", "default")
     return train, held, extra, {"model": model, "model_params": parameter_count(model)}
+
+
+def check_widths(spec: SweepSpec) -> None:
+    """Before anything is written: one-line error when a member's [sae] d differs from the width of the
+    activation files the spec's source names (other sources are checked when they are read)."""
+    if not is_array_path(spec.settings.source):
+        return
+    d = ArraySource(spec.settings.source).d  # headers only
+    for m in spec.members:
+        if m.sae.d is not None and m.sae.d != d:
+            raise SaescaleError(f"{spec.path}: member {m.id} sets d = {m.sae.d} but the activations "
+                                f"{spec.settings.source} have width {d}: drop d from the spec")
 
 
 def heldout_nmse(sae: torch.nn.Module, batches: list[torch.Tensor]) -> float:
@@ -106,6 +122,7 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     out = spec.out
     refuse_foreign_folder(out, "spec.toml", "sweep")
     check_rerun(spec)
+    check_widths(spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.toml", spec.path.read_text())
     batch = spec.train.batch_size
@@ -180,7 +197,7 @@ def _finish(r: _Run, shared: _Shared) -> None:
         "loss": rep["nmse"], "l0": rep["l0"], "never_fired_frac": rep["never_fired_frac"],
         "dead_frac": r.last.get("dead_frac"), "dead_window_tokens": t.cfg.dead_tokens, "heldout_tokens": rep["tokens"],
         "flops_per_token": flops_per_token(cfg.d, cfg.n), "curve": curve,
-        "settings": {**member_record(r.member), "data": {k: extra[k] for k in ("source", "activations", "synthetic")
+        "settings": {**member_record(r.member), "data": {k: extra[k] for k in ("source", "activations", "synthetic", "arrays")
                                                            if k in extra}},  # the data too, so fits never pool corpora
     }
     atomic_write_json(r.folder / "result.json", result)

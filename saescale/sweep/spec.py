@@ -42,7 +42,7 @@ class SweepSettings:
     """Where a sweep's data comes from and what it records."""
 
     source: str = "cache"
-    """Activation source, as 'saescale train --acts': 'cache' (build or reuse the on-disk cache of [activations]), 'stream' (run the model live), 'synthetic' (see [synthetic]), or the path of an existing cache folder."""
+    """Activation source, as 'saescale train --acts': 'cache' (build or reuse the on-disk cache of [activations]), 'stream' (run the model live), 'synthetic' (see [synthetic]), the path of an existing cache folder, or the path of your own (N, d) activations: a .npy / .safetensors / .pt file or a folder of them (the last 5% of the rows held out; no [activations] table)."""
 
     out: str = ""
     """Output folder (one sub-folder per member, results.jsonl). Empty: runs/sweep-<spec file name>."""
