@@ -2,7 +2,9 @@
 
 Loadable without any training code. Never pickle. The folder is written under a
 temporary name and renamed into place, so a crash leaves either the old SAE or
-the new one, never a mix.
+the new one, never a mix. :func:`load_sae` and :func:`read_cfg` also read SAELens and
+sparsify folders and OpenAI's released state dicts (:mod:`saescale.sae.formats`), detected
+from the files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -23,9 +25,9 @@ from saescale.configs import config_from_dict, config_to_dict
 from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig, upgrade_sae_record
+from saescale.sae.formats.common import RECORD_FORMAT as FORMAT
+from saescale.sae.formats.detect import detect, read_foreign
 from saescale.sae.registry import build_sae
-
-FORMAT = "saescale-sae-v1"
 
 
 def write_sae_files(sae: SparseAutoencoder, folder: Path, extra: dict[str, Any] | None = None) -> None:
@@ -38,15 +40,29 @@ def write_sae_files(sae: SparseAutoencoder, folder: Path, extra: dict[str, Any] 
 
 def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Save to folder ``path`` atomically; ``extra`` (e.g. activation source, training info) goes into cfg.json."""
+    return replace_folder(path, lambda tmp: write_sae_files(sae, tmp, extra))
+
+
+def replace_folder(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Make folder ``path`` hold what ``fill(tmp)`` writes into a fresh temporary folder beside it, renamed into
+    place: a reader sees the old folder or the new one, never a mix; if ``fill`` (or the rename) fails, the
+    temporary folder is removed and the old folder (or nothing) is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    write_sae_files(sae, tmp, extra)
     old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        fill(tmp)
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)  # the rename failed: put the previous folder back
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -54,7 +70,12 @@ def save_sae(sae: SparseAutoencoder, path: str | os.PathLike, extra: dict[str, A
 
 
 def read_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
-    """Read and validate ``cfg.json`` of an SAE folder -> (SAEConfig, extra)."""
+    """Read and validate ``cfg.json`` of an SAE folder -> (SAEConfig, extra). A foreign SAE (SAELens, sparsify,
+    OpenAI) gives the saescale record kept at export, or ``extra = {"imported": {...what its files say...}}``."""
+    kind = detect(path)
+    if kind != "saescale":
+        imported = read_foreign(path, kind)
+        return imported.cfg, imported.extra
     f = Path(path) / "cfg.json"
     if not f.is_file():
         raise SaescaleError(f"{f} not found: give a folder written by saescale (cfg.json + sae.safetensors)")
@@ -72,7 +93,15 @@ def read_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """Load an SAE folder; one-line SaescaleError for a missing, corrupt or mismatched file, or weights
-    that break the SAE's invariants (:func:`check_weights`)."""
+    that break the SAE's invariants (:func:`check_weights`). Reads SAELens and sparsify folders and OpenAI
+    state dicts too (:mod:`saescale.sae.formats`)."""
+    kind = detect(path)
+    if kind != "saescale":
+        imported = read_foreign(path, kind)
+        sae = build_sae(imported.cfg)
+        check_weights(imported.source, imported.tensors, {name: tuple(getattr(sae, name).shape) for name in sae.stored_names()})
+        sae.load_state_dict(imported.tensors)
+        return sae.to(device)
     cfg, _ = read_cfg(path)
     f = Path(path) / "sae.safetensors"
     if not f.is_file():
