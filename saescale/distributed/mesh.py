@@ -106,8 +106,9 @@ def check_layout(world: int, latent_shards: int, n: int, batch_size: int, arch: 
             f"--batch-size {batch_size} is not divisible by the {layout.data_shards} data-parallel replicas "
             f"(world size {world} / --latent-shards {latent_shards}); each takes batch / replicas rows"
         )
-    if arch != "topk" and world > 1:
-        raise SaescaleError(f"distributed training supports --arch topk only, got {arch!r}; run {arch} in one process")
+    if arch != "topk" and latent_shards > 1:
+        raise SaescaleError(f"latent sharding (--latent-shards {latent_shards}) supports --arch topk only, got {arch!r}: "
+                            f"train {arch} data-parallel (--latent-shards 1) or in one process")
     return layout
 
 

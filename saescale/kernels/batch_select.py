@@ -49,34 +49,54 @@ class BatchSelection(NamedTuple):
 
 
 def kth_largest(values: Tensor, t: int) -> float:
-    """The t-th largest entry of ``values`` (any shape, t >= 1)."""
+    """The t-th largest entry of ``values`` (any shape, t >= 1); -inf when there are fewer than t."""
     flat = values.reshape(-1)
+    if flat.numel() < t:
+        return float("-inf")
     return flat.kthvalue(flat.numel() - t + 1).values.item()
 
 
+class BatchPool:
+    """Where the batch's candidates live: in this process (the default), or spread over ``replicas``
+    data-parallel processes, which then override :meth:`kth` (the t-th largest over every replica's
+    values) and :meth:`any` (whether any replica says yes) with collectives."""
+
+    replicas = 1
+
+    def kth(self, values: Tensor, t: int) -> float:
+        return kth_largest(values, t)
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+
 def batch_topk_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor | None = None,
-                      k_aux: int = 0, chunk: int = DEFAULT_CHUNK) -> BatchSelection:
-    """The B k largest pre-activations of the batch x_n (B, d); see the module docstring."""
+                      k_aux: int = 0, chunk: int = DEFAULT_CHUNK, pool: "BatchPool | None" = None) -> BatchSelection:
+    """The B k largest pre-activations of the batch x_n (B, d); see the module docstring. With ``pool`` (data
+    parallelism) x_n is one replica's rows of a global batch and the selection is the global batch's top-T:
+    the cut t is taken over every replica's candidates and a replica widens until no replica is saturated."""
+    pool = pool or BatchPool()
     B, n = x_n.shape[0], W_enc.shape[0]
-    total, m = B * k, min(n, math.ceil(CANDIDATES * k))
+    total, m = pool.replicas * B * k, min(n, math.ceil(CANDIDATES * k))
     with torch.no_grad():
         x_c = (x_n - b_pre).detach()
         sel = select_topk(x_c, W_enc.detach(), b_enc.detach(), m, dead, k_aux, chunk)
         first = sel.values
         extra_v, extra_i = first.new_empty(B, 0), sel.indices.new_empty(B, 0)
-        t = kth_largest(first, total)
+        t = pool.kth(first, total)
         rows = (first[:, -1] >= t).nonzero()[:, 0] if m < n else first.new_empty(0, dtype=torch.long)
         width = m
-        while rows.numel():  # widen the saturated rows, then look again
-            width = min(n, 2 * width)
-            more = select_topk(x_c[rows], W_enc.detach(), b_enc.detach(), width, chunk=chunk)
-            idx = torch.arange(width - m, device=first.device).repeat(B, 1)  # pads: distinct latents
-            val = first.new_full((B, width - m), float("-inf"))
-            idx[:, : extra_i.shape[1]], val[:, : extra_v.shape[1]] = extra_i, extra_v  # rows widened before
-            idx[rows], val[rows] = more.indices[:, m:], more.values[:, m:]
-            extra_i, extra_v = idx, val
-            t = kth_largest(torch.cat([first, val], 1), total)
-            rows = (val[:, -1] >= t).nonzero()[:, 0] if width < n else rows.new_empty(0)
+        while pool.any(rows.numel() > 0):  # widen the saturated rows, then look again
+            if rows.numel():
+                width = min(n, 2 * width)
+                more = select_topk(x_c[rows], W_enc.detach(), b_enc.detach(), width, chunk=chunk)
+                idx = torch.arange(width - m, device=first.device).repeat(B, 1)  # pads: distinct latents
+                val = first.new_full((B, width - m), float("-inf"))
+                idx[:, : extra_i.shape[1]], val[:, : extra_v.shape[1]] = extra_i, extra_v  # rows widened before
+                idx[rows], val[rows] = more.indices[:, m:], more.values[:, m:]
+                extra_i, extra_v = idx, val
+            t = pool.kth(torch.cat([first, extra_v], 1), total)  # t only rises: a row once unsaturated stays so
+            rows = (extra_v[:, -1] >= t).nonzero()[:, 0] if 0 < extra_v.shape[1] and width < n else rows.new_empty(0)
         keep, e_keep = first >= t, extra_v >= t
         w = max(int(keep.sum(1).max()), 1)
         e = int(e_keep.sum(1).max()) if extra_v.shape[1] else 0

@@ -15,7 +15,12 @@ during training as a running average of the smallest kept (positive) activation 
 
 Fast path: :func:`saescale.kernels.batch_select.batch_topk_encode` (chunked, never a (B, n) matrix;
 sparse backward), the sparse decoder; reference (``SAESCALE_KERNELS=reference``): dense pre, a flat
-``topk`` over B n entries. One process only (see saescale.distributed.mesh.check_layout).
+``topk`` over B n entries.
+
+Data parallelism (D replicas, each B_r = B / D rows of the global batch): S is the global batch's top-(B k),
+exactly: the cut is the (B k)-th largest of every replica's candidates (:class:`ReplicaPool`), the AuxK
+denominator and the threshold's min are taken over the global batch, so the D replicas step as one process
+on the whole batch would. Latent sharding is TopK's only (saescale.distributed.mesh.check_layout).
 """
 
 from __future__ import annotations
@@ -25,15 +30,41 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saescale import losses
+from saescale.distributed.collectives import centered_sq_sum
+from saescale.distributed.mesh import Mesh
 from saescale.distributed.sharded_topk import stable_topk
 from saescale.kernels import fast_kernels, sparse_decode
-from saescale.kernels.batch_select import batch_topk_encode
+from saescale.kernels.batch_select import BatchPool, batch_topk_encode, kth_largest
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput, dense_to_code
 from saescale.sae.registry import register
 
 
-def batch_topk_dense(pre: Tensor, k: int) -> Tensor:
-    """The reference: ReLU(pre) (B, n) on its B k largest entries over the batch, 0 elsewhere."""
+class ReplicaPool(BatchPool):
+    """The candidates of a batch spread over the data group of ``mesh``: the t-th largest over every
+    replica's values (their values all-gathered, padded with -inf to the longest) and a yes from any replica."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh, self.replicas = mesh, mesh.data_shards
+
+    def kth(self, values: Tensor, t: int) -> float:
+        flat = values.detach().reshape(-1)
+        sizes = self.mesh.all_gather(torch.tensor([flat.numel()], device=flat.device), "data")
+        padded = flat.new_full((int(sizes.max()),), float("-inf"))
+        padded[: flat.numel()] = flat
+        return kth_largest(self.mesh.all_gather(padded, "data"), t)
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.mesh.all_reduce(torch.tensor([float(flag)]), "data").item() > 0)
+
+
+def batch_topk_dense(pre: Tensor, k: int, pool: BatchPool | None = None) -> Tensor:
+    """The reference: ReLU(pre) (B, n) on its B k largest entries over the batch, 0 elsewhere. Over a
+    ``pool`` of replicas: the entries at or above the global batch's (B k)-th largest (ties all kept)."""
+    if pool is not None and pool.replicas > 1:
+        z = F.relu(pre)
+        total = pool.replicas * pre.shape[0] * k
+        t = pool.kth(z.detach().reshape(-1).topk(min(total, z.numel())).values, total)
+        return z * (z >= t) * (z > 0)
     flat = F.relu(pre).reshape(-1)
     top = flat.topk(min(k * pre.shape[0], flat.numel())).indices
     mask = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, top, True)
@@ -77,16 +108,17 @@ class BatchTopKSAE(SparseAutoencoder):
     def batch_code(self, x_n: Tensor, ctx: LossContext) -> tuple[list[SparseCode], SparseCode | None]:
         """The batch's top-B k code as parts (values differentiable) and AuxK's code (None without AuxK)."""
         k_aux = self.aux_latents(ctx)
+        pool = ReplicaPool(self.mesh) if self.mesh.data_shards > 1 else None
         if fast_kernels():
             sel = batch_topk_encode(x_n, self.b_pre, self.W_enc, self.b_enc, self.cfg.k,
-                                    ctx.dead if k_aux else None, k_aux, self.chunk_for(x_n))
+                                    ctx.dead if k_aux else None, k_aux, self.chunk_for(x_n), pool)
             parts = [SparseCode(torch.where(sel.keep, F.relu(sel.values), 0.0), sel.indices)]
             if sel.extra_indices.shape[1]:
                 parts.append(SparseCode(torch.where(sel.extra_keep, F.relu(sel.extra_values), 0.0), sel.extra_indices))
             aux = SparseCode(F.relu(sel.aux_values), sel.aux_indices) if k_aux else None
             return parts, aux
         pre = self.pre_acts(x_n)  # (B, n): the plain dense reference
-        z = batch_topk_dense(pre, self.cfg.k)
+        z = batch_topk_dense(pre, self.cfg.k, pool)
         aux = None
         if k_aux:
             v, i = stable_topk(pre.masked_fill(~ctx.dead, float("-inf")), k_aux)
@@ -97,6 +129,8 @@ class BatchTopKSAE(SparseAutoencoder):
         with torch.no_grad():  # the smallest positive value of the parts, without concatenating them
             lows = [torch.where(p.values > 0, p.values, float("inf")).amin() for p in parts if p.values.numel()]
             low = min(v.item() for v in lows) if lows else float("inf")
+            if self.mesh.data_shards > 1:  # the global batch's smallest kept activation
+                low = self.mesh.all_gather(torch.tensor([low]), "data").min().item()
             self._min_kept = low if low < float("inf") else None
 
     def reconstruction_loss(self, x_n: Tensor, parts: list[SparseCode], ctx: LossContext, batch: int
@@ -119,7 +153,8 @@ class BatchTopKSAE(SparseAutoencoder):
             e = x_n - x_hat  # as TopK: target e + sg(b_pre), reconstruction ê + b_pre
             e_hat = sparse_decode(self.W_dec, [aux_code])[0] if fast_kernels() else \
                 F.embedding_bag(aux_code.indices, self.W_dec, per_sample_weights=aux_code.values, mode="sum")
-            aux = losses.auxk_loss(e_hat + self.b_pre, e + self.b_pre.detach())
+            var = None if self.mesh.data_shards == 1 else centered_sq_sum(e, batch, self.mesh)
+            aux = losses.auxk_loss(e_hat + self.b_pre, e + self.b_pre.detach(), var)
             loss = loss + ctx.aux_coef * aux
         code = cat_codes([SparseCode(p.values.detach(), p.indices) for p in parts])
         return StepOutput(loss=loss, x_hat=x_hat, code=code, aux_loss=aux)

@@ -13,7 +13,9 @@ a magnitude scale r_mag (n,) and bias b_mag (n,). With x_c = x_n - b_pre (B, d):
 is trained by the sparsity penalty and the auxiliary reconstruction through the frozen decoder only,
 the magnitude path by the main reconstruction. SAELens' 'gated' names: W_enc, b_gate (our b_enc),
 b_mag, r_mag, W_dec, b_dec (our b_pre). Sparse path (:mod:`.sparse_path`): every term lives on the
-entries with π_gate > 0, which alone are gathered, decoded and back-propagated. One process only.
+entries with π_gate > 0, which alone are gathered, decoded and back-propagated. Data-parallel replicas each
+give their rows' share of the global batch's loss (B = the global batch); latent sharding is TopK's only
+(saescale.distributed.mesh.check_layout).
 """
 
 from __future__ import annotations

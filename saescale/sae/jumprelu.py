@@ -15,7 +15,8 @@ K(u) = 1[|u| < 1/2] of bandwidth ε (``SAEConfig.bandwidth``), the paper's eqs. 
 θ is stored as log θ (trained) and initialised to ε; ε defaults to 0.001 times the data's RMS spread
 per coordinate (the paper's 0.001 on inputs with E||x||^2 = d). Sparse path (:mod:`.sparse_path`):
 only the entries with pre_i > θ_i - ε/2 have a value or a gradient, so they alone are gathered,
-decoded and back-propagated. One process only (see saescale.distributed.mesh.check_layout).
+decoded and back-propagated. Data-parallel replicas each give their rows' share of the global batch's loss (B
+= the global batch); latent sharding is TopK's only (saescale.distributed.mesh.check_layout).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ The true gradient of z with respect to b is zero, so b learns through a syntheti
     ProLU-ReLU:            ∂z_i/∂m_i = A_i,  ∂z_i/∂b_i = A_i       (the gradient ReLU(m + b) would give)
 
 Taggart reports both as Pareto improvements over ReLU + L1, ProLU-STE the stronger, hence the default.
-Sparse path (:mod:`.sparse_path`): only active entries have a value or a gradient. One process only.
+Sparse path (:mod:`.sparse_path`): only active entries have a value or a gradient. Data-parallel replicas each
+give their rows' share of the global batch's loss (B = the global batch); latent sharding is TopK's only
+(saescale.distributed.mesh.check_layout).
 """
 
 from __future__ import annotations

@@ -39,6 +39,14 @@ TRAIN_CFGS = {
 }
 
 
+ARCHS = ("relu", "gated", "prolu", "jumprelu", "batchtopk", "matryoshka")  # data-parallel (topk: TRAIN_CFGS)
+ARCH_SAE = {arch: SAEConfig(arch=arch, n=N, k=K) for arch in ARCHS}
+# AuxK on from step 2 for the BatchTopK family; a penalty large enough to move the thresholds and gates
+ARCH_TRAIN = {arch: TrainConfig(tokens=BATCH * STEPS, batch_size=BATCH, lr=1e-2, dead_tokens=BATCH, k_aux=8,
+                                l1_coef=0.05, l0_coef=0.05, threshold_lr_mult=10.0 if arch == "jumprelu" else 1.0,
+                                init_tokens=256, checkpoint_every=2, log_every=1, progress=False) for arch in ARCHS}
+
+
 def source() -> SyntheticSource:
     return SyntheticSource(SyntheticConfig(d=D, features=64, k=4))
 
@@ -98,6 +106,15 @@ def train_layouts(rank: int, world: int, tmp: str, shard_counts: list[int]) -> N
         mesh = _mesh(rank, world, shards)
         for name, cfg in TRAIN_CFGS.items():
             train_sae(SAE_CFG, cfg, source(), Path(tmp) / f"{name}-w{world}-l{shards}", mesh=mesh)
+
+
+def train_archs(rank: int, world: int, tmp: str, kernels: str) -> None:
+    """Every architecture besides TopK data-parallel over ``world`` ranks: OUT = tmp/<arch>-w<world>-<kernels>."""
+    os.environ["SAESCALE_KERNELS"] = kernels
+    for arch in ARCHS:
+        layout = check_layout(world, 1, N, BATCH, arch)
+        mesh = init_mesh(layout, rank, DistConfig(dist_timeout=60), torch.device("cpu"))
+        train_sae(ARCH_SAE[arch], ARCH_TRAIN[arch], source(), Path(tmp) / f"{arch}-w{world}-{kernels}", mesh=mesh)
 
 
 def resume_layout(rank: int, world: int, tmp: str, shards: int, runs: list[tuple[str, str]]) -> None:
