@@ -114,7 +114,7 @@ class ArraySource:
             take = min(count, self.n_tokens - skip)
             parts.append(self.read(self._order(epoch)[skip : skip + take] + self.lo))
             position, count = position + take, count - take
-        return torch.cat(parts) if len(parts) != 1 else parts[0]
+        return parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.empty(0, self.d)
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Shuffled float32 (batch_size, d) batches forever; ``start`` skips that many without reading them."""
