@@ -3,6 +3,8 @@ with ``--corpus``, on another corpus, all of it held out)."""
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +28,7 @@ class EvalCommand:
     """Evaluate a trained SAE: reconstruction, downstream loss, probes, N2G, ablation sparsity, refinement, progressive codes."""
 
     sae: str = field(metadata={"positional": True})
-    """SAE folder (cfg.json + sae.safetensors, e.g. runs/<run>/sae); its model, hook and corpus are read from cfg.json."""
+    """SAE folder (cfg.json + sae.safetensors, e.g. runs/<run>/sae); its model, hook and corpus are read from cfg.json. Also a SAELens or sparsify folder or an OpenAI .pt state dict: one exported by saescale keeps its record; a foreign one needs --model and --hook."""
 
     metrics: str = ",".join(ALL_METRICS)
     """Comma-separated metrics to compute, from: recon, downstream, probes, n2g, ablation, refine, progressive."""
@@ -51,6 +53,9 @@ class EvalCommand:
 
     model: str = ""
     """Override the model recorded in the SAE's cfg.json (e.g. a local copy); empty = the recorded one."""
+
+    hook: str = ""
+    """Hook point of a foreign SAE (SAELens, sparsify or OpenAI, with no saescale record of where it was trained), e.g. 'layers.20'; it is then evaluated on all of --corpus (default: the embedded corpus). Empty = the recorded one (a saescale SAE records its own and takes no --hook)."""
 
     model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """dtype of the model's forward passes: 'auto' = float32 for eval (a bf16 model moved the main job's ΔCE by 0.0063 nats, over the 0.005 tolerance: benchmarks/README.md); bfloat16 only when asked; metrics.json records the one used."""
@@ -119,6 +124,37 @@ def eval_model_dtype(name: str) -> str:
     return "float32" if name == "auto" else name
 
 
+@contextmanager
+def provenance(cfg: EvalCommand):
+    """(SAE folder, corpus) for load_eval_set. A saescale SAE, or a foreign one exported by saescale, records its
+    model, hook and corpus: itself and --corpus. A foreign SAE without that record needs --model and --hook (one
+    line naming the missing ones otherwise); it is then evaluated from a temporary saescale copy recording them,
+    on all of --corpus (the embedded corpus by default: its training data is unknown)."""
+    from saescale.sae.io import load_sae, read_cfg, save_sae
+
+    _, extra = read_cfg(cfg.sae)
+    recorded = extra.get("activations")
+    if recorded or "imported" not in extra:
+        if cfg.hook and isinstance(recorded, dict) and cfg.hook != recorded.get("hook"):
+            raise SaescaleError(f"--hook {cfg.hook}: {cfg.sae} records its hook point "
+                                f"{repr(recorded['hook']) if recorded.get('hook') else '(the model default)'} (where it was "
+                                "trained); drop --hook")
+        yield cfg.sae, cfg.corpus
+        return
+    info = extra["imported"]
+    missing = [opt for opt, value in (("--model", cfg.model), ("--hook", cfg.hook)) if not value]
+    if missing:
+        said = ", ".join(f"{k} {info[k]!r}" for k in ("model", "hook") if info.get(k))
+        raise SaescaleError(f"{cfg.sae} is a {info.get('format', 'foreign')} SAE with no saescale record of the model and "
+                            f"hook it was trained on{f' (its files say {said})' if said else ''}: give "
+                            f"{' and '.join(missing)} (a saescale model and hook point, e.g. --model default --hook layers.20)")
+    with tempfile.TemporaryDirectory(prefix="saescale-eval-") as tmp:
+        acts = {"model": cfg.model, "hook": cfg.hook, "corpus": "unknown"}
+        folder = save_sae(load_sae(cfg.sae), Path(tmp) / "sae", extra={"source": "imported", "imported": info,
+                                                                        "activations": acts})
+        yield str(folder), cfg.corpus or "default"
+
+
 def run_eval(cfg: EvalCommand, lm=None) -> dict:
     """Compute the chosen metrics, write ``metrics.json`` atomically, print a table; returns the written dict."""
     from saescale.eval.evalset import load_eval_set
@@ -127,10 +163,11 @@ def run_eval(cfg: EvalCommand, lm=None) -> dict:
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    if not Path(cfg.sae).is_dir():
+    if not Path(cfg.sae).exists():
         raise SaescaleError(f"SAE folder {cfg.sae} not found: give the sae/ folder of a training run")
-    es = load_eval_set(cfg.sae, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm, corpus=cfg.corpus,
-                       model_dtype=eval_model_dtype(cfg.model_dtype), track=tqdm_track)
+    with provenance(cfg) as (sae_dir, corpus):
+        es = load_eval_set(sae_dir, cfg.eval_contexts, cfg.seed, cfg.model, lm=lm, corpus=corpus,
+                           model_dtype=eval_model_dtype(cfg.model_dtype), track=tqdm_track)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     results, timings = run_metrics(es, cfg.metric_names, cfg)
     doc = json_safe({"settings": settings(cfg, es), "metrics": results, "timings_s": timings})
