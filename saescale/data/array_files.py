@@ -9,9 +9,12 @@ A ``.safetensors`` file or a ``.pt`` dict with several tensors: the one named ``
 cache's name) if there is one, else its only 2-D tensor; several 2-D tensors and none named ``acts`` is
 a one-line error.
 
-Reading a memory-mapped file faults its pages into this process (they count in its RSS); after each read
-the pages of the rows read are handed back (``madvise(MADV_DONTNEED)``; they stay in the page cache, so
-re-reading is no slower), so RSS stays bounded by one read's rows however large the file is.
+Reading rows through a memory map faults pages into this process, and they count in its RSS: measured
+(benchmarks/README.md), 4096 random rows of a freshly written 10 GB .npy mapped 5 GB at once (the kernel
+maps whole large page-cache folios, ~1 MB per row). So the rows of .npy and .safetensors files, whose
+bytes lie at a known offset, are read with ``os.preadv`` (one call per run of consecutive rows) into the
+batch's own buffer: nothing of the file enters RSS. A .pt tensor (mapped by torch) is read 32 rows at a
+time, each chunk's pages handed back (``madvise(MADV_DONTNEED)``; they stay in the page cache).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import os
 import pickle
 import struct
 import sys
@@ -36,6 +40,7 @@ _ST_DTYPES = {"F16": (np.float16, None), "F32": (np.float32, None), "F64": (np.f
               "BF16": (np.uint16, torch.bfloat16)}  # numpy has no bfloat16: its bits as uint16, viewed in torch
 _RESAVE = "save an (N, d) float array, e.g. numpy.save(path, acts) or torch.save(acts, path)"
 
+_CHUNK = 32  # rows of a torch-mapped tensor read between page hand-backs
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _MADV_DONTNEED = 4
 
@@ -58,10 +63,12 @@ class Shard:
     """
 
     def __init__(self, data: np.ndarray | torch.Tensor, name: str, dtype: str, mapped: bool,
-                 tensor: str | None = None, view: torch.dtype | None = None):
+                 tensor: str | None = None, view: torch.dtype | None = None, offset: int | None = None):
         check_array(name, tuple(data.shape), dtype)
         self.data, self.name, self.dtype, self.mapped, self.tensor, self.view = data, name, dtype, mapped, tensor, view
         self.n, self.d = int(data.shape[0]), int(data.shape[1])
+        c_order = isinstance(data, np.ndarray) and data.flags.c_contiguous
+        self.offset = offset if c_order else None  # byte offset of row 0 in the file: rows read with preadv
 
     @property
     def record(self) -> dict[str, Any]:
@@ -70,13 +77,41 @@ class Shard:
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         """float32 (len(rows), d): the given rows (sorted, int64), copied out; a mapping's pages handed back."""
-        if isinstance(self.data, torch.Tensor):
-            out = self.data.index_select(0, torch.from_numpy(rows).to(self.data.device)).float()
+        if self.offset is not None:
+            raw = torch.from_numpy(self._pread(rows))
+        elif isinstance(self.data, torch.Tensor):
+            if not self.mapped:
+                return self.data.index_select(0, torch.from_numpy(rows).to(self.data.device)).float()
+            parts = []
+            for lo in range(0, len(rows), _CHUNK):  # a chunk's pages at a time, then handed back
+                part = rows[lo : lo + _CHUNK]
+                parts.append(self.data.index_select(0, torch.from_numpy(part)).float())
+                self._release(int(part[0]), int(part[-1]) + 1)
+            return torch.cat(parts) if parts else torch.empty(0, self.d)
         else:
             raw = torch.from_numpy(np.take(self.data, rows, axis=0))
-            out = (raw.view(self.view) if self.view is not None else raw).float()
-        if self.mapped and len(rows):
-            self._release(int(rows[0]), int(rows[-1]) + 1)
+            if self.mapped and len(rows):  # a memory map in Fortran order: its pages handed back
+                self._release(int(rows[0]), int(rows[-1]) + 1)
+        return (raw.view(self.view) if self.view is not None else raw).float()
+
+    def _pread(self, rows: np.ndarray) -> np.ndarray:
+        """The raw (len(rows), d) rows read from the file with one ``preadv`` per run of consecutive rows."""
+        a = self.data
+        out = np.empty((len(rows), self.d), dtype=a.dtype)
+        row = self.d * a.dtype.itemsize
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # first index of each run
+        ends = np.append(starts[1:], len(rows))
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        fd = os.open(self.name, os.O_RDONLY)
+        try:
+            for i, j in zip(starts.tolist(), ends.tolist()):
+                want = (j - i) * row
+                got = os.preadv(fd, [view[i * row : j * row]], self.offset + int(rows[i]) * row)
+                if got != want:
+                    raise SaescaleError(f"{self.name} is shorter than its header says (row {int(rows[i])} is cut "
+                                        "off): the file is truncated; write it again")
+        finally:
+            os.close(fd)
         return out
 
     def _release(self, lo: int, hi: int) -> None:
@@ -122,7 +157,8 @@ def _npy(path: Path) -> Shard:
         raise SaescaleError(f"{path} is not a readable .npy array ({first_line(e, 100)}): {_RESAVE}") from None
     if a.dtype.kind != "f":
         raise SaescaleError(f"{path} holds {a.dtype} values; activations must be one of {', '.join(FLOATS)}: {_RESAVE}")
-    return Shard(a, str(path), a.dtype.name, mapped=isinstance(a, np.memmap))
+    mapped = isinstance(a, np.memmap)
+    return Shard(a, str(path), a.dtype.name, mapped=mapped, offset=a.offset if mapped else None)
 
 
 def choose(path: Path, shapes: dict[str, Sequence[int]]) -> str:
@@ -164,8 +200,9 @@ def _safetensors(path: Path) -> Shard:
     np_dtype, view = _ST_DTYPES[info["dtype"]]
     shape, dtype = tuple(info["shape"]), "bfloat16" if view else np.dtype(np_dtype).name
     check_array(f"{path} tensor '{name}'", shape, dtype)
-    a = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + size + info["data_offsets"][0], shape=shape)
-    return Shard(a, str(path), dtype, True, name, view)
+    offset = 8 + size + info["data_offsets"][0]
+    a = np.memmap(path, dtype=np_dtype, mode="r", offset=offset, shape=shape)
+    return Shard(a, str(path), dtype, True, name, view, offset)
 
 
 def _pt(path: Path) -> Shard:

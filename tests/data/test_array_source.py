@@ -196,3 +196,13 @@ def test_a_nan_row_names_the_file_and_row(tmp_path):
     src.rows(0, 0)
     with pytest.raises(SaescaleError, match=r"b\.npy: row 23 hold"):
         src.rows(0, src.n_tokens)
+
+
+def test_fortran_order_npy_and_consecutive_runs_read_correctly(tmp_path):
+    x = labelled()
+    np.save(tmp_path / "f.npy", np.asfortranarray(x.numpy()))
+    np.save(tmp_path / "c.npy", x.numpy())
+    f, c = ArraySource(tmp_path / "f.npy", heldout=0), ArraySource(tmp_path / "c.npy", heldout=0)
+    rows = np.array([0, 1, 2, 3, 10, 11, 500, 998, 999, 5], dtype=np.int64)  # runs of consecutive rows, unsorted
+    assert torch.equal(f.read(rows), x[rows]) and torch.equal(c.read(rows), x[rows])
+    assert f.shards[0].offset is None and c.shards[0].offset is not None  # preadv only for C order
