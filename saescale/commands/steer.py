@@ -4,6 +4,7 @@ steered (added at ``--scale`` or clamped at ``--clamp``) at the SAE's hook point
 from __future__ import annotations
 
 import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +105,9 @@ def run_steer(cfg: SteerCommand, lm: tuple | None = None):
     out = compare(model, tokenizer, sae, hook, cfg.latent, ids, cfg.tokens, scale=cfg.scale, clamp=cfg.clamp)
     width = cfg.width or shutil.get_terminal_size((100, 24)).columns
     amount = f"scale {cfg.scale:g}" if cfg.clamp is None else f"clamp {cfg.clamp:g}"
-    print(f"model {name}, hook {hook}, SAE {cfg.sae} ({sae.cfg.arch}, n={sae.cfg.n}), latent {cfg.latent}, "
-          f"{amount}; greedy, {cfg.tokens} new tokens")
-    print(f"prompt: {cfg.prompt!r}\n")
+    print(textwrap.fill(f"model {name}, hook {hook}, SAE {cfg.sae} ({sae.cfg.arch}, n={sae.cfg.n}), latent "
+                        f"{cfg.latent}, {amount}; greedy, {cfg.tokens} new tokens", width, break_on_hyphens=False))
+    print(textwrap.fill(f"prompt: {cfg.prompt!r}", width) + "\n")
     left, right = labels(cfg)
     print(side_by_side(left, out.plain, right, out.steered, width))
     print(f"\n{difference(out.plain_ids.tolist(), out.steered_ids.tolist())}")

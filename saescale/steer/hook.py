@@ -1,16 +1,18 @@
 """Steer a causal LM with one SAE latent: add (or clamp) its decoder direction at a hook point.
 
 The SAE's decoder rows live in its *normalised* space. For raw activations x (N, d) at the hook,
-:func:`~saescale.sae.normalize.normalize` gives x_n = (x - shift) / scale and the reconstruction is
-x̂ = scale · (Σ_j z_j W_dec[j] + b_pre) + shift, so latent i firing at z_i contributes
+:func:`~saescale.sae.normalize.normalize` gives x_n and the statistics (shift, scale) that undo it, and
+the reconstruction is x̂ = scale · (Σ_j z_j W_dec[j] + b_pre) + shift, so latent i firing at z_i
+contributes
 
     z_i · u_i(x),   u_i(x) = scale(x) · W_dec[i]   (N, d)        "one unit of latent i at token x"
 
-to the raw-space reconstruction. Per normalisation (μ = mean over channels of x, d = width):
+to the raw-space reconstruction, scale being the decode multiplier (``NormStats.scale``, (N, 1) or a
+scalar). Per normalisation (μ = mean over channels of x):
 
-    layernorm   u_i(x) = ‖x - μ‖₂ · W_dec[i]           per token
-    std         u_i(x) = (std(x - μ) + 1e-5) · W_dec[i]  per token
-    mean_sq     u_i    = W_dec[i] / s                   s: the SAE's fixed norm_scale
+    layernorm   u_i(x) = ‖x - μ‖₂ · W_dec[i]             per token
+    std         u_i(x) = σ(x) · W_dec[i]                  per token, σ the unbiased std of x - μ
+    mean_sq     u_i    = W_dec[i] / s                     s: the SAE's fixed norm_scale
     none        u_i    = W_dec[i]
 
 Two modes, applied to the hook module's output h (B, T, d) at every position (prompt and generated):
