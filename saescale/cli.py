@@ -12,6 +12,7 @@ from saescale.errors import SaescaleError, first_line, os_error_line
 def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.activations.config import ActivationConfig
     from saescale.commands.cache import run_cache
+    from saescale.commands.dashboard import DashboardCommand, run_dashboard
     from saescale.commands.eval import EvalCommand, run_eval
     from saescale.commands.export import ExportCommand, run_export
     from saescale.commands.fit import FitConfig, run_fit
@@ -26,6 +27,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
         "sweep": ("train a grid of SAEs (spec file) together on one pass over the activations; rerun to resume",
                   SweepConfig, run_sweep_command),
         "fit": ("scaling-law fits (joint L(n,k), L(C), lr rule) of finished sweeps (PATH...)", FitConfig, run_fit),
+        "dashboard": ("static offline feature browser of an SAE (SAE_DIR) from its activation cache", DashboardCommand, run_dashboard),
         "export": ("an SAE (SAE_DIR) as a SAELens or sparsify folder their own loaders read", ExportCommand, run_export),
         "steer": ("greedy continuations of a prompt without and with one SAE latent steered (SAE_DIR)", SteerCommand, run_steer),
     }
