@@ -69,9 +69,9 @@ def export(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any
     """(cfg.json, sae_weights.safetensors tensors) of ``sae`` in SAELens's format; see the module docstring."""
     cfg = sae.cfg
     if cfg.arch not in ARCH_OUT:
-        raise SaescaleError(f"--arch {cfg.arch} cannot be exported to SAELens: its activation (z = m 1[m > 0, m + b > 0]) "
-                            "is none of SAELens's architectures; keep it in saescale's format, or train --arch "
-                            f"{' / '.join(ARCH_OUT)}")
+        why = "its activation z = m 1[m > 0, m + b > 0]" if cfg.arch == "prolu" else "it"
+        raise SaescaleError(f"--arch {cfg.arch} cannot be exported to SAELens: {why} is none of SAELens's architectures; "
+                            f"keep it in saescale's format, or train --arch {' / '.join(ARCH_OUT)}")
     a = fold_factor(cfg, "saelens")
     t = {"W_enc": div(sae.W_enc, a).T.contiguous(), "W_dec": mul(sae.W_dec, a), "b_dec": mul(sae.b_pre, a)}
     if cfg.arch == "gated":
