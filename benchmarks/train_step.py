@@ -1,12 +1,15 @@
 """Training-step throughput against the encoder-matmul bound, in one process.
 
-Usage: python benchmarks/train_step.py [--arch topk] [--n 16384] [--k 32] [--d 576] [--batch 4096] [--steps 5] [--threads 2]
+Usage: python benchmarks/train_step.py [--arch topk] [--experts 8] [--n 16384] [--k 32] [--d 576] [--batch 4096] [--steps 5] [--threads 2]
 
 With ``--arch NAME`` other than topk: that architecture's ``Trainer.step`` and the TopK step at the same
 shape, timed alternately in this process, and their ratio as the last line (issue 16's targets: batchtopk
 and matryoshka <= 1.3, jumprelu and gated <= 2). The L1/L0 architectures are timed at a trained-like
 sparsity: their biases (gated, prolu) or thresholds (jumprelu) are set from a batch so that about k
 latents per token are active, as after training (at init most latents are active, and the dense path runs).
+``--arch switch --experts E``: the Switch step (router rows random unit directions, so the random tokens
+spread over the experts) against the dense TopK step of the same n, k and batch; the last line is
+``switch step: X.Xx faster than dense TopK`` (X = TopK best step time / Switch best step time; issue 17: >= 4).
 
 Measures, on random inputs of width d, for B = --batch tokens and n latents:
   * the encoder matmul x (B, d) @ W_enc^T (d, n) + b_enc: GFLOP/s and its bound B / time;
@@ -89,11 +92,13 @@ def build_trainer(args: argparse.Namespace, g: torch.Generator, arch: str = "top
                   x: torch.Tensor | None = None) -> Trainer:
     """An SAE with tied init (W_enc = W_dec, b_enc = 0, b_pre = 0) and the default trainer settings; for
     gated, prolu and jumprelu, biases or thresholds set on ``x`` so that about k latents per token fire."""
-    extra = {"bandwidth": 1e-4} if arch == "jumprelu" else {}
+    extra = {"bandwidth": 1e-4} if arch == "jumprelu" else {"experts": args.experts} if arch == "switch" else {}
     sae = build_sae(SAEConfig(arch=arch, n=args.n, k=args.k, d=args.d, normalize="layernorm", **extra))
     with torch.no_grad():
         sae.W_dec.copy_(random_unit_rows(args.n, args.d, g))
         sae.W_enc.copy_(sae.W_dec)
+        if arch == "switch":
+            sae.W_router.copy_(random_unit_rows(args.experts, args.d, g))
         if arch in ("gated", "prolu", "jumprelu"):
             x_n, _ = sae.normalize(x[:1024].cpu())  # the SAE's own input normalisation
             pre = torch.nn.functional.linear(x_n, sae.W_enc)  # (1024, n)
@@ -141,6 +146,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="steps per measured path; the first is a warm-up")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--multi-topk", action="store_true", help="train with Multi-TopK (top-4k as well)")
+    p.add_argument("--experts", type=int, default=8, help="--arch switch: the number of experts E")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA times are synchronised)")
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
@@ -203,6 +209,11 @@ def compare_arch(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor) 
     a, b = min(t_arch[1:] or t_arch), min(t_topk[1:] or t_topk)
     print(f"{args.arch} step: best {a * 1e3:.0f} ms (median {statistics.median(t_arch) * 1e3:.0f}), L0 {l0:.1f}")
     print(f"topk step: best {b * 1e3:.0f} ms (median {statistics.median(t_topk) * 1e3:.0f})")
+    if args.arch == "switch":
+        load = ", ".join(f"{f:.3f}" for f in metrics["expert_load"])
+        print(f"expert load (fraction of tokens per expert): {load}")
+        print(f"switch step: {b / a:.1f}x faster than dense TopK")
+        return
     print(f"step time ratio {args.arch}/topk: {a / b:.2f}")
 
 

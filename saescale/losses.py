@@ -60,3 +60,11 @@ def l1_penalty(z: Tensor, dec_norms: Tensor) -> Tensor:
     being gamed by shrinking z and growing the decoder rows.
     """
     return (z.abs() * dec_norms).sum(-1).mean()
+
+
+def switch_balance_loss(load: Tensor, probs: Tensor) -> Tensor:
+    """Switch load balancing: E sum_e f_e P_e, f_e = ``load`` (E,) the fraction of tokens routed to expert e
+    (no gradient), P_e the mean over the batch of ``probs`` (B, E). 1 at uniform routing, E when every
+    token goes to one expert with probability 1; its gradient lowers the probability of busy experts."""
+    E = probs.shape[1]
+    return E * torch.dot(load.detach(), probs.mean(0))

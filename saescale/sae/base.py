@@ -110,8 +110,9 @@ class SparseAutoencoder(nn.Module):
         return PARAMS + cls.extra_params + cls.buffers
 
     @classmethod
-    def stored_shapes(cls, n: int, d: int) -> dict[str, tuple[int, ...]]:
-        """The shape of each stored tensor of a whole SAE of n latents on width d."""
+    def stored_shapes(cls, n: int, d: int, cfg: SAEConfig | None = None) -> dict[str, tuple[int, ...]]:
+        """The shape of each stored tensor of a whole SAE of n latents on width d (``cfg``: its whole config,
+        for an architecture whose own tensors are not one value per latent, e.g. Switch's router)."""
         return {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,),
                 **{name: (n,) for name in cls.extra_params + cls.buffers}}
 
@@ -134,6 +135,11 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step (BatchTopK updates its threshold here)."""
+
+    def step_metrics(self) -> dict[str, float]:
+        """The architecture's own metrics of the last :meth:`loss_terms` call, logged with the trainer's
+        (Switch: expert load); none by default."""
+        return {}
 
     # ---- normalisation -------------------------------------------------
     def normalize(self, x: Tensor) -> tuple[Tensor, NormStats]:
@@ -220,6 +226,7 @@ class LossContext(NamedTuple):
     l1_coef: float  # lambda of the L1 penalty (relu, gated, prolu)
     batch: int | None = None  # B, the global batch over the data-parallel ranks; None: this batch
     l0_coef: float = 0.0  # lambda of JumpReLU's L0 penalty
+    balance_coef: float = 0.0  # alpha of Switch's load-balancing loss
 
 
 class StepOutput(NamedTuple):

@@ -9,12 +9,12 @@ from saescale.configs import check_valid, valid
 from saescale.errors import SaescaleError
 
 Normalization = Literal["layernorm", "std", "mean_sq", "none"]
-ARCHS = ("topk", "relu", "gated", "prolu", "jumprelu", "batchtopk", "matryoshka")
+ARCHS = ("topk", "relu", "gated", "prolu", "jumprelu", "batchtopk", "matryoshka", "switch")
 """The registered architectures (saescale.sae.registry checks that each has its module)."""
-TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")  # the architectures that use k (and AuxK)
+TOPK_ARCHS = ("topk", "batchtopk", "matryoshka", "switch")  # the architectures that use k (and AuxK)
 L1_ARCHS = ("relu", "gated", "prolu")  # the architectures with an L1 penalty (TrainConfig.l1_coef)
 ARCH_FIELDS = {"prefixes": ("matryoshka",), "bandwidth": ("jumprelu",), "prolu_grad": ("prolu",),
-               "threshold_lr": ("batchtopk", "matryoshka")}
+               "threshold_lr": ("batchtopk", "matryoshka"), "experts": ("switch",)}
 """The SAEConfig fields of some architectures only, with those architectures."""
 
 
@@ -23,13 +23,13 @@ class SAEConfig:
     """The SAE's architecture and input normalisation."""
 
     arch: str = "topk"
-    """Architecture: 'topk' (the paper's TopK SAE), 'relu' (ReLU + L1 baseline), 'gated' (Gated SAE), 'prolu' (ProLU + L1), 'jumprelu' (JumpReLU + L0, the Gemma Scope format), 'batchtopk' (top B*k over the batch; saved with a JumpReLU threshold), 'matryoshka' (BatchTopK code, nested prefix losses). docs/architectures.md has each one's maths and defaults."""
+    """Architecture: 'topk' (the paper's TopK SAE), 'relu' (ReLU + L1 baseline), 'gated' (Gated SAE), 'prolu' (ProLU + L1), 'jumprelu' (JumpReLU + L0, the Gemma Scope format), 'batchtopk' (top B*k over the batch; saved with a JumpReLU threshold), 'matryoshka' (BatchTopK code, nested prefix losses), 'switch' (a router picks one of E TopK experts of n/E latents per token). docs/architectures.md has each one's maths and defaults."""
 
     n: int = valid(4096, ">= 1")
     """Number of latents."""
 
     k: int = valid(32, ">= 1")
-    """Active latents per token: exactly k for 'topk', k on average over each batch for 'batchtopk' and 'matryoshka' (unused by the others)."""
+    """Active latents per token: exactly k for 'topk' and 'switch' (inside the token's expert), k on average over each batch for 'batchtopk' and 'matryoshka' (unused by the others)."""
 
     d: int | None = valid(None, ">= 1")
     """Input width; unset (None) = taken from the data."""
@@ -52,6 +52,9 @@ class SAEConfig:
     threshold_lr: float = valid(0.01, "(0, 1]")
     """'batchtopk' and 'matryoshka' only: rate of the running average theta <- (1 - r) theta + r min(kept activation) per training batch; theta is the saved JumpReLU threshold used at inference."""
 
+    experts: int | None = valid(None, ">= 1")
+    """'switch' only: the number of experts E, each a TopK SAE of n/E latents (n must be divisible by E, and k at most n/E); one expert per token, chosen by a softmax router. Unset (None) = 8."""
+
     def __post_init__(self) -> None:
         check_valid(self)
         if self.arch not in ARCHS:
@@ -62,10 +65,28 @@ class SAEConfig:
             if self.arch not in archs and getattr(self, name) != SAEConfig.__dataclass_fields__[name].default:
                 opt = "--" + name.replace("_", "-")
                 raise SaescaleError(f"{opt} applies to --arch {' / '.join(archs)} only, not {self.arch!r}; drop it")
+        if self.arch == "switch":
+            self.experts = switch_experts(self.n, self.k, self.experts)
         if self.arch == "matryoshka":
             self.prefixes = matryoshka_prefixes(self.n, self.prefixes)
         if self.norm_scale is not None and self.normalize != "mean_sq":
             raise SaescaleError(f"--norm-scale applies to --normalize mean_sq only, not {self.normalize!r}; drop it")
+
+
+DEFAULT_EXPERTS = 8  # 'switch' experts when --experts is unset
+
+
+def switch_experts(n: int, k: int, given: int | None) -> int:
+    """E checked: at most n, dividing n, with k <= n / E (TopK inside an expert); the default 8 when unset."""
+    E = DEFAULT_EXPERTS if given is None else int(given)
+    if E > n:
+        raise SaescaleError(f"--experts {E} is larger than n = {n}: each expert holds n / E latents; lower --experts or raise --n")
+    if n % E:
+        raise SaescaleError(f"--n {n} is not divisible by --experts {E}: each expert holds n / E latents")
+    if k > n // E:
+        raise SaescaleError(f"--k {k} is larger than an expert's n / E = {n // E} latents (TopK runs inside the "
+                            "token's expert): lower --k or --experts")
+    return E
 
 
 def matryoshka_prefixes(n: int, given: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ def load_all() -> dict[str, type[SparseAutoencoder]]:
     import saescale.sae.matryoshka  # noqa: F401
     import saescale.sae.prolu  # noqa: F401
     import saescale.sae.relu  # noqa: F401
+    import saescale.sae.switch  # noqa: F401
     import saescale.sae.topk  # noqa: F401
 
     assert set(REGISTRY) == set(ARCHS), (sorted(REGISTRY), ARCHS)

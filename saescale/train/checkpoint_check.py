@@ -250,7 +250,7 @@ def rng_state_size() -> int:
 
 def param_specs(cfg: SAEConfig) -> dict[str, TensorSpec]:
     """The SAE's stored tensors as sae.safetensors (and a DCP checkpoint) hold them: whole, float32."""
-    shapes = arch_class(cfg.arch).stored_shapes(cfg.n, cfg.d)
+    shapes = arch_class(cfg.arch).stored_shapes(cfg.n, cfg.d, cfg)
     return {name: (shape, torch.float32) for name, shape in shapes.items()}
 
 

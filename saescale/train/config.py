@@ -71,6 +71,9 @@ class TrainConfig:
     l0_coef: float = valid(0.001, ">= 0")
     """L0 weight lambda of 'jumprelu' (loss = nMSE-scaled error + lambda * mean number of active latents)."""
 
+    balance_coef: float = valid(0.01, ">= 0")
+    """'switch' only: weight alpha of the router's load-balancing loss alpha E sum_e f_e P_e (f_e: fraction of the batch's tokens routed to expert e, P_e: their mean router probability for e). 0.01 is Switch Transformers' value (Fedus et al. 2022), which the Switch SAE paper's loss follows; 0 = off."""
+
     threshold_lr_mult: float = valid(1.0, "> 0")
     """'jumprelu' only: the learning rate of log θ is this times the learning rate (1 = the paper, which trains for 100k+ steps; Adam moves log θ by about lr per step, so a short run's thresholds barely move unless this is larger: docs/architectures.md)."""
 

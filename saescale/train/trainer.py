@@ -107,7 +107,7 @@ class Trainer:
         with workspace.using(self.workspace):
             x_n, _ = sae.normalize(x.to(cfg.device, non_blocking=True))
             ctx = LossContext(self.dead, cfg.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef,
-                              batch, cfg.l0_coef)
+                              batch, cfg.l0_coef, cfg.balance_coef)
             out = sae.loss_terms(x_n, ctx)
             totals = self._batch_totals(out.loss, out.aux_loss, out.x_hat, x_n)
             if not torch.isfinite(totals[0]):  # the same verdict on every rank
@@ -119,7 +119,7 @@ class Trainer:
         fired = self._update_dead(out.code.values, out.code.indices, batch)
         l0 = mesh.all_reduce(fires(out.code.values).sum().double(), "world").item() / batch
         return {"loss": totals[0].item(), "nmse": self._nmse(totals, batch), "l0": l0, "aux_loss": totals[1].item(),
-                "dead_frac": self.dead_total / sae.cfg.n, "fired_frac": fired, "lr": lr}
+                "dead_frac": self.dead_total / sae.cfg.n, "fired_frac": fired, "lr": lr, **sae.step_metrics()}
 
     @torch.no_grad()
     def _batch_totals(self, loss: torch.Tensor, aux: torch.Tensor, x_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:

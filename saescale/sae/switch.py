@@ -1,0 +1,248 @@
+"""Switch SAE (Mudide, Engels, Michaud, Tegmark, Schroeder de Witt 2024, arXiv 2410.08201).
+
+E experts, each a TopK SAE of m = n / E latents: expert e owns latents [e m, (e + 1) m) of the shared
+W_enc (n, d), b_enc (n,), W_dec (n, d); b_pre (d,) is shared. A router, W_router (E, d) and b_router (d,),
+sends each token to one expert. For x_n (B, d):
+
+    p      = softmax((x_n - b_router) W_router^T)                   (B, E)  router probabilities
+    e*     = argmax_e p                                             (B,)    the token's expert (no gradient)
+    g      = p[b, e*_b]                                             (B,)    its probability (the gate)
+    pre_e* = W_enc[e* m : (e* + 1) m] (x_n - b_pre) + b_enc[...]     (B, m)  the token's expert only
+    v, i   = top-k of pre_e* per token, i global (e* m + local)      (B, k)
+    z      = g ReLU(v)                                              (B, k)  the code (gate folded in)
+    x̂_n   = sum_j z_j W_dec[i_j] + b_pre                           (B, d)
+
+so x̂_n = p_e*(x) decode_e*(TopK_k(encode_e*(x))) + b_pre: the factor g is what trains the router through
+the reconstruction. The saved code holds z with the gate folded in, so decoding is the base class's.
+
+    f_e    = |{b : e*_b = e}| / B      P_e = mean_b p[b, e]       (E,)
+    L_bal  = E sum_e f_e P_e            (Switch Transformers; minimal, 1, at uniform routing)
+    loss   = scale ||x_n - x̂_n||^2 / B + alpha_aux L_aux + alpha_bal L_bal
+
+(alpha_bal = TrainConfig.balance_coef.) AuxK inside experts: each token's residual e = x_n - x̂_n is
+reconstructed (without the gate) from the top-k_aux_t pre-activations among the *dead latents of its own
+expert*, k_aux_t = min(k_aux, that expert's dead count); then exactly TopK's L_aux (target e + sg(b_pre),
+reconstruction ê + b_pre, denominator the batch's ||e - mean e||^2). Codes are padded to the widest
+expert's k_aux_t with zeros. The router gets no AuxK gradient.
+
+Fast path (default): tokens grouped by expert (one stable argsort), one chunked encoder matmul and
+top-k selection (:func:`~saescale.kernels.select.select_topk`) per expert on its rows and its m rows of
+W_enc: ≈ 1/E of dense TopK's encoder FLOPs, plus E d per token for the router. The selected values go
+through :func:`~saescale.kernels.encoder.gathered_encode` (sparse backward on the B (k + k_aux) selected
+pairs) and the sparse decoder. Reference (``SAESCALE_KERNELS=reference``): dense (B, n) pre-activations
+masked to each token's expert, ``sort``, ``embedding_bag``. One process only (saescale.distributed.mesh).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saescale import losses
+from saescale.distributed.sharded_topk import stable_topk
+from saescale.errors import SaescaleError
+from saescale.kernels import fast_kernels, sparse_decode
+from saescale.kernels.encoder import gathered_encode
+from saescale.kernels.select import Selection, select_topk
+from saescale.kernels.workspace import scratch
+from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
+from saescale.sae.config import SAEConfig
+from saescale.sae.registry import register
+
+ROUTER_INIT_SPREAD = 1.0  # std of the initial router logits over the init sample
+
+
+class Routing:
+    """A batch's routing: probabilities p (B, E), expert e* (B,), gate g = p[b, e*] (B,), and the
+    tokens grouped by expert: ``order`` (B,) (stable argsort of e*) and ``bounds`` [E + 1] (group e is
+    order[bounds[e]:bounds[e + 1]])."""
+
+    def __init__(self, probs: Tensor):
+        self.probs = probs
+        self.expert = probs.detach().argmax(dim=1)
+        self.gate = probs.gather(1, self.expert[:, None])[:, 0]
+        E = probs.shape[1]
+        self.counts = torch.bincount(self.expert, minlength=E)
+        self.order = torch.argsort(self.expert, stable=True)
+        self.bounds = [0] + torch.cumsum(self.counts, 0).tolist()
+
+    def load(self) -> Tensor:
+        """f_e: fraction of the batch's tokens routed to each expert, (E,)."""
+        return self.counts.to(self.probs.dtype) / max(self.expert.numel(), 1)
+
+
+def aux_widths(expert: Tensor, dead: Tensor, E: int, k_aux: int) -> tuple[Tensor, int]:
+    """Per expert min(k_aux, its dead count) (E,) and the widest over the experts the batch uses."""
+    per = dead.view(E, -1).sum(1).clamp(max=k_aux)
+    used = torch.bincount(expert, minlength=E) > 0
+    return per, int(per[used].max()) if k_aux and bool(used.any()) else 0
+
+
+@torch.no_grad()
+def expert_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor | None, k_aux: int,
+                chunk: int) -> Selection:
+    """One expert's selection on its rows x_c (B_e, d) and its latents W_enc (m, d), b_enc (m,): local indices.
+
+    An expert that fits one chunk (m <= chunk) is one ``addmm`` into a reused (B_e, m) block and a plain
+    ``topk`` (on so few rows the chunked kernel's group pruning costs more than it saves: 4x slower at
+    B_e = 512, m = 2048); a wider one goes through the chunked :func:`select_topk`."""
+    B, m = x_c.shape[0], W_enc.shape[0]
+    if m > chunk:
+        return select_topk(x_c, W_enc, b_enc, k, dead, k_aux, chunk)
+    pre = scratch("switch.block", (B * m,), x_c.dtype, x_c.device)[: B * m].view(B, m)
+    torch.addmm(b_enc, x_c, W_enc.T, out=pre)
+    values, indices = pre.topk(k, dim=1)
+    if not k_aux:
+        return Selection(values, indices, values.new_empty(B, 0), indices.new_empty(B, 0))
+    aux_v, aux_i = torch.where(dead, pre, float("-inf")).topk(k_aux, dim=1)
+    return Selection(values, indices, aux_v, aux_i)
+
+
+@register("switch")
+class SwitchSAE(SparseAutoencoder):
+    """Switch SAE: a softmax router sends each token to one of E TopK experts; see the module docstring."""
+
+    extra_params = ("W_router", "b_router")
+
+    def __init__(self, cfg: SAEConfig, mesh=None):
+        super().__init__(cfg, mesh)
+        if self.mesh.world > 1:
+            raise SaescaleError("--arch switch trains in one process only (not under torchrun): launch it without torchrun")
+        self.W_router = nn.Parameter(torch.zeros(cfg.experts, cfg.d))
+        self.b_router = nn.Parameter(torch.zeros(cfg.d))
+        self._last: dict[str, float] = {}
+
+    @classmethod
+    def stored_shapes(cls, n: int, d: int, cfg: SAEConfig | None = None) -> dict[str, tuple[int, ...]]:
+        E = cfg.experts if cfg is not None and cfg.experts else 8
+        return {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,), "W_router": (E, d), "b_router": (d,)}
+
+    @property
+    def experts(self) -> int:
+        return self.cfg.experts
+
+    @property
+    def expert_size(self) -> int:
+        return self.cfg.n // self.cfg.experts
+
+    # ---- init ------------------------------------------------------------------
+    @torch.no_grad()
+    def init_extra(self, x_n: Tensor) -> None:
+        """b_router = b_pre; router rows = the unit directions of E sample tokens (centred, spread evenly over
+        the sample), scaled so that the logits' std over the sample is ``ROUTER_INIT_SPREAD``; then W_enc is
+        divided by the mean gate g on the sample, so that the initial reconstruction g decode(...) has the
+        scale of a tied-init TopK SAE's (at init p is far from one-hot: g is about 1 / E to 1 / 2)."""
+        E = self.experts
+        self.b_router.copy_(self.b_pre)
+        x_c = (x_n - self.b_router).to(self.W_router)
+        rows = x_c[torch.linspace(0, x_c.shape[0] - 1, E).round().long()]
+        W = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        spread = (x_c @ W.T).std().clamp_min(1e-12)
+        self.W_router.copy_(W * (ROUTER_INIT_SPREAD / spread))
+        gate = self.route(x_n.to(self.W_router)).gate.mean().clamp_min(1e-6)
+        self.W_enc.div_(gate)
+
+    # ---- routing and selection ---------------------------------------------------
+    def route(self, x_n: Tensor) -> Routing:
+        """Router probabilities (differentiable) and the grouping of the tokens by expert."""
+        # x_n W_r^T - W_r b_router: the same logits, without a (B, d) gradient for b_router's (x_n needs none)
+        return Routing((F.linear(x_n, self.W_router) - torch.mv(self.W_router, self.b_router)).softmax(dim=1))
+
+    @torch.no_grad()
+    def select(self, x_n: Tensor, r: Routing, k: int, dead: Tensor | None = None, k_aux: int = 0) -> Selection:
+        """Top-k pre-activations of each token inside its expert (values (B, k), global indices) and the top
+        k_aux_t among its expert's dead latents, padded with zeros to the widest (fast kernels or reference)."""
+        E, m = self.experts, self.expert_size
+        per, width = aux_widths(r.expert, dead, E, k_aux) if dead is not None and k_aux else (None, 0)
+        if not fast_kernels():
+            return self._select_dense(x_n, r, k, dead, per, width)
+        B = x_n.shape[0]
+        x_c = (x_n - self.b_pre).index_select(0, r.order)  # (B, d) grouped by expert
+        vals, idx = x_c.new_empty(B, k), r.order.new_empty(B, k)
+        aux_v, aux_i = x_c.new_zeros(B, width), r.order.new_zeros(B, width)
+        chunk = self.chunk_for(x_n)
+        for e in range(E):
+            s, t = r.bounds[e], r.bounds[e + 1]
+            if s == t:
+                continue
+            lo, ka = e * m, int(per[e]) if width else 0
+            sel = expert_topk(x_c[s:t], self.W_enc[lo : lo + m], self.b_enc[lo : lo + m], k,
+                              dead[lo : lo + m] if ka else None, ka, chunk)
+            vals[s:t], idx[s:t] = sel.values, sel.indices + lo
+            if width:
+                aux_v[s:t, :ka], aux_i[s:t, :ka] = sel.aux_values, sel.aux_indices + lo
+                aux_i[s:t, ka:] = lo  # pads: value 0, a latent of the same expert
+        out = [torch.empty_like(t).index_copy_(0, r.order, t) for t in (vals, idx, aux_v, aux_i)]
+        return Selection(*out)
+
+    def _select_dense(self, x_n: Tensor, r: Routing, k: int, dead: Tensor | None, per: Tensor | None,
+                      width: int) -> Selection:
+        """The reference: pre (B, n) dense, -inf outside the token's expert (and outside its dead latents)."""
+        E, n = self.experts, self.cfg.n
+        pre = F.linear(x_n - self.b_pre, self.W_enc, self.b_enc)
+        own = (torch.arange(n, device=x_n.device) // self.expert_size)[None, :] == r.expert[:, None]  # (B, n)
+        vals, idx = stable_topk(pre.masked_fill(~own, float("-inf")), k)
+        if not width:
+            empty = pre.new_zeros(pre.shape[0], 0)
+            return Selection(vals, idx, empty, empty.long())
+        aux_v, aux_i = stable_topk(pre.masked_fill(~(own & dead[None, :]), float("-inf")), width)
+        valid = torch.arange(width, device=x_n.device)[None, :] < per[r.expert][:, None]
+        return Selection(vals, idx, torch.where(valid, aux_v, 0.0), aux_i)
+
+    # ---- inference -----------------------------------------------------------------
+    def encode_normalized(self, x_n: Tensor) -> SparseCode:
+        """x_n (B, d) -> SparseCode (B, k): z = g ReLU(TopK inside the token's expert), global indices."""
+        r = self.route(x_n)
+        sel = self.select(x_n, r, self.cfg.k)
+        return SparseCode(r.gate.detach()[:, None] * F.relu(sel.values), sel.indices)
+
+    # ---- training --------------------------------------------------------------------
+    def _values(self, x_n: Tensor, sel: Selection) -> tuple[Tensor, Tensor]:
+        """The selected pre-activations, differentiable in W_enc, b_enc, b_pre (sparse backward on the fast path)."""
+        if fast_kernels():
+            return gathered_encode(x_n, self.b_pre, self.W_enc, self.b_enc, sel.indices, sel.aux_indices,
+                                   known=(sel.values, sel.aux_values))
+        pre = F.linear(x_n - self.b_pre, self.W_enc, self.b_enc)  # (B, n): the reference
+        return pre.gather(1, sel.indices), pre.gather(1, sel.aux_indices)
+
+    def _decode(self, codes: list[SparseCode]) -> list[Tensor]:
+        if fast_kernels():
+            return sparse_decode(self.W_dec, codes)
+        return [F.embedding_bag(c.indices, self.W_dec, per_sample_weights=c.values, mode="sum")
+                if c.indices.shape[1] else self.W_dec.new_zeros(c.indices.shape[0], self.cfg.d) for c in codes]
+
+    def loss_terms(self, x_n: Tensor, ctx: LossContext) -> StepOutput:
+        """Reconstruction + alpha AuxK (inside experts) + balance_coef L_bal; see the module docstring."""
+        batch = ctx.batch or x_n.shape[0]
+        k_aux = self.aux_latents(ctx)
+        r = self.route(x_n)
+        sel = self.select(x_n, r, self.cfg.k, ctx.dead if k_aux else None, k_aux)
+        v, v_aux = self._values(x_n, sel)
+        code = SparseCode(r.gate[:, None] * F.relu(v), sel.indices)
+        width = sel.aux_indices.shape[1]
+        codes = [code] + ([SparseCode(F.relu(v_aux) * (sel.aux_values != 0), sel.aux_indices)] if width else [])
+        decoded = self._decode(codes)
+        x_hat = decoded[0] + self.b_pre
+        loss = losses.scaled_mse(x_hat, x_n, ctx.loss_scale, batch)
+        aux = x_n.new_zeros(())
+        if width:
+            e = x_n - x_hat  # as TopK: target e + sg(b_pre), reconstruction ê + b_pre
+            aux = losses.auxk_loss(decoded[1] + self.b_pre, e + self.b_pre.detach())
+            loss = loss + ctx.aux_coef * aux
+        load = r.load()
+        balance = losses.switch_balance_loss(load, r.probs)
+        if ctx.balance_coef > 0:
+            loss = loss + ctx.balance_coef * balance
+        self._last = {"balance_loss": balance.item(), "expert_load_max": load.max().item(),
+                      "expert_load": [round(f, 6) for f in load.tolist()]}
+        return StepOutput(loss=loss, x_hat=x_hat, code=SparseCode(code.values.detach(), code.indices), aux_loss=aux)
+
+    def step_metrics(self) -> dict[str, float]:
+        """The last training batch's expert load: fraction of tokens per expert (a list of E), its maximum, L_bal."""
+        return dict(self._last)
+
+    @torch.no_grad()
+    def expert_counts(self, x_n: Tensor) -> Tensor:
+        """Tokens of x_n (B, d) routed to each expert, (E,) int64 (eval's expert load)."""
+        return self.route(x_n).counts
