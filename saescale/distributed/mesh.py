@@ -109,6 +109,9 @@ def check_layout(world: int, latent_shards: int, n: int, batch_size: int, arch: 
     if arch != "topk" and latent_shards > 1:
         raise SaescaleError(f"latent sharding (--latent-shards {latent_shards}) supports --arch topk only, got {arch!r}: "
                             f"train {arch} data-parallel (--latent-shards 1) or in one process")
+    if arch == "switch" and world > 1:
+        raise SaescaleError(f"--arch switch trains in one process only (world size {world}): its expert load and balance "
+                            "loss are not reduced over replicas; launch it without torchrun")
     return layout
 
 

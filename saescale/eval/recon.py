@@ -11,6 +11,7 @@ Over N eval tokens (normalised space, x_n and x̂_n (N, d)):
     dense = fraction of latents with f_i > 0.1
     density histogram: counts of log10 f_i over the latents that fired, bins of 0.25 decades
            from floor(log10(1/N)) to 0 (the others are counted in ``never_fired_frac``)
+    expert_load (Switch SAEs only): the fraction of the N tokens routed to each expert, a list of E
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
     s = torch.zeros(sae.cfg.d, dtype=torch.float64)
     fired = torch.zeros(n, dtype=torch.float64)
     tokens = nnz = 0
+    routed = getattr(sae, "expert_counts", None)  # Switch: tokens per expert
+    load = None
     for x in batches:
         x_n, _ = sae.normalize(x.float())
+        if routed is not None:
+            load = routed(x_n) if load is None else load + routed(x_n)
         if encode is not None:
             code = encode(x_n)
         else:
@@ -57,6 +62,7 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
         tokens += x.shape[0]
     total_var = sq - s.pow(2).sum().item() / tokens
     freq = fired / tokens
+    extra = {"expert_load": [c / max(tokens, 1) for c in load.tolist()]} if load is not None else {}
     return {
         "nmse": err / total_var,
         "l0": nnz / tokens,
@@ -64,6 +70,7 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
         "dense_frac": float((freq > 0.1).double().mean()),
         "tokens": tokens,
         "density_hist": density_histogram(freq, tokens),
+        **extra,
     }
 
 

@@ -40,7 +40,7 @@ NEW = ("gated", "prolu", "jumprelu", "batchtopk", "matryoshka")
 DENSE_ENCODER = ("gated", "prolu", "jumprelu")
 EPS = 0.4  # JumpReLU bandwidth of the gradient tests: wide enough that many entries lie in the window
 PREFIXES = (8, 20, 40)  # Matryoshka's, n = 64 added by the config
-VARIANTS = [*ARCHS, "prolu-relu"]  # ProLU with both synthetic bias gradients
+VARIANTS = [*(a for a in ARCHS if a != "switch"), "prolu-relu"]  # ProLU with both synthetic bias gradients; switch: test_switch.py
 DENSE_ONE_QUARTER = 0.25  # "sparse": at most the architectures' default dense-fallback fraction
 
 
@@ -458,7 +458,7 @@ def test_each_architecture_saves_and_loads_identically(arch, tmp_path):
     stored = set(sae.stored_names())
     assert stored >= {"W_enc", "b_enc", "W_dec", "b_pre"} | set(sae.extra_params) | set(sae.buffers)
     expected_own = {"gated": {"r_mag", "b_mag"}, "jumprelu": {"log_threshold"}, "batchtopk": {"threshold"},
-                    "matryoshka": {"threshold"}}.get(arch, set())
+                    "matryoshka": {"threshold"}, "switch": {"W_router", "b_router"}}.get(arch, set())
     assert stored - {"W_enc", "b_enc", "W_dec", "b_pre"} == expected_own
     save_sae(sae, tmp_path / "sae")
     assert set(load_file(str(tmp_path / "sae" / "sae.safetensors"))) == stored
@@ -503,8 +503,8 @@ def test_a_bad_bandwidth_is_refused(bandwidth):
 
 
 def test_an_unregistered_architecture_is_refused_with_the_names():
-    for fn in (lambda: SAEConfig(arch="switch"), lambda: arch_class("switch")):
-        msg = one_line_error(fn, "'switch'")
+    for fn in (lambda: SAEConfig(arch="mixture"), lambda: arch_class("mixture")):
+        msg = one_line_error(fn, "'mixture'")
         for name in ARCHS:
             assert name in msg, (name, msg)
 
