@@ -40,11 +40,15 @@ def n2g_inputs(col: Collected, i: int, lead: int | None, pad_id: int) -> tuple[T
 def explain(act_fn, col: Collected, i: int, positions: Tensor, lead: int | None, pad_id: int, text_start: int,
             seed: int, cfg: N2GConfig, decode) -> dict | None:
     """Latent i's N2G explanation: text (``Trie.describe``), patterns (token ids, -1 = wildcard), precision,
-    recall, predicted, firing, tested tokens; None with fewer than 2 firing contexts."""
+    recall (null when NaN), predicted, firing; None with fewer than 2 firing contexts."""
     tokens, values = n2g_inputs(col, i, lead, pad_id)
     r = explain_latent(act_fn, tokens, values, positions, i, pad_id, text_start, seed, cfg)
     if r is None:
         return None
     trie = r.pop("trie")
+    def number(v: float) -> float | None:  # NaN (nothing predicted / nothing firing) -> null in JSON
+        return None if v != v else v
+
     return {"text": trie.describe(decode), "patterns": [list(p) for p in trie.patterns],
-            "precision": r["precision"], "recall": r["recall"], "predicted": r["predicted"], "firing": r["firing"]}
+            "precision": number(r["precision"]), "recall": number(r["recall"]), "predicted": r["predicted"],
+            "firing": r["firing"]}
