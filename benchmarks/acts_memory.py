@@ -76,7 +76,8 @@ def main() -> None:
         reuse = args.keep and path.is_file() and path.stat().st_size == expected
         secs = 0.0 if reuse else write_npy(path, args.rows, args.d)
         size = path.stat().st_size
-        print(f"wrote {path}: ({args.rows:,}, {args.d}) float32, {size / 1e9:.2f} GB in {secs:.0f} s", flush=True)
+        shutil.rmtree(folder / "run", ignore_errors=True)  # a fresh run each time
+        print(f"{'reused' if reuse else 'wrote'} {path}: ({args.rows:,}, {args.d}) float32, {size / 1e9:.2f} GB in {secs:.0f} s", flush=True)
         bs = 4096
         argv = [sys.executable, "-m", "saescale", "train", "--acts", str(path), "--n", str(args.n), "--k", "32",
                 "--tokens", str(args.tokens), "--batch-size", str(bs), "--threads", "2", "--no-progress",
