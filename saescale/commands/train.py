@@ -96,7 +96,7 @@ def check_consistent(cmd: TrainCommand) -> None:
               "per step, so the thresholds will barely leave their start (a ReLU-like SAE); the paper trains "
               "100k+ steps. Pass --threshold-lr-mult 100 for a short run (docs/architectures.md)", file=sys.stderr)
     for name, archs in (("l1_coef", L1_ARCHS), ("l0_coef", ("jumprelu",)), ("threshold_lr_mult", ("jumprelu",)), ("k_aux", TOPK_ARCHS),
-                        ("aux_coef", TOPK_ARCHS)):
+                        ("aux_coef", TOPK_ARCHS), ("balance_coef", ("switch",))):
         if arch not in archs and getattr(cmd.train, name) != getattr(train_default, name):
             print(f"warning: --{name.replace('_', '-')} is unused by --arch {arch} (only {', '.join(archs)})",
                   file=sys.stderr)
