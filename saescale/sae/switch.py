@@ -44,11 +44,13 @@ from saescale.distributed.sharded_topk import stable_topk
 from saescale.errors import SaescaleError
 from saescale.kernels import fast_kernels, sparse_decode
 from saescale.kernels.encoder import gathered_encode
+from saescale.kernels.router import router_gate
 from saescale.kernels.select import Selection, select_topk
 from saescale.kernels.workspace import scratch
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
 from saescale.sae.config import SAEConfig
 from saescale.sae.registry import register
+from saescale.threads import one_thread
 
 ROUTER_INIT_SPREAD = 1.0  # std of the initial router logits over the init sample
 
@@ -60,11 +62,11 @@ class Routing:
 
     def __init__(self, probs: Tensor):
         self.probs = probs
-        self.expert = probs.detach().argmax(dim=1)
-        self.gate = probs.gather(1, self.expert[:, None])[:, 0]
-        E = probs.shape[1]
-        self.counts = torch.bincount(self.expert, minlength=E)
-        self.order = torch.argsort(self.expert, stable=True)
+        with one_thread():  # (B, E) and (B,) bookkeeping
+            self.expert = probs.detach().argmax(dim=1)
+            self.gate = probs.gather(1, self.expert[:, None])[:, 0]
+            self.counts = torch.bincount(self.expert, minlength=probs.shape[1])
+            self.order = torch.argsort(self.expert, stable=True)
         self.bounds = [0] + torch.cumsum(self.counts, 0).tolist()
 
     def load(self) -> Tensor:
@@ -144,10 +146,12 @@ class SwitchSAE(SparseAutoencoder):
         self.W_enc.div_(gate)
 
     # ---- routing and selection ---------------------------------------------------
-    def route(self, x_n: Tensor) -> Routing:
-        """Router probabilities (differentiable) and the grouping of the tokens by expert."""
-        # x_n W_r^T - W_r b_router: the same logits, without a (B, d) gradient for b_router's (x_n needs none)
-        return Routing((F.linear(x_n, self.W_router) - torch.mv(self.W_router, self.b_router)).softmax(dim=1))
+    def route(self, x_n: Tensor, grad: bool = False) -> Routing:
+        """Router probabilities (differentiable with ``grad``: the reference path; the fast path's gradient is
+        :func:`~saescale.kernels.router.router_gate`'s) and the grouping of the tokens by expert."""
+        with one_thread(), torch.set_grad_enabled(grad and torch.is_grad_enabled()):  # (B, d) x (d, E): small
+            # x_n W_r^T - W_r b_router: the same logits, without a (B, d) gradient for b_router (x_n needs none)
+            return Routing((F.linear(x_n, self.W_router) - torch.mv(self.W_router, self.b_router)).softmax(dim=1))
 
     @torch.no_grad()
     def select(self, x_n: Tensor, r: Routing, k: int, dead: Tensor | None = None, k_aux: int = 0) -> Selection:
@@ -158,9 +162,10 @@ class SwitchSAE(SparseAutoencoder):
         if not fast_kernels():
             return self._select_dense(x_n, r, k, dead, per, width)
         B = x_n.shape[0]
-        x_c = (x_n - self.b_pre).index_select(0, r.order)  # (B, d) grouped by expert
-        vals, idx = x_c.new_empty(B, k), r.order.new_empty(B, k)
-        aux_v, aux_i = x_c.new_zeros(B, width), r.order.new_zeros(B, width)
+        with one_thread():
+            x_c = (x_n - self.b_pre).index_select(0, r.order)  # (B, d) grouped by expert
+            vals, idx = x_c.new_empty(B, k), r.order.new_empty(B, k)
+            aux_v, aux_i = x_c.new_zeros(B, width), r.order.new_zeros(B, width)
         chunk = self.chunk_for(x_n)
         for e in range(E):
             s, t = r.bounds[e], r.bounds[e + 1]
@@ -173,7 +178,8 @@ class SwitchSAE(SparseAutoencoder):
             if width:
                 aux_v[s:t, :ka], aux_i[s:t, :ka] = sel.aux_values, sel.aux_indices + lo
                 aux_i[s:t, ka:] = lo  # pads: value 0, a latent of the same expert
-        out = [torch.empty_like(t).index_copy_(0, r.order, t) for t in (vals, idx, aux_v, aux_i)]
+        with one_thread():
+            out = [torch.empty_like(t).index_copy_(0, r.order, t) for t in (vals, idx, aux_v, aux_i)]
         return Selection(*out)
 
     def _select_dense(self, x_n: Tensor, r: Routing, k: int, dead: Tensor | None, per: Tensor | None,
@@ -216,10 +222,16 @@ class SwitchSAE(SparseAutoencoder):
         """Reconstruction + alpha AuxK (inside experts) + balance_coef L_bal; see the module docstring."""
         batch = ctx.batch or x_n.shape[0]
         k_aux = self.aux_latents(ctx)
-        r = self.route(x_n)
+        fast = fast_kernels()
+        r = self.route(x_n, grad=not fast)
         sel = self.select(x_n, r, self.cfg.k, ctx.dead if k_aux else None, k_aux)
         v, v_aux = self._values(x_n, sel)
-        code = SparseCode(r.gate[:, None] * F.relu(v), sel.indices)
+        load = r.load()
+        if fast:  # z = g ReLU(v) and L_bal with their gradients in one function, on one thread
+            z, balance = router_gate(x_n, self.W_router, self.b_router, v, r.probs, r.expert, load)
+        else:
+            z, balance = r.gate[:, None] * F.relu(v), losses.switch_balance_loss(load, r.probs)
+        code = SparseCode(z, sel.indices)
         width = sel.aux_indices.shape[1]
         codes = [code] + ([SparseCode(F.relu(v_aux) * (sel.aux_values != 0), sel.aux_indices)] if width else [])
         decoded = self._decode(codes)
@@ -230,8 +242,6 @@ class SwitchSAE(SparseAutoencoder):
             e = x_n - x_hat  # as TopK: target e + sg(b_pre), reconstruction ê + b_pre
             aux = losses.auxk_loss(decoded[1] + self.b_pre, e + self.b_pre.detach())
             loss = loss + ctx.aux_coef * aux
-        load = r.load()
-        balance = losses.switch_balance_loss(load, r.probs)
         if ctx.balance_coef > 0:
             loss = loss + ctx.balance_coef * balance
         self._last = {"balance_loss": balance.item(), "expert_load_max": load.max().item(),
