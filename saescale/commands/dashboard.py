@@ -20,8 +20,8 @@ class DashboardN2G(N2GConfig):
     runs the model a few hundred times: measured ~1-5 s a latent on 2 CPU cores with 8 + 8 examples, ~4-20 s
     with eval's 16 + 16)."""
 
-    latents: int = valid(32, ">= 1")
-    """Latents explained with N2G (a seeded random sample of the firing latents that get pages); the others show no explanation."""
+    latents: int = valid(8, ">= 1")
+    """Latents explained with N2G (a seeded random sample of the firing latents that get pages; ~5-15 s each on 2 CPU cores with SmolLM2-135M); the others show no explanation."""
 
     build: int = valid(8, ">= 1")
     """Top-activating contexts used to build each explanation."""
@@ -124,5 +124,6 @@ def run_dashboard(cfg: DashboardCommand, lm=None) -> dict:
 
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"dashboard: {summary['latents']} latent pages ({summary['explained']} with N2G) over "
-          f"{summary['n_tokens']:,} tokens -> {out / 'index.html'}")
+          f"{summary['n_tokens']:,} tokens in {sum(summary['seconds'].values()):.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['seconds'].items())}) -> {out / 'index.html'}")
     return summary

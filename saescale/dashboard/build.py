@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,12 +180,24 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
 
     if progress:
         progress({"tokens": 0, "total": inp.reader.n_tokens})
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage], clock = round(now - clock, 2), now
+
     col = collect(sae, inp.reader.iter_shards(), inp.first_pos, inp.width, K, batch=batch, seed=seed, advance=advance)
+    if hasattr(progress, "close"):
+        progress.close()  # the pass's bar ends with the pass
+    lap("pass")
     W_dec = sae.W_dec.detach().float().cpu()
     lens = logit_lens(inp.model, W_dec, logits)
     nb_ids, nb_cos = nearest(W_dec, neighbours)
     vocab = vocabulary(inp.tokenizer, inp.model.get_output_embeddings().weight.shape[0])
+    lap("logit_lens_neighbours_vocab")
     explanations = explain_all(inp, col, latents, n2g, seed, track, lambda t: vocab[t]) if n2g.latents else {}
+    lap("n2g")
 
     write_shell(tmp, settings["title"])
     write_doc(tmp / "data", "vocab", "SAESCALE_VOCAB", vocab)
@@ -210,8 +223,9 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
         "explanations": {str(i): e["text"] for i, e in explanations.items()}})
     if neuronpedia:
         write_neuronpedia(tmp / "neuronpedia", features, inp, settings)
+    lap("pages")
     summary = {"format": "saescale-dashboard-v1", "latents": len(latents), "explained": len(explanations),
-               "n_tokens": col.n_tokens, "settings": settings}
+               "n_tokens": col.n_tokens, "seconds": seconds, "settings": settings}
     (tmp / MARKER).write_text(__import__("json").dumps(summary, indent=1), encoding="utf-8")
     replace_folder(tmp, out)
     return summary
