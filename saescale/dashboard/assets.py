@@ -26,6 +26,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 svg .bar { fill: #e67e22; } svg .bar:hover { fill: #c0392b; } svg text { font: 11px system-ui, sans-serif; fill: #444; }
 svg .axis { stroke: #999; stroke-width: 1; }
 .pos { color: #1a7f37; } .neg { color: #cf222e; }
+td.expl-cell { min-width: 380px; max-width: 560px; font: 12px/1.4 ui-monospace, Menlo, Consolas, monospace; }
 """
 
 COMMON_JS = r"""
@@ -122,7 +123,8 @@ INDEX_JS = r"""
         var v = r[col[c[0]]];
         tr.appendChild(SAE.el("td", {"class": "num", title: String(v)}, c[1] ? SAE.fmt(v, c[1]) : String(v)));
       });
-      tr.appendChild(SAE.el("td", {"class": "expl-cell"}, r[col.explanation] || ""));
+      var ex = r[col.explanation] || "";  // long explanations are cut on the index; the tooltip and the page hold all
+      tr.appendChild(SAE.el("td", {"class": "expl-cell", title: ex}, ex.length > 150 ? ex.slice(0, 150) + " \u2026" : ex));
       ["precision", "recall"].forEach(function (c) {
         var v = r[col[c]]; tr.appendChild(SAE.el("td", {"class": "num", title: String(v)}, SAE.fmt(v, 2)));
       });
