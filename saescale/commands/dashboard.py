@@ -11,6 +11,7 @@ import torch
 
 from saescale.commands.eval import tqdm_track
 from saescale.configs import check_valid, config_to_dict, valid
+from saescale.errors import SaescaleError
 from saescale.eval.n2g import N2GConfig
 
 
@@ -34,7 +35,7 @@ class DashboardN2G(N2GConfig):
 class DashboardCommand:
     """Build a static feature browser of an SAE: an index of every latent and one page per latent."""
 
-    sae: str = field(metadata={"positional": True})
+    sae: str = field(default="", metadata={"positional": True})
     """SAE folder (cfg.json + sae.safetensors, e.g. runs/<run>/sae); its model and activation cache are read from cfg.json."""
 
     out: str = ""
@@ -80,6 +81,8 @@ class DashboardCommand:
 
     def __post_init__(self) -> None:
         check_valid(self)
+        if not self.sae:
+            raise SaescaleError("give the SAE folder: saescale dashboard SAE_DIR (e.g. runs/demo/sae)")
 
     @property
     def out_dir(self) -> Path:
@@ -100,8 +103,6 @@ def run_dashboard(cfg: DashboardCommand, lm=None) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if not Path(cfg.sae).is_dir():
-        from saescale.errors import SaescaleError
-
         raise SaescaleError(f"SAE folder {cfg.sae} not found: give the sae/ folder of a training run")
     sae_cfg, _ = read_cfg(cfg.sae)
     latents = parse_latents(cfg.latents, sae_cfg.n)

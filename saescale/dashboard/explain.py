@@ -4,6 +4,8 @@ highest first" examples N2G takes) plus the pass's random contexts (outside thos
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -46,8 +48,9 @@ def explain(act_fn, col: Collected, i: int, positions: Tensor, lead: int | None,
     if r is None:
         return None
     trie = r.pop("trie")
+
     def number(v: float) -> float | None:  # NaN (nothing predicted / nothing firing) -> null in JSON
-        return None if v != v else v
+        return None if math.isnan(v) else v
 
     return {"text": trie.describe(decode), "patterns": [list(p) for p in trie.patterns],
             "precision": number(r["precision"]), "recall": number(r["recall"]), "predicted": r["predicted"],

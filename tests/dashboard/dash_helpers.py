@@ -19,8 +19,7 @@ from saescale.sae.config import SAEConfig
 from saescale.sae.io import save_sae
 from saescale.sae.registry import build_sae
 
-WORDS = ("alpha beta gamma delta river stone cloud seven eight nine red green blue the of and "
-         "quick brown fox jumps over lazy dog").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "seven", "eight", "nine", "red", "green", "blue", "the", "of", "and", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
 
 
 def write_corpus(path: Path, n_docs: int = 60, words: int = 40, seed: int = 0) -> str:

@@ -42,7 +42,7 @@ def latent_json(out: Path, i: int) -> dict:
 
 
 def test_files_and_index(built):
-    sae_dir, _, out = built
+    _sae_dir, _, out = built
     for f in ("index.html", "latent.html", "assets/style.css", "assets/common.js", "assets/index.js",
               "assets/latent.js", "data/index.json", "data/index.js", "data/vocab.json", "data/meta.js", "dashboard.json"):
         assert (out / f).is_file(), f
@@ -141,7 +141,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 
 def test_bad_inputs_are_one_line(built, tmp_path, capsys):
-    sae_dir, cache, _ = built
+    sae_dir, _cache, _ = built
     out = tmp_path / "out"
     err = one_line_error(capsys, ["dashboard", str(sae_dir), "--out", str(out), "--latents", "65"])
     assert "--latents 65 is out of range" in err and "64 latents" in err
@@ -159,7 +159,7 @@ def test_bad_inputs_are_one_line(built, tmp_path, capsys):
 
 
 def test_missing_cache_says_how_to_rebuild(built, tmp_path, capsys):
-    sae_dir, cache, _ = built
+    sae_dir, _cache, _ = built
     moved = tmp_path / "sae"
     shutil.copytree(sae_dir, moved)
     cfg = json.loads((moved / "cfg.json").read_text())
