@@ -6,7 +6,7 @@ rows into contexts, encodes ``batch`` contexts at a time with the SAE and, per l
 - ``fires[i]`` (tokens with z_i > 0, :func:`~saescale.sae.base.fires`), ``act_sum[i]`` (sum of z_i) and
   ``max[i]``;
 - ``hist[i]``: counts of its firing activations in log2 bins of a quarter octave (:data:`EDGES`,
-  2^-16 .. 2^8; values outside fall into the first / last bin), so ``hist[i].sum() == fires[i]``;
+  2^-16 .. 2^12; values outside fall into the first / last bin), so ``hist[i].sum() == fires[i]``;
 - ``top``: its ``top`` contexts by their highest activation of z_i (one example per context, as N2G's
   ``top_examples``), with z_i at every position of each (a merge of the kept and the batch's
   candidates by ``topk``: the per-latent heap, vectorised);
@@ -33,7 +33,7 @@ from saescale.sae.base import SparseAutoencoder, fires
 from saescale.threads import one_thread
 
 STEP = 4  # histogram bins per octave
-LO, HI = -16, 8  # octaves covered: 2^LO .. 2^HI
+LO, HI = -16, 12  # octaves covered: 2^LO .. 2^HI
 H = (HI - LO) * STEP  # histogram bins
 OCTAVES = HI - LO  # sample bins (one octave each)
 EDGES = [2.0 ** (LO + j / STEP) for j in range(H + 1)]

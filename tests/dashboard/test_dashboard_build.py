@@ -181,3 +181,15 @@ def test_missing_model_is_one_line(built, tmp_path, capsys):
     err = one_line_error(capsys, ["dashboard", str(moved), "--out", str(tmp_path / "d")])
     assert "the SAE's model" in err and "cannot be loaded" in err and "--model" in err
     assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.tmp-*"))
+
+
+def test_val_split_and_a_latent_list(built, tiny_lm):
+    sae_dir, cache, out = built
+    other = out.parent / "dash_val"
+    run_dashboard(command(str(sae_dir), "--out", str(other), "--split", "val", "--latents", "1,3-4", "--n2g-latents", "1",
+                          "--n2g-build", "2", "--n2g-test", "2", "--n2g-max-len", "2", "--no-progress"), lm=tiny_lm)
+    index = json.loads((other / "data" / "index.json").read_text())
+    assert index["meta"]["split"] == "val" and index["meta"]["n_tokens"] == CacheReader(cache, "val").n_tokens
+    assert [r[0] for r in index["rows"]] == [1, 3, 4]
+    meta = json.loads((other / "data" / "meta.json").read_text())
+    assert meta["latents"] == [1, 3, 4]
