@@ -22,7 +22,7 @@ class DashboardN2G(N2GConfig):
     with eval's 16 + 16)."""
 
     latents: int = valid(8, ">= 1")
-    """Latents explained with N2G (a seeded random sample of the firing latents that get pages; ~5-15 s each on 2 CPU cores with SmolLM2-135M); the others show no explanation."""
+    """Latents newly explained with N2G (a seeded random sample of the firing latents that get pages; ~5-15 s each on 2 CPU cores with SmolLM2-135M); a rebuild into the same --out (same SAE, cache split, N2G settings, seed) keeps the earlier explanations and adds this many."""
 
     build: int = valid(8, ">= 1")
     """Top-activating contexts used to build each explanation."""

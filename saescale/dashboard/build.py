@@ -133,6 +133,7 @@ class Inputs:
     first_pos: int
     width: int
     cache: Path
+    sae_dir: Path
 
 
 def vocabulary(tokenizer, size: int) -> list[str]:
@@ -144,10 +145,41 @@ def vocabulary(tokenizer, size: int) -> list[str]:
 Track = Callable[..., Any]
 
 
+def n2g_key(inp: Inputs, cfg: N2GConfig, seed: int, split: str) -> str:
+    """What N2G explanations depend on: the SAE's weights, the cache split's shards, the N2G settings but
+    the latent count, the seed. A rebuild with the same key keeps the explanations of the last build."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from saescale.activations.manifest import sha256_file
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "latents"}
+    parts = [sha256_file(inp.sae_dir / "sae.safetensors"), inp.acts.model, split,
+             *(e["sha256"] for e in inp.reader.shards), json.dumps(settings, sort_keys=True), str(seed)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def previous_explanations(out: Path, key: str) -> dict[int, dict]:
+    """The explanations of the dashboard at ``out`` if it was built with N2G key ``key`` (else none)."""
+    import json
+
+    try:
+        summary = json.loads((out / MARKER).read_text())
+        if summary.get("n2g_key") != key:
+            return {}
+        return {i: json.loads((out / "latents" / f"{i}.json").read_text())["explanation"]
+                for i in summary.get("explained_ids", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # no earlier dashboard, or not a readable one: explain afresh
+
+
 def explain_all(inp: Inputs, col: Collected, latents: list[int], cfg: N2GConfig, seed: int, track: Track,
-                decode) -> dict[int, dict]:
-    """N2G explanations of ``cfg.latents`` latents drawn (seeded) from the firing ones among ``latents``."""
-    alive = [i for i in latents if int(col.fires[i]) > 0]
+                decode, done: dict[int, dict] | None = None) -> dict[int, dict]:
+    """N2G explanations of ``cfg.latents`` latents drawn (seeded) from the firing ones among ``latents`` that
+    ``done`` (a previous build's explanations, kept) does not already explain."""
+    done = {i: e for i, e in (done or {}).items() if i in set(latents) and e}
+    alive = [i for i in latents if int(col.fires[i]) > 0 and i not in done]
     g = torch.Generator().manual_seed(seed)
     pick = sorted(alive[j] for j in torch.randperm(len(alive), generator=g)[: cfg.latents].tolist())
     tok = inp.tokenizer
@@ -157,7 +189,7 @@ def explain_all(inp: Inputs, col: Collected, latents: list[int], cfg: N2GConfig,
     lead = None if inp.acts.keep_first else (bos if bos is not None else pad)
     text_start = 1 if (inp.acts.prepend_bos or not inp.acts.keep_first) else 0
     positions = torch.arange(inp.width) + (0 if lead is None else inp.first_pos)
-    out = {}
+    out = dict(done)
     for i in track(pick, "n2g", len(pick)):
         r = explain(act_fn, col, i, positions, lead, pad, text_start, seed + i, cfg, decode)
         if r is not None:
@@ -196,7 +228,8 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
     nb_ids, nb_cos = nearest(W_dec, neighbours)
     vocab = vocabulary(inp.tokenizer, inp.model.get_output_embeddings().weight.shape[0])
     lap("logit_lens_neighbours_vocab")
-    explanations = explain_all(inp, col, latents, n2g, seed, track, lambda t: vocab[t]) if n2g.latents else {}
+    key = n2g_key(inp, n2g, seed, settings["split"])
+    explanations = explain_all(inp, col, latents, n2g, seed, track, lambda t: vocab[t], previous_explanations(out, key))
     lap("n2g")
 
     write_shell(tmp, settings["title"])
@@ -225,7 +258,8 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
         write_neuronpedia(tmp / "neuronpedia", features, inp, settings)
     lap("pages")
     summary = {"format": "saescale-dashboard-v1", "latents": len(latents), "explained": len(explanations),
-               "n_tokens": col.n_tokens, "seconds": seconds, "settings": settings}
+               "explained_ids": sorted(explanations), "n2g_key": key, "n_tokens": col.n_tokens, "seconds": seconds,
+               "settings": settings}
     (tmp / MARKER).write_text(__import__("json").dumps(summary, indent=1), encoding="utf-8")
     replace_folder(tmp, out)
     return summary
@@ -286,4 +320,5 @@ def load_inputs(sae_dir: str | Path, split: str = "train", model_override: str =
         raise SaescaleError(f"hook '{hook}' of model '{acts.model}' has width {hook_width(model, hook)}, the SAE "
                             f"d={sae_cfg.d}: give the model the SAE was trained on (--model)")
     positions = positions_kept(manifest["config"]["context_len"], manifest["config"]["keep_first"])
-    return Inputs(sae, model, tokenizer, acts, hook, reader, int(positions[0]), int(manifest["tokens_per_context"]), cache)
+    return Inputs(sae, model, tokenizer, acts, hook, reader, int(positions[0]), int(manifest["tokens_per_context"]), cache,
+                  Path(sae_dir))

@@ -193,3 +193,17 @@ def test_val_split_and_a_latent_list(built, tiny_lm):
     assert [r[0] for r in index["rows"]] == [1, 3, 4]
     meta = json.loads((other / "data" / "meta.json").read_text())
     assert meta["latents"] == [1, 3, 4]
+
+
+def test_a_rebuild_keeps_explanations_and_adds_more(built, tiny_lm):
+    sae_dir, _, out = built
+    copy = out.parent / "dash_more"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "dashboard.json").read_text())
+    run_dashboard(command(str(sae_dir), "--out", str(copy), "--top", "5", "--n2g-latents", "2", "--n2g-build", "4",
+                          "--n2g-test", "4", "--n2g-max-len", "4", "--no-progress"), lm=tiny_lm)
+    after = json.loads((copy / "dashboard.json").read_text())
+    assert after["n2g_key"] == before["n2g_key"]
+    assert set(before["explained_ids"]) < set(after["explained_ids"]) and after["explained"] == before["explained"] + 2
+    for i in before["explained_ids"]:
+        assert latent_json(copy, i)["explanation"] == latent_json(out, i)["explanation"]
