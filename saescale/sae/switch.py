@@ -43,10 +43,9 @@ from saescale import losses
 from saescale.distributed.sharded_topk import stable_topk
 from saescale.errors import SaescaleError
 from saescale.kernels import fast_kernels, sparse_decode
-from saescale.kernels.encoder import gathered_encode
+from saescale.kernels.expert_encode import expert_encode
 from saescale.kernels.router import router_gate
-from saescale.kernels.select import Selection, select_topk
-from saescale.kernels.workspace import scratch
+from saescale.kernels.select import Selection
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
 from saescale.sae.config import SAEConfig
 from saescale.sae.registry import register
@@ -67,7 +66,17 @@ class Routing:
             self.gate = probs.gather(1, self.expert[:, None])[:, 0]
             self.counts = torch.bincount(self.expert, minlength=probs.shape[1])
             self.order = torch.argsort(self.expert, stable=True)
+            self.grouped = bool((self.expert[1:] >= self.expert[:-1]).all())  # already in expert order
         self.bounds = [0] + torch.cumsum(self.counts, 0).tolist()
+
+    def grouped_batch(self, x_n: Tensor) -> tuple[Tensor, "Routing", Tensor]:
+        """The batch in expert order: x_n[order] (B, d), its routing (``grouped``: every expert's tokens
+        contiguous) and ``pos`` (B,), where each original token went (row b of the batch is row pos[b])."""
+        with one_thread():
+            pos = torch.empty_like(self.order).index_copy_(0, self.order, torch.arange(self.order.numel(),
+                                                                                       device=self.order.device))
+            xs, probs = x_n.index_select(0, self.order), self.probs.index_select(0, self.order)
+        return xs, Routing(probs), pos
 
     def load(self) -> Tensor:
         """f_e: fraction of the batch's tokens routed to each expert, (E,)."""
@@ -79,26 +88,6 @@ def aux_widths(expert: Tensor, dead: Tensor, E: int, k_aux: int) -> tuple[Tensor
     per = dead.view(E, -1).sum(1).clamp(max=k_aux)
     used = torch.bincount(expert, minlength=E) > 0
     return per, int(per[used].max()) if k_aux and bool(used.any()) else 0
-
-
-@torch.no_grad()
-def expert_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor | None, k_aux: int,
-                chunk: int) -> Selection:
-    """One expert's selection on its rows x_c (B_e, d) and its latents W_enc (m, d), b_enc (m,): local indices.
-
-    An expert that fits one chunk (m <= chunk) is one ``addmm`` into a reused (B_e, m) block and a plain
-    ``topk`` (on so few rows the chunked kernel's group pruning costs more than it saves: 4x slower at
-    B_e = 512, m = 2048); a wider one goes through the chunked :func:`select_topk`."""
-    B, m = x_c.shape[0], W_enc.shape[0]
-    if m > chunk:
-        return select_topk(x_c, W_enc, b_enc, k, dead, k_aux, chunk)
-    pre = scratch("switch.block", (B * m,), x_c.dtype, x_c.device)[: B * m].view(B, m)
-    torch.addmm(b_enc, x_c, W_enc.T, out=pre)
-    values, indices = pre.topk(k, dim=1)
-    if not k_aux:
-        return Selection(values, indices, values.new_empty(B, 0), indices.new_empty(B, 0))
-    aux_v, aux_i = torch.where(dead, pre, float("-inf")).topk(k_aux, dim=1)
-    return Selection(values, indices, aux_v, aux_i)
 
 
 @register("switch")
@@ -153,79 +142,59 @@ class SwitchSAE(SparseAutoencoder):
             # x_n W_r^T - W_r b_router: the same logits, without a (B, d) gradient for b_router (x_n needs none)
             return Routing((F.linear(x_n, self.W_router) - torch.mv(self.W_router, self.b_router)).softmax(dim=1))
 
-    @torch.no_grad()
     def select(self, x_n: Tensor, r: Routing, k: int, dead: Tensor | None = None, k_aux: int = 0) -> Selection:
-        """Top-k pre-activations of each token inside its expert (values (B, k), global indices) and the top
-        k_aux_t among its expert's dead latents, padded with zeros to the widest (fast kernels or reference)."""
-        E, m = self.experts, self.expert_size
-        per, width = aux_widths(r.expert, dead, E, k_aux) if dead is not None and k_aux else (None, 0)
-        if not fast_kernels():
-            return self._select_dense(x_n, r, k, dead, per, width)
-        B = x_n.shape[0]
-        with one_thread():
-            x_c = (x_n - self.b_pre).index_select(0, r.order)  # (B, d) grouped by expert
-            vals, idx = x_c.new_empty(B, k), r.order.new_empty(B, k)
-            aux_v, aux_i = x_c.new_zeros(B, width), r.order.new_zeros(B, width)
-        chunk = self.chunk_for(x_n)
-        for e in range(E):
-            s, t = r.bounds[e], r.bounds[e + 1]
-            if s == t:
-                continue
-            lo, ka = e * m, int(per[e]) if width else 0
-            sel = expert_topk(x_c[s:t], self.W_enc[lo : lo + m], self.b_enc[lo : lo + m], k,
-                              dead[lo : lo + m] if ka else None, ka, chunk)
-            vals[s:t], idx[s:t] = sel.values, sel.indices + lo
-            if width:
-                aux_v[s:t, :ka], aux_i[s:t, :ka] = sel.aux_values, sel.aux_indices + lo
-                aux_i[s:t, ka:] = lo  # pads: value 0, a latent of the same expert
-        with one_thread():
-            out = [torch.empty_like(t).index_copy_(0, r.order, t) for t in (vals, idx, aux_v, aux_i)]
-        return Selection(*out)
+        """On a batch in expert order (``r.grouped``): the top-k pre-activations of each token inside its
+        expert (values (B, k), global indices) and the top-k_aux_t among its expert's dead latents, padded with
+        zeros to the widest. Values differentiable in W_enc, b_enc, b_pre (fast kernels or the reference)."""
+        assert r.grouped, "select wants the batch in expert order (Routing.grouped_batch)"
+        per, width = aux_widths(r.expert, dead, self.experts, k_aux) if dead is not None and k_aux else (None, 0)
+        if fast_kernels():
+            return expert_encode(x_n, self.b_pre, self.W_enc, self.b_enc, r.bounds, k, dead if width else None,
+                                 per.tolist() if width else [], self.chunk_for(x_n))
+        return self._select_dense(x_n, r, k, dead, per, width)
 
     def _select_dense(self, x_n: Tensor, r: Routing, k: int, dead: Tensor | None, per: Tensor | None,
                       width: int) -> Selection:
         """The reference: pre (B, n) dense, -inf outside the token's expert (and outside its dead latents)."""
-        E, n = self.experts, self.cfg.n
-        pre = F.linear(x_n - self.b_pre, self.W_enc, self.b_enc)
+        n = self.cfg.n
+        pre = F.linear(x_n - self.b_pre, self.W_enc, self.b_enc)  # (B, n), differentiable
         own = (torch.arange(n, device=x_n.device) // self.expert_size)[None, :] == r.expert[:, None]  # (B, n)
-        vals, idx = stable_topk(pre.masked_fill(~own, float("-inf")), k)
+        _, idx = stable_topk(pre.detach().masked_fill(~own, float("-inf")), k)
         if not width:
             empty = pre.new_zeros(pre.shape[0], 0)
-            return Selection(vals, idx, empty, empty.long())
-        aux_v, aux_i = stable_topk(pre.masked_fill(~(own & dead[None, :]), float("-inf")), width)
+            return Selection(pre.gather(1, idx), idx, empty, empty.long())
+        _, aux_i = stable_topk(pre.detach().masked_fill(~(own & dead[None, :]), float("-inf")), width)
         valid = torch.arange(width, device=x_n.device)[None, :] < per[r.expert][:, None]
-        return Selection(vals, idx, torch.where(valid, aux_v, 0.0), aux_i)
+        return Selection(pre.gather(1, idx), idx, torch.where(valid, pre.gather(1, aux_i), 0.0), aux_i)
 
     # ---- inference -----------------------------------------------------------------
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
         """x_n (B, d) -> SparseCode (B, k): z = g ReLU(TopK inside the token's expert), global indices."""
-        r = self.route(x_n)
-        sel = self.select(x_n, r, self.cfg.k)
-        return SparseCode(r.gate.detach()[:, None] * F.relu(sel.values), sel.indices)
+        with torch.no_grad():
+            x_s, r, pos = self.route(x_n).grouped_batch(x_n)
+            sel = self.select(x_s, r, self.cfg.k)
+            z = r.gate[:, None] * F.relu(sel.values)
+            return SparseCode(z.index_select(0, pos), sel.indices.index_select(0, pos))
 
     # ---- training --------------------------------------------------------------------
-    def _values(self, x_n: Tensor, sel: Selection) -> tuple[Tensor, Tensor]:
-        """The selected pre-activations, differentiable in W_enc, b_enc, b_pre (sparse backward on the fast path)."""
-        if fast_kernels():
-            return gathered_encode(x_n, self.b_pre, self.W_enc, self.b_enc, sel.indices, sel.aux_indices,
-                                   known=(sel.values, sel.aux_values))
-        pre = F.linear(x_n - self.b_pre, self.W_enc, self.b_enc)  # (B, n): the reference
-        return pre.gather(1, sel.indices), pre.gather(1, sel.aux_indices)
-
     def _decode(self, codes: list[SparseCode]) -> list[Tensor]:
         if fast_kernels():
             return sparse_decode(self.W_dec, codes)
         return [F.embedding_bag(c.indices, self.W_dec, per_sample_weights=c.values, mode="sum")
                 if c.indices.shape[1] else self.W_dec.new_zeros(c.indices.shape[0], self.cfg.d) for c in codes]
 
-    def loss_terms(self, x_n: Tensor, ctx: LossContext) -> StepOutput:
-        """Reconstruction + alpha AuxK (inside experts) + balance_coef L_bal; see the module docstring."""
-        batch = ctx.batch or x_n.shape[0]
+    def loss_terms(self, x_in: Tensor, ctx: LossContext) -> StepOutput:
+        """Reconstruction + alpha AuxK (inside experts) + balance_coef L_bal; see the module docstring.
+
+        The loss is a sum over tokens, so it is computed on the batch put in expert order (each expert's
+        decoder rows are then read by consecutive tokens: the sparse decode and its backward run about twice
+        as fast as in token order); x̂ and the code are returned in the caller's order."""
+        batch = ctx.batch or x_in.shape[0]
         k_aux = self.aux_latents(ctx)
         fast = fast_kernels()
-        r = self.route(x_n, grad=not fast)
+        x_n, r, pos = self.route(x_in, grad=not fast).grouped_batch(x_in)
         sel = self.select(x_n, r, self.cfg.k, ctx.dead if k_aux else None, k_aux)
-        v, v_aux = self._values(x_n, sel)
+        v, v_aux = sel.values, sel.aux_values
         load = r.load()
         if fast:  # z = g ReLU(v) and L_bal with their gradients in one function, on one thread
             z, balance = router_gate(x_n, self.W_router, self.b_router, v, r.probs, r.expert, load)
@@ -233,7 +202,7 @@ class SwitchSAE(SparseAutoencoder):
             z, balance = r.gate[:, None] * F.relu(v), losses.switch_balance_loss(load, r.probs)
         code = SparseCode(z, sel.indices)
         width = sel.aux_indices.shape[1]
-        codes = [code] + ([SparseCode(F.relu(v_aux) * (sel.aux_values != 0), sel.aux_indices)] if width else [])
+        codes = [code] + ([SparseCode(F.relu(v_aux), sel.aux_indices)] if width else [])  # pads: 0, no gradient
         decoded = self._decode(codes)
         x_hat = decoded[0] + self.b_pre
         loss = losses.scaled_mse(x_hat, x_n, ctx.loss_scale, batch)
@@ -246,7 +215,10 @@ class SwitchSAE(SparseAutoencoder):
             loss = loss + ctx.balance_coef * balance
         self._last = {"balance_loss": balance.item(), "expert_load_max": load.max().item(),
                       "expert_load": [round(f, 6) for f in load.tolist()]}
-        return StepOutput(loss=loss, x_hat=x_hat, code=SparseCode(code.values.detach(), code.indices), aux_loss=aux)
+        with one_thread():  # back to the caller's token order
+            code = SparseCode(code.values.detach().index_select(0, pos), code.indices.index_select(0, pos))
+            x_hat = x_hat.index_select(0, pos)
+        return StepOutput(loss=loss, x_hat=x_hat, code=code, aux_loss=aux)
 
     def step_metrics(self) -> dict[str, float]:
         """The last training batch's expert load: fraction of tokens per expert (a list of E), its maximum, L_bal."""

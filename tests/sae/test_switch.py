@@ -92,21 +92,28 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("kernels", ["fast", "reference"])
-@pytest.mark.parametrize("chunk", [None, 4])  # 4 < n / E = 8: the expert's selection in chunks
-def test_loss_and_every_gradient_equal_the_independent_dense_reference(kernels, chunk, monkeypatch):
+PATHS = {"one buffer": None, "chunked": 4}
+"""The fast selection's two forms, by kernel_chunk: every expert's matmul into one (B, n / E) buffer and one
+top-k; each expert's selection by the chunked kernel (4 < n / E = 8 latents)."""
+
+
+@pytest.mark.parametrize("kernels,path", [("reference", "one buffer"), *(("fast", p) for p in PATHS)])
+def test_loss_and_every_gradient_equal_the_independent_dense_reference(kernels, path, monkeypatch):
     monkeypatch.setenv("SAESCALE_KERNELS", kernels)
     sae = build()
-    sae.kernel_chunk = chunk
+    sae.kernel_chunk = PATHS[path]
     x, c = batch(), context()
     r = sae.route(x)
+    assert not r.grouped  # the batch is not in expert order: loss_terms groups it and returns x̂ in its order
     assert (r.counts > 0).sum() >= 5 and bool((r.gate < 0.9).any())  # many experts used, gates not one-hot
     per = (c.dead.view(E, -1).sum(1)).tolist()
     assert min(per) < c.k_aux <= max(per) or len(set(per)) > 1  # the experts' AuxK widths differ: padding used
     out = sae.loss_terms(x, c)
     ref, z = reference_loss(sae, x, c)
     assert rel_err(out.loss, ref) < 1e-12
-    assert torch.allclose(out.code.to_dense(N), z.detach(), atol=1e-13, rtol=0)
+    assert torch.allclose(out.code.to_dense(N), z.detach(), atol=1e-13, rtol=0)  # rows in the caller's order
+    with torch.no_grad():
+        assert torch.allclose(out.x_hat, z @ sae.W_dec + sae.b_pre, atol=1e-12, rtol=0)
     assert out.aux_loss > 0
     names = sae.param_names()
     assert set(names) == {"W_enc", "b_enc", "W_dec", "b_pre", "W_router", "b_router"}
@@ -127,8 +134,10 @@ def test_the_balance_loss_alone_trains_the_router_towards_uniform_probabilities(
     assert after < out.loss  # a descent step on E sum f_e P_e lowers it
 
 
-def test_fast_path_equals_the_reference_path(monkeypatch):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fast_path_equals_the_reference_path(path, monkeypatch):
     sae, x, c = build(), batch(3), context()
+    sae.kernel_chunk = PATHS[path]
     got = {}
     for kernels in ("fast", "reference"):
         monkeypatch.setenv("SAESCALE_KERNELS", kernels)
