@@ -128,12 +128,16 @@ def eval_model_dtype(name: str) -> str:
 def provenance(cfg: EvalCommand):
     """(SAE folder, corpus) for load_eval_set. A saescale SAE, or a foreign one exported by saescale, records its
     model, hook and corpus: itself and --corpus. A foreign SAE without that record needs --model and --hook (one
-    line naming the missing ones otherwise); it is then evaluated from a temporary saescale copy recording them,
-    on all of --corpus (the embedded corpus by default: its training data is unknown)."""
+    line naming the missing ones otherwise), and so does one trained on activation files (``--acts FILE``); it is
+    then evaluated from a temporary saescale copy recording them, on all of --corpus (the embedded corpus by
+    default: its training text is unknown)."""
     from saescale.sae.io import load_sae, read_cfg, save_sae
 
     _, extra = read_cfg(cfg.sae)
     recorded = extra.get("activations")
+    if extra.get("source") == "arrays" and not recorded:  # trained on the user's activation files: no model known
+        extra = {**extra, "imported": {"format": "arrays", "what": "was trained on activation files (--acts FILE), "
+                                                                  "which record no model or hook point"}}
     if recorded or "imported" not in extra:
         if cfg.hook and isinstance(recorded, dict) and cfg.hook != recorded.get("hook"):
             raise SaescaleError(f"--hook {cfg.hook}: {cfg.sae} records its hook point "
@@ -145,8 +149,9 @@ def provenance(cfg: EvalCommand):
     missing = [opt for opt, value in (("--model", cfg.model), ("--hook", cfg.hook)) if not value]
     if missing:
         said = ", ".join(f"{k} {info[k]!r}" for k in ("model", "hook") if info.get(k))
-        raise SaescaleError(f"{cfg.sae} is a {info.get('format', 'foreign')} SAE with no saescale record of the model and "
-                            f"hook it was trained on{f' (its files say {said})' if said else ''}: give "
+        what = info.get("what") or (f"is a {info.get('format', 'foreign')} SAE with no saescale record of the model "
+                                    "and hook it was trained on")
+        raise SaescaleError(f"{cfg.sae} {what}{f' (its files say {said})' if said else ''}: give "
                             f"{' and '.join(missing)} (a saescale model and hook point, e.g. --model default --hook layers.20)")
     with tempfile.TemporaryDirectory(prefix="saescale-eval-") as tmp:
         acts = {"model": cfg.model, "hook": cfg.hook, "corpus": "unknown"}
