@@ -54,7 +54,7 @@ def grouped_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k
     if not w:
         return Selection(values, indices, values.new_empty(B, 0), indices.new_empty(B, 0))
     masked = torch.where(dead.view(E, m).index_select(0, expert), pre, float("-inf"))  # (B, m)
-    aux_v, aux_c = masked.topk(w, dim=1)
+    aux_v, aux_c = masked.topk(w, dim=1, sorted=False)
     with one_thread():
         valid = aux_v > float("-inf")  # expert e has widths[e] <= w dead candidates
         return Selection(values, indices, torch.where(valid, aux_v, 0.0), torch.where(valid, aux_c, 0) + base)
