@@ -145,9 +145,10 @@ def vocabulary(tokenizer, size: int) -> list[str]:
 Track = Callable[..., Any]
 
 
-def n2g_key(inp: Inputs, cfg: N2GConfig, seed: int, split: str) -> str:
+def n2g_key(inp: Inputs, cfg: N2GConfig, seed: int, split: str, kept: int) -> str:
     """What N2G explanations depend on: the SAE's weights, the cache split's shards, the N2G settings but
-    the latent count, the seed. A rebuild with the same key keeps the explanations of the last build."""
+    the latent count, the seed, the top contexts kept per latent (``kept``: the others are negatives). A
+    rebuild with the same key keeps the explanations of the last build."""
     import dataclasses
     import hashlib
     import json
@@ -156,7 +157,7 @@ def n2g_key(inp: Inputs, cfg: N2GConfig, seed: int, split: str) -> str:
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "latents"}
     parts = [sha256_file(inp.sae_dir / "sae.safetensors"), inp.acts.model, split,
-             *(e["sha256"] for e in inp.reader.shards), json.dumps(settings, sort_keys=True), str(seed)]
+             *(e["sha256"] for e in inp.reader.shards), json.dumps(settings, sort_keys=True), str(seed), str(kept)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -228,7 +229,7 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
     nb_ids, nb_cos = nearest(W_dec, neighbours)
     vocab = vocabulary(inp.tokenizer, inp.model.get_output_embeddings().weight.shape[0])
     lap("logit_lens_neighbours_vocab")
-    key = n2g_key(inp, n2g, seed, settings["split"])
+    key = n2g_key(inp, n2g, seed, settings["split"], K)
     explanations = explain_all(inp, col, latents, n2g, seed, track, lambda t: vocab[t], previous_explanations(out, key))
     lap("n2g")
 
