@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean browser
 
 install: $(STAMP)
 
@@ -24,7 +24,16 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/saescale train --n-tokens 40000 --tokens 400000 --n 4096 --k 32 --out runs/demo
 
-test: $(STAMP)
+# Headless Chromium + chromedriver for the dashboard's browser tests (tests/dashboard). Installed with apt-get
+# when it is there and we may use it; otherwise (no apt-get, not root, offline) the browser tests skip.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	  || echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "no apt-get (or not root): install chromium and chromium-driver yourself, or the browser tests skip"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
 
 bench: $(STAMP)
