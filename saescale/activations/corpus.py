@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import json
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,12 @@ def _read_hf(name: str) -> list[Document]:
         import datasets
     except ImportError:
         raise SaescaleError(f"corpus 'hf:{name}' needs the datasets package: pip install datasets") from None
+    from saescale.activations.hub import hub_reachable
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not offline and not hub_reachable():  # fail now, not after datasets' ~30 s of retries
+        raise SaescaleError(f"offline or unknown dataset: corpus 'hf:{name}' needs the Hugging Face hub, which cannot be "
+                            "reached from here; use local files (or set HF_HUB_OFFLINE=1 to read a cached copy)")
     try:
         rows = datasets.load_dataset(name, split="train")
     except Exception as e:  # network, missing dataset, bad config: all user-fixable

@@ -47,7 +47,22 @@ def test_corpus_errors(tmp_path):
     with pytest.raises(SaescaleError, match="unknown type"):
         load_documents(str(tmp_path / "x.csv"))
     with pytest.raises(SaescaleError, match="hf:some/dataset"):
-        load_documents("hf:some/dataset")  # the datasets package is not installed here
+        load_documents("hf:some/dataset")  # no datasets package, or no hub: one line either way
+
+
+def test_hf_corpus_without_a_hub_fails_at_once(monkeypatch):
+    """With the datasets package (sae-lens brings it) and no hub, 'hf:NAME' is refused before datasets' retries."""
+    pytest.importorskip("datasets")
+    import datasets
+
+    def reached(*a, **kw):
+        raise AssertionError("datasets was asked to fetch the dataset")
+
+    monkeypatch.setattr(datasets, "load_dataset", reached)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(SaescaleError, match="offline or unknown dataset: corpus 'hf:some/dataset'"):
+        load_documents("hf:some/dataset")
 
 
 def test_parquet(tmp_path):
