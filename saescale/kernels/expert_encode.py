@@ -86,8 +86,7 @@ class ExpertEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int],
                 k: int, dead: Tensor | None, widths: list[int], chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        with one_thread():
-            x_c = x_n - b_pre
+        x_c = x_n - b_pre
         sel = grouped_topk(x_c, W_enc, b_enc, bounds, k, dead, widths, chunk)
         ctx.save_for_backward(x_c, W_enc, sel.indices, sel.aux_indices)
         ctx.mark_non_differentiable(sel.indices, sel.aux_indices)

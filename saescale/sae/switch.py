@@ -72,11 +72,11 @@ class Routing:
     def grouped_batch(self, x_n: Tensor) -> tuple[Tensor, "Routing", Tensor]:
         """The batch in expert order: x_n[order] (B, d), its routing (``grouped``: every expert's tokens
         contiguous) and ``pos`` (B,), where each original token went (row b of the batch is row pos[b])."""
-        with one_thread():
+        with one_thread():  # (B,) and (B, E): small
             pos = torch.empty_like(self.order).index_copy_(0, self.order, torch.arange(self.order.numel(),
                                                                                        device=self.order.device))
-            xs, probs = x_n.index_select(0, self.order), self.probs.index_select(0, self.order)
-        return xs, Routing(probs), pos
+            probs = self.probs.index_select(0, self.order)
+        return x_n.index_select(0, self.order), Routing(probs), pos
 
     def load(self) -> Tensor:
         """f_e: fraction of the batch's tokens routed to each expert, (E,)."""
@@ -217,7 +217,7 @@ class SwitchSAE(SparseAutoencoder):
                       "expert_load": [round(f, 6) for f in load.tolist()]}
         with one_thread():  # back to the caller's token order
             code = SparseCode(code.values.detach().index_select(0, pos), code.indices.index_select(0, pos))
-            x_hat = x_hat.index_select(0, pos)
+        x_hat = x_hat.index_select(0, pos)
         return StepOutput(loss=loss, x_hat=x_hat, code=code, aux_loss=aux)
 
     def step_metrics(self) -> dict[str, float]:
