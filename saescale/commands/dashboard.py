@@ -124,7 +124,7 @@ def run_dashboard(cfg: DashboardCommand, lm=None) -> dict:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"dashboard: {summary['latents']} latent pages ({summary['explained']} with N2G) over "
+    print(f"dashboard: {summary['latents']} latent pages ({summary['explained']} with N2G, {summary['ngram_explained']} with n-grams) over "
           f"{summary['n_tokens']:,} tokens in {sum(summary['seconds'].values()):.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['seconds'].items())}) -> {out / 'index.html'}")
     return summary

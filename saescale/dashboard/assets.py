@@ -26,6 +26,9 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 svg .bar { fill: #e67e22; } svg .bar:hover { fill: #c0392b; } svg text { font: 11px system-ui, sans-serif; fill: #444; }
 svg .axis { stroke: #999; stroke-width: 1; }
 .pos { color: #1a7f37; } .neg { color: #cf222e; }
+.kind { display: inline-block; font: 10px/1.5 sans-serif; padding: 0 4px; margin-right: 6px; border-radius: 3px;
+  vertical-align: 1px; } .kind-n2g { background: #d4edda; color: #155724; } .kind-ngram { background: #e2e3f3; color: #383d7c; }
+.kind-none { background: #eee; color: #888; }
 td.expl-cell { min-width: 380px; max-width: 560px; font: 12px/1.4 ui-monospace, Menlo, Consolas, monospace; }
 """
 
@@ -87,7 +90,8 @@ INDEX_JS = r"""
   var head = document.getElementById("meta");
   head.textContent = D.meta.model + " \u00b7 hook " + D.meta.hook + " \u00b7 " + D.meta.arch + " n=" + D.meta.n +
     " k=" + D.meta.k + " \u00b7 cache " + D.meta.split + " split, " + D.meta.n_tokens.toLocaleString() + " tokens \u00b7 " +
-    rows.length + " latents on pages \u00b7 N2G for " + D.meta.explained + " of them";
+    rows.length + " latents on pages \u00b7 explained: N2G " + D.meta.explained + ", n-gram " +
+    rows.filter(function (r) { return r[col.explanation_kind] === "ngram"; }).length;
   // density histogram
   var h = D.density_histogram, bars = [], e = h.log10_edges;
   for (var j = 0; j < h.counts.length; j++)
@@ -103,7 +107,7 @@ INDEX_JS = r"""
   var shown = [], sortKey = col.latent, sortDir = 1;
   var tbody = document.querySelector("#latents tbody"), count = document.getElementById("count");
   var search = document.getElementById("search");
-  function text(r) { return (r[col.explanation] + " " + r[col.top_token] + " " + r[col.promoted].join(" ")).toLowerCase(); }
+  function text(r) { return (r[col.explanation] + " " + r[col.ngram] + " " + r[col.top_token] + " " + r[col.promoted].join(" ")).toLowerCase(); }
   var texts = rows.map(text);
   function render() {
     var q = search.value.toLowerCase().trim();
@@ -124,7 +128,10 @@ INDEX_JS = r"""
         tr.appendChild(SAE.el("td", {"class": "num", title: String(v)}, c[1] ? SAE.fmt(v, c[1]) : String(v)));
       });
       var ex = r[col.explanation] || "";  // long explanations are cut on the index; the tooltip and the page hold all
-      tr.appendChild(SAE.el("td", {"class": "expl-cell", title: ex}, ex.length > 150 ? ex.slice(0, 150) + " \u2026" : ex));
+      var kind = r[col.explanation_kind], cell = SAE.el("td", {"class": "expl-cell", title: ex + (r[col.ngram] ? "\nn-gram: " + r[col.ngram] : "")});
+      cell.appendChild(SAE.el("span", {"class": "kind kind-" + kind}, kind === "n2g" ? "N2G" : kind === "ngram" ? "n-gram" : "none"));
+      cell.appendChild(SAE.el("span", {"class": "expl-text"}, ex.length > 150 ? ex.slice(0, 150) + " \u2026" : ex));
+      tr.appendChild(cell);
       ["precision", "recall"].forEach(function (c) {
         var v = r[col[c]]; tr.appendChild(SAE.el("td", {"class": "num", title: String(v)}, SAE.fmt(v, 2)));
       });
@@ -200,12 +207,25 @@ LATENT_JS = r"""
         tr.appendChild(SAE.el("td", {"class": "muted"}, r[2])); t.appendChild(tr);
       });
     st.appendChild(t);
-    var ex = SAE.el("div"); cols.appendChild(ex); ex.appendChild(SAE.el("h2", {}, "N2G explanation"));
+    var ex = SAE.el("div"); cols.appendChild(ex);
+    var kind = L.explanation_kind || (L.explanation ? "n2g" : "none");
+    var eh = SAE.el("h2", {}, "Explanation "); eh.appendChild(SAE.el("span", {"class": "kind kind-" + kind, id: "explanation-kind"},
+      kind === "n2g" ? "N2G" : kind === "ngram" ? "n-gram" : "none")); ex.appendChild(eh);
+    function scores(e, held) {
+      return "precision " + SAE.fmt(e.precision, 3) + " (" + e.predicted + " predicted) \u00b7 recall " + SAE.fmt(e.recall, 3) +
+        " (" + e.firing + " firing)" + (held ? " on the " + e.held_out_contexts + " contexts outside its top " + e.building_contexts : "");
+    }
+    var NG = "model-free: the activating token (and the tokens before it that its top contexts share), tested on held-out contexts";
     if (L.explanation) {
       ex.appendChild(SAE.el("div", {"class": "expl", id: "explanation"}, L.explanation.text));
-      ex.appendChild(SAE.el("p", {}, "precision " + SAE.fmt(L.explanation.precision, 3) + " (" + L.explanation.predicted +
-        " predicted) \u00b7 recall " + SAE.fmt(L.explanation.recall, 3) + " (" + L.explanation.firing + " firing)"));
-    } else ex.appendChild(SAE.el("p", {"class": "muted", id: "explanation"}, L.fires ? "not explained in this build (see --n2g-latents)" : "never fires on this split"));
+      ex.appendChild(SAE.el("p", {}, scores(L.explanation, kind === "ngram")));
+      if (kind === "ngram") ex.appendChild(SAE.el("p", {"class": "muted"}, NG + " (N2G: see --n2g-latents)"));
+      if (kind === "n2g" && L.ngram) {
+        ex.appendChild(SAE.el("p", {"class": "muted"}, "n-gram explanation (" + NG + "):"));
+        ex.appendChild(SAE.el("div", {"class": "expl", id: "ngram"}, L.ngram.text));
+        ex.appendChild(SAE.el("p", {}, scores(L.ngram, true)));
+      }
+    } else ex.appendChild(SAE.el("p", {"class": "muted", id: "explanation"}, L.explanation_reason || (L.fires ? "not explained in this build" : "never fires on this split")));
     var hs = SAE.el("div"); cols.appendChild(hs); hs.appendChild(SAE.el("h2", {}, "Activation histogram"));
     var h = L.histogram, bars = [];
     for (var j = 0; j < h.counts.length; j++)
@@ -268,7 +288,7 @@ INDEX_HTML = """<!doctype html>
 <table id="latents"><thead><tr>
 <th class="num" data-key="latent">latent</th><th class="num" data-key="density">density</th>
 <th class="num" data-key="max">max</th><th class="num" data-key="fires">fires</th><th class="num" data-key="mean">mean</th>
-<th data-key="explanation">N2G explanation</th><th class="num" data-key="precision">precision</th>
+<th data-key="explanation">explanation (N2G / n-gram)</th><th class="num" data-key="precision">precision</th>
 <th class="num" data-key="recall">recall</th><th data-key="top_token">top token</th><th data-key="promoted">promotes</th>
 </tr></thead><tbody></tbody></table>
 <script src="data/index.js"></script>

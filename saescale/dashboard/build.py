@@ -23,6 +23,7 @@ from saescale.dashboard.collect import Collected, collect
 from saescale.dashboard.explain import explain
 from saescale.dashboard.logit_lens import logit_lens
 from saescale.dashboard.neighbours import nearest
+from saescale.dashboard.ngram import ngram_explanations
 from saescale.dashboard.render import write_doc, write_shell
 from saescale.dashboard.schema import (
     INDEX_FIELDS,
@@ -232,12 +233,15 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
     key = n2g_key(inp, n2g, seed, settings["split"], K)
     explanations = explain_all(inp, col, latents, n2g, seed, track, lambda t: vocab[t], previous_explanations(out, key))
     lap("n2g")
+    ngrams = ngram_explanations(col, latents, lambda t: vocab[t])
+    lap("ngram")
 
     write_shell(tmp, settings["title"])
     write_doc(tmp / "data", "vocab", "SAESCALE_VOCAB", vocab)
     rows, features = [], []
     for i in track(latents, "pages", len(latents)):
-        doc = latent_doc(col, i, lens, nb_ids, nb_cos, vocab, samples, explanations.get(i), top, inp.first_pos)
+        doc = latent_doc(col, i, lens, nb_ids, nb_cos, vocab, samples, explanations.get(i), top, inp.first_pos,
+                         ngrams.get(i))
         write_doc(tmp / "latents", str(i), "SAESCALE_LATENT", doc)
         rows.append(index_row(doc, vocab))
         if neuronpedia:
@@ -245,7 +249,7 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
     meta = {"model": inp.acts.model, "hook": inp.hook, "arch": sae.cfg.arch, "n": sae.cfg.n, "k": sae.cfg.k,
             "d": sae.cfg.d, "normalize": sae.cfg.normalize, "split": settings["split"], "n_tokens": col.n_tokens,
             "n_contexts": len(col.tokens), "cache": str(inp.cache), "sae": settings["sae"],
-            "explained": len(explanations), "first_position": inp.first_pos, "context_len": inp.acts.context_len,
+            "explained": len(explanations), "ngram_explained": len(ngrams), "first_position": inp.first_pos, "context_len": inp.acts.context_len,
             "final_norm": lens.final_norm}
     index = {"format": INDEX_FORMAT, "meta": meta, "fields": list(INDEX_FIELDS), "rows": rows,
              "density_histogram": density_histogram(col), "settings": settings}
@@ -254,11 +258,13 @@ def build(inp: Inputs, out: Path, tmp: Path, latents: list[int], *, top: int, sa
         "title": settings["title"], "latents": latents,
         "subtitle": f"{inp.acts.model} · hook {inp.hook} · {sae.cfg.arch} n={sae.cfg.n} k={sae.cfg.k} · "
                     f"{settings['split']} split of the cache, {col.n_tokens:,} tokens",
-        "explanations": {str(i): e["text"] for i, e in explanations.items()}})
+        "explanations": {str(i): e["text"] for i, e in {**ngrams, **explanations}.items()},
+        "explanation_kinds": {str(i): "n2g" if i in explanations else "ngram" for i in {**ngrams, **explanations}}})
     if neuronpedia:
         write_neuronpedia(tmp / "neuronpedia", features, inp, settings)
     lap("pages")
     summary = {"format": "saescale-dashboard-v1", "latents": len(latents), "explained": len(explanations),
+               "ngram_explained": len(ngrams),
                "explained_ids": sorted(explanations), "n2g_key": key, "n_tokens": col.n_tokens, "seconds": seconds,
                "settings": settings}
     (tmp / MARKER).write_text(__import__("json").dumps(summary, indent=1), encoding="utf-8")

@@ -14,7 +14,9 @@ from saescale.dashboard.logit_lens import LogitLens
 
 INDEX_FORMAT = "saescale-dashboard-index-v1"
 LATENT_FORMAT = "saescale-dashboard-latent-v1"
-INDEX_FIELDS = ("latent", "density", "max", "fires", "mean", "explanation", "precision", "recall", "top_token", "promoted")
+INDEX_FIELDS = ("latent", "density", "max", "fires", "mean", "explanation", "precision", "recall", "top_token", "promoted",
+                "explanation_kind", "ngram")
+EXPLANATION_KINDS = ("n2g", "ngram", "none")
 
 
 def f32(v: float) -> float:
@@ -83,17 +85,29 @@ def token_list(ids, values, vocab: list[str]) -> list[dict[str, Any]]:
     return [{"token": int(t), "text": vocab[int(t)], "value": f32(v)} for t, v in zip(ids.tolist(), values.tolist())]
 
 
+def pick_explanation(fires: int, n2g: dict | None, ngram: dict | None) -> tuple[dict | None, str, str | None]:
+    """(explanation shown, its kind, why there is none): N2G's where it exists, else the n-gram one, else none."""
+    if n2g:
+        return n2g, "n2g", None
+    if ngram:
+        return ngram, "ngram", None
+    return None, "none", ("never fires on this split" if fires == 0 else
+                          "no top context with its activating token in the cache")
+
+
 def latent_doc(col: Collected, i: int, lens: LogitLens, nb_ids, nb_cos, vocab: list[str], samples: int,
-               explanation: dict | None, shown_top: int, first_pos: int) -> dict[str, Any]:
-    """The per-latent document (docs/dashboard.md, 'latents/<i>.json')."""
+               explanation: dict | None, shown_top: int, first_pos: int, ngram: dict | None = None) -> dict[str, Any]:
+    """The per-latent document (docs/dashboard.md, 'latents/<i>.json'); ``explanation``: N2G's (or None),
+    ``ngram``: the model-free n-gram explanation (or None)."""
     fires = int(col.fires[i])
+    shown, kind, reason = pick_explanation(fires, explanation, ngram)
     keep = (col.top_ctx[i] >= 0).nonzero().flatten()[:shown_top]
     rows = col.top_rows[i].numpy()
     return {
         "format": LATENT_FORMAT, "latent": i, "n_tokens": col.n_tokens, "fires": fires,
         "density": fires / max(col.n_tokens, 1), "max": f32(col.max[i]),
         "mean": f32(float(col.act_sum[i]) / fires) if fires else 0.0, "first_position": first_pos,
-        "explanation": explanation,
+        "explanation": shown, "explanation_kind": kind, "explanation_reason": reason, "ngram": ngram,
         "top": [context_doc(col, int(col.top_ctx[i, s]), rows[s]) for s in keep.tolist()],
         "quantiles": quantile_samples(col, i, samples),
         "histogram": histogram(col, i),
@@ -107,11 +121,12 @@ def latent_doc(col: Collected, i: int, lens: LogitLens, nb_ids, nb_cos, vocab: l
 def index_row(doc: dict[str, Any], vocab: list[str]) -> list[Any]:
     """One latent's row of the index, in :data:`INDEX_FIELDS` order."""
     e = doc["explanation"] or {}
+    ng = (doc.get("ngram") or {}).get("text", "") if doc["explanation_kind"] == "n2g" else ""
     top = doc["top"][0] if doc["top"] else None
     top_token = vocab[top["tokens"][top["argmax"]]] if top and top["tokens"][top["argmax"]] >= 0 else ""
     return [doc["latent"], doc["density"], doc["max"], doc["fires"], doc["mean"], e.get("text", ""),
             nan_none(e.get("precision")), nan_none(e.get("recall")), top_token,
-            [t["text"] for t in doc["logits"]["promoted"][:3]]]
+            [t["text"] for t in doc["logits"]["promoted"][:3]], doc["explanation_kind"], ng]
 
 
 def density_histogram(col: Collected, bins: int = 40) -> dict[str, Any]:

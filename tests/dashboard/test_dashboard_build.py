@@ -88,13 +88,40 @@ def test_n2g_explanations(built):
     _, _, out = built
     index = json.loads((out / "data/index.json").read_text())
     col = {f: j for j, f in enumerate(index["fields"])}
-    explained = [r for r in index["rows"] if r[col["explanation"]]]
+    explained = [r for r in index["rows"] if r[col["explanation_kind"]] == "n2g"]
     assert 1 <= len(explained) == index["meta"]["explained"] <= 4
     for r in explained:
-        e = latent_json(out, r[0])["explanation"]
+        doc = latent_json(out, r[0])
+        e = doc["explanation"]
         assert e["text"] == r[col["explanation"]] and e["patterns"]
         assert e["precision"] is None or 0 <= e["precision"] <= 1
         assert e["recall"] is None or 0 <= e["recall"] <= 1
+        assert doc["ngram"] and r[col["ngram"]] == doc["ngram"]["text"]  # both kept; N2G's is shown
+
+
+def test_every_latent_has_an_explanation_or_a_reason(built):
+    _, _, out = built
+    index = json.loads((out / "data/index.json").read_text())
+    col = {f: j for j, f in enumerate(index["fields"])}
+    kinds = {"n2g": 0, "ngram": 0, "none": 0}
+    for r in index["rows"]:
+        doc = latent_json(out, r[0])
+        kind = doc["explanation_kind"]
+        kinds[kind] += 1
+        assert r[col["explanation_kind"]] == kind
+        if kind == "none":
+            assert doc["explanation"] is None and doc["explanation_reason"] and r[col["explanation"]] == ""
+            assert doc["fires"] == 0 and doc["explanation_reason"] == "never fires on this split"
+        else:
+            assert doc["explanation_reason"] is None and doc["explanation"]["text"] == r[col["explanation"]] != ""
+            assert doc["ngram"]["patterns"] and all(1 <= len(p) <= 3 for p in doc["ngram"]["patterns"])
+            h = doc["ngram"]
+            assert h["building_contexts"] + h["held_out_contexts"] == index["meta"]["n_contexts"]
+            assert h["precision"] is None or 0 <= h["precision"] <= 1
+        if kind == "ngram":
+            assert doc["explanation"] == doc["ngram"] and r[col["ngram"]] == ""
+    assert kinds["ngram"] >= 40 and kinds["n2g"] == index["meta"]["explained"]
+    assert kinds["n2g"] + kinds["ngram"] == index["meta"]["ngram_explained"]  # every firing latent has an n-gram one
 
 
 def test_neuronpedia_export_shape(built):
