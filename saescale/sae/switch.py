@@ -47,7 +47,7 @@ from saescale.kernels.expert_encode import expert_encode
 from saescale.kernels.router import router_gate
 from saescale.kernels.select import Selection
 from saescale.sae.base import LossContext, SparseAutoencoder, SparseCode, StepOutput
-from saescale.sae.config import SAEConfig
+from saescale.sae.config import DEFAULT_EXPERTS, SAEConfig
 from saescale.sae.registry import register
 from saescale.threads import one_thread
 
@@ -106,7 +106,7 @@ class SwitchSAE(SparseAutoencoder):
 
     @classmethod
     def stored_shapes(cls, n: int, d: int, cfg: SAEConfig | None = None) -> dict[str, tuple[int, ...]]:
-        E = cfg.experts if cfg is not None and cfg.experts else 8
+        E = cfg.experts if cfg is not None and cfg.experts else DEFAULT_EXPERTS
         return {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,), "W_router": (E, d), "b_router": (d,)}
 
     @property
