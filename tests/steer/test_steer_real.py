@@ -60,12 +60,12 @@ def test_scale_zero_is_bit_identical_and_the_hook_is_removed(real_model):
         zero = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     assert torch.equal(plain.sequences, zero.sequences)
     assert all(torch.equal(a, b) for a, b in zip(plain.logits, zero.logits, strict=True))
-    before = model(ids).logits
+    before, hooks = model(ids).logits, dict(resolve_hook(model, HOOK)._forward_hooks)
     with pytest.raises(KeyError):
         with steer(model, sae, HOOK, 3, scale=0.5):
             assert not torch.equal(model(ids).logits, before)
             raise KeyError("inside")
-    assert not resolve_hook(model, HOOK)._forward_hooks and torch.equal(model(ids).logits, before)
+    assert dict(resolve_hook(model, HOOK)._forward_hooks) == hooks and torch.equal(model(ids).logits, before)
 
 
 def test_clamp_at_the_last_layer_moves_logits_along_the_unembedded_direction(real_model):
