@@ -25,12 +25,16 @@ expert*, k_aux_t = min(k_aux, that expert's dead count); then exactly TopK's L_a
 reconstruction ê + b_pre, denominator the batch's ||e - mean e||^2). Codes are padded to the widest
 expert's k_aux_t with zeros. The router gets no AuxK gradient.
 
-Fast path (default): tokens grouped by expert (one stable argsort), one chunked encoder matmul and
-top-k selection (:func:`~saescale.kernels.select.select_topk`) per expert on its rows and its m rows of
-W_enc: ≈ 1/E of dense TopK's encoder FLOPs, plus E d per token for the router. The selected values go
-through :func:`~saescale.kernels.encoder.gathered_encode` (sparse backward on the B (k + k_aux) selected
-pairs) and the sparse decoder. Reference (``SAESCALE_KERNELS=reference``): dense (B, n) pre-activations
-masked to each token's expert, ``sort``, ``embedding_bag``. One process only (saescale.distributed.mesh).
+Fast path (default): the loss is a sum over tokens, so it is computed on the batch put in expert order
+(one stable argsort; x̂ and the code are returned in the caller's order). Each expert's rows times its m rows
+of W_enc go into one (B, m) buffer (one ``addmm`` per expert: ≈ 1/E of dense TopK's encoder FLOPs, plus
+E d per token for the router) and one ``topk`` over it selects every token's k
+(:mod:`saescale.kernels.expert_encode`; an expert wider than a chunk uses the chunked
+:func:`~saescale.kernels.select.select_topk`); the selected values get the dense encoder's sparse backward
+(B (k + k_aux) pairs), the code the sparse decoder (each expert's decoder rows read by consecutive tokens);
+router, gate and L_bal are one autograd function (:mod:`saescale.kernels.router`). Reference
+(``SAESCALE_KERNELS=reference``): dense (B, n) pre-activations masked to each token's expert, ``sort``,
+``embedding_bag``, autograd. One process only (saescale.distributed.mesh.check_layout).
 """
 
 from __future__ import annotations
