@@ -153,6 +153,8 @@ SINGLE_CASES = [
     Case("cfg.json", "prolu_grad", "forged", put("prolu_grad", "relu")),
     Case("cfg.json", "threshold_lr", "str", put("threshold_lr", "x")),
     Case("cfg.json", "threshold_lr", "forged", put("threshold_lr", 0.5)),
+    Case("cfg.json", "experts", "str", put("experts", "x")),
+    Case("cfg.json", "experts", "forged", put("experts", 4)),
     *[c for p in PARAMS for c in tensor_cases("sae.safetensors", p, torch.float32)],
     Case("sae.safetensors", "W_dec", "rows-not-unit", edit("W_dec", lambda t: 2 * t)),
     Case("sae.safetensors", "W_dec", "all-zero", edit("W_dec", torch.zeros_like)),
