@@ -37,7 +37,11 @@ class FusedTopKEncode(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, m: int,
                 dead: Tensor | None, k_aux: int, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x_c = x_n - b_pre
-        sel = select_topk(x_c, W_enc, b_enc, m, dead, k_aux, chunk)
+        return FusedTopKEncode.keep(ctx, x_c, W_enc, select_topk(x_c, W_enc, b_enc, m, dead, k_aux, chunk))
+
+    @staticmethod
+    def keep(ctx: FunctionCtx, x_c: Tensor, W_enc: Tensor, sel: Selection) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Save what the sparse backward needs of a selection made in ``forward``; its outputs."""
         ctx.save_for_backward(x_c, W_enc, sel.indices, sel.aux_indices)
         ctx.mark_non_differentiable(sel.indices, sel.aux_indices)
         ctx.set_materialize_grads(False)
@@ -48,7 +52,7 @@ class FusedTopKEncode(torch.autograd.Function):
     def backward(ctx: FunctionCtx, g_top: Tensor | None, _gi: None, g_aux: Tensor | None, _ga: None):
         x_c, W_enc, idx, aux_idx = ctx.saved_tensors
         grads = selected_backward(x_c, W_enc, [(g_top, idx), (g_aux, aux_idx)], ctx.needs_input_grad[:4])
-        return (*grads, None, None, None, None)
+        return (*grads, *[None] * (len(ctx.needs_input_grad) - 4))  # the selection's settings: no gradient
 
 
 def selected_backward(x_c: Tensor, W_enc: Tensor, pairs: list[tuple[Tensor | None, Tensor]],

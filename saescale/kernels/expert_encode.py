@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
-from saescale.kernels.encoder import selected_backward
+from saescale.kernels.encoder import FusedTopKEncode
 from saescale.kernels.select import Selection, select_topk
 from saescale.kernels.workspace import scratch
 from saescale.threads import one_thread
@@ -80,25 +80,15 @@ def _chunked(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k: in
     return Selection(values, indices, aux_v, aux_i)
 
 
-class ExpertEncode(torch.autograd.Function):
-    """(x_n, b_pre, W_enc, b_enc) -> Selection on a grouped batch; see the module docstring."""
+class ExpertEncode(FusedTopKEncode):
+    """(x_n, b_pre, W_enc, b_enc) -> Selection on a grouped batch; see the module docstring. The sparse backward
+    is :class:`~saescale.kernels.encoder.FusedTopKEncode`'s."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int],
                 k: int, dead: Tensor | None, widths: list[int], chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x_c = x_n - b_pre
-        sel = grouped_topk(x_c, W_enc, b_enc, bounds, k, dead, widths, chunk)
-        ctx.save_for_backward(x_c, W_enc, sel.indices, sel.aux_indices)
-        ctx.mark_non_differentiable(sel.indices, sel.aux_indices)
-        ctx.set_materialize_grads(False)
-        return sel.values, sel.indices, sel.aux_values, sel.aux_indices
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, g_top: Tensor | None, _gi: None, g_aux: Tensor | None, _ga: None):
-        x_c, W_enc, idx, aux_idx = ctx.saved_tensors
-        grads = selected_backward(x_c, W_enc, [(g_top, idx), (g_aux, aux_idx)], ctx.needs_input_grad[:4])
-        return (*grads, None, None, None, None, None)
+        return FusedTopKEncode.keep(ctx, x_c, W_enc, grouped_topk(x_c, W_enc, b_enc, bounds, k, dead, widths, chunk))
 
 
 def expert_encode(x_n: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k: int,
