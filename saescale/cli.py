@@ -35,7 +35,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
 
 def _usage(cmds: dict[str, tuple[str, type, Any]]) -> str:
     lines = ["usage: saescale COMMAND [options]   (saescale COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:8s} {doc}" for name, (doc, _, _) in cmds.items()]
+    lines += [f"  {name:10s} {doc}" for name, (doc, _, _) in cmds.items()]
     return "\n".join(lines)
 
 
