@@ -68,18 +68,19 @@ def test_harvest_equals_the_hooked_forward(gemma, tmp_path):
 
 
 def test_train_and_eval_on_gemma(gemma, tmp_path):
-    """The main job's commands on Gemma: train from a fresh cache, then eval's reconstruction and ΔCE."""
+    """The main job's commands on Gemma: train from a fresh cache, then eval's reconstruction metrics (the
+    splice that ΔCE uses is checked above with an exact SAE; a ΔCE eval here would cost a minute)."""
     from saescale.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--model", GEMMA, "--n-tokens", "4096", "--tokens", "16384", "--n", "256", "--k", "16",
-                 "--batch-size", "512", "--cache-dir", str(tmp_path / "acts"), "--out", str(run)]) == 0
+    assert main(["train", "--model", GEMMA, "--n-tokens", "2048", "--tokens", "8192", "--n", "256", "--k", "16",
+                 "--batch-size", "256", "--cache-dir", str(tmp_path / "acts"), "--out", str(run)]) == 0
     cfg = json.loads((run / "sae" / "cfg.json").read_text())
     assert cfg["d"] == 640 and cfg["extra"]["activations"]["model"] == GEMMA
     assert cfg["extra"]["activations"]["hook"] == "layers.12"
-    assert main(["eval", str(run / "sae"), "--metrics", "recon,downstream", "--eval-contexts", "4", "--downstream-contexts", "4", "--batch", "2",
+    assert main(["eval", str(run / "sae"), "--metrics", "recon", "--eval-contexts", "4", "--batch", "2",
                  "--out", str(tmp_path / "eval")]) == 0
-    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
-    recon, down = m["recon"], m["downstream"]
-    assert 0 < recon["nmse"] < 0.9  # learnt something in 32 steps
-    assert down["delta_ce_sae"] > -0.05 and down["delta_ce_zero"] > down["delta_ce_sae"]  # splice is worse than none, better than zero
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert doc["settings"]["model"] == GEMMA and doc["settings"]["hook"] == "layers.12"
+    recon = doc["metrics"]["recon"]
+    assert 0 < recon["nmse"] < 0.95 and recon["l0"] == 16  # learnt something in 32 steps; TopK's exact L0
