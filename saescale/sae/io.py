@@ -76,6 +76,11 @@ def read_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
     if kind != "saescale":
         imported = read_foreign(path, kind)
         return imported.cfg, imported.extra
+    return _read_own_cfg(path)
+
+
+def _read_own_cfg(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Any]]:
+    """``cfg.json`` of a saescale SAE folder -> (SAEConfig, extra)."""
     f = Path(path) / "cfg.json"
     if not f.is_file():
         raise SaescaleError(f"{f} not found: give a folder written by saescale (cfg.json + sae.safetensors)")
@@ -98,18 +103,16 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Spa
     kind = detect(path)
     if kind != "saescale":
         imported = read_foreign(path, kind)
-        sae = build_sae(imported.cfg)
-        check_weights(imported.source, imported.tensors, {name: tuple(getattr(sae, name).shape) for name in sae.stored_names()})
-        sae.load_state_dict(imported.tensors)
-        return sae.to(device)
-    cfg, _ = read_cfg(path)
-    f = Path(path) / "sae.safetensors"
-    if not f.is_file():
-        raise SaescaleError(f"{f} not found: the SAE folder is incomplete; retrain or restore it")
-    try:
-        tensors = load_file(str(f), device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SaescaleError(f"{f} is corrupt or truncated ({e}); restore it from a checkpoint or retrain") from None
+        cfg, tensors, f = imported.cfg, imported.tensors, imported.source
+    else:
+        cfg, _ = _read_own_cfg(path)
+        f = Path(path) / "sae.safetensors"
+        if not f.is_file():
+            raise SaescaleError(f"{f} not found: the SAE folder is incomplete; retrain or restore it")
+        try:
+            tensors = load_file(str(f), device=str(device))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise SaescaleError(f"{f} is corrupt or truncated ({e}); restore it from a checkpoint or retrain") from None
     sae = build_sae(cfg)
     check_weights(f, tensors, {name: tuple(getattr(sae, name).shape) for name in sae.stored_names()})
     sae.load_state_dict(tensors)
