@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from saescale.configs import check_valid, valid
 from saescale.errors import SaescaleError
@@ -92,9 +91,7 @@ def run_steer(cfg: SteerCommand, lm: tuple | None = None):
     from saescale.steer.generate import compare, prompt_ids
     from saescale.steer.hook import check_latent, check_width
 
-    if not Path(cfg.sae).is_dir():
-        raise SaescaleError(f"SAE folder {cfg.sae} not found: give the sae/ folder of a training run")
-    sae = load_sae(cfg.sae).eval()
+    sae = load_sae(cfg.sae).eval()  # any format load_sae reads (an OpenAI .pt too); one line for a missing path
     check_latent(sae, cfg.latent)
     name, hook, bos = recorded(cfg.sae, cfg.model, cfg.hook)
     model, tokenizer = lm if lm is not None else load_model(name)

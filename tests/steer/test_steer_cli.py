@@ -82,3 +82,18 @@ def test_side_by_side_columns_and_blocks():
     narrow = side_by_side("left", "x y", "right", "z", 58).splitlines()
     assert narrow == ["left:", "x y", "", "right:", "z"]
     assert wrap("", 10) == [""] and wrap("aaaa bbbb cccc", 9) == ["aaaa bbbb", "cccc"]
+
+
+def test_steers_with_an_openai_state_dict(tiny_lm_dir, tmp_path, capsys):
+    """Every format load_sae reads works here: an OpenAI-style .pt (no record of model or hook: both given)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    dec = torch.randn(32, 48, generator=g)
+    torch.save({"pre_bias": torch.zeros(32), "latent_bias": torch.zeros(48), "encoder.weight": dec.T.clone(),
+                "decoder.weight": dec / dec.norm(dim=0), "activation": "TopK",
+                "activation_state_dict": {"k": 6, "postact_fn": "ReLU"}}, tmp_path / "ae.pt")
+    code, out, err = run(capsys, tmp_path / "ae.pt", "--latent", 3, "--scale", 4, "--prompt", "hello there",
+                         "--tokens", 4, "--model", tiny_lm_dir, "--hook", "layers.3")
+    assert code == 0, err
+    assert "steered: latent 3 x +4" in out and "unsteered" in out
