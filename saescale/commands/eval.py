@@ -134,29 +134,27 @@ def provenance(cfg: EvalCommand):
     from saescale.sae.io import load_sae, read_cfg, save_sae
 
     _, extra = read_cfg(cfg.sae)
-    recorded = extra.get("activations")
-    if extra.get("source") == "arrays" and not recorded:  # trained on the user's activation files: no model known
-        extra = {**extra, "imported": {"format": "arrays", "what": "was trained on activation files (--acts FILE), "
-                                                                  "which record no model or hook point"}}
-    if recorded or "imported" not in extra:
+    recorded, info = extra.get("activations"), extra.get("imported")
+    if recorded or (info is None and extra.get("source") != "arrays"):
         if cfg.hook and isinstance(recorded, dict) and cfg.hook != recorded.get("hook"):
             raise SaescaleError(f"--hook {cfg.hook}: {cfg.sae} records its hook point "
                                 f"{repr(recorded['hook']) if recorded.get('hook') else '(the model default)'} (where it was "
                                 "trained); drop --hook")
         yield cfg.sae, cfg.corpus
         return
-    info = extra["imported"]
+    if info is None:  # trained on the user's activation files: they record no model or hook point
+        what, info = "was trained on activation files (--acts FILE), which record no model or hook point", {}
+    else:
+        what = f"is a {info.get('format', 'foreign')} SAE with no saescale record of the model and hook it was trained on"
     missing = [opt for opt, value in (("--model", cfg.model), ("--hook", cfg.hook)) if not value]
     if missing:
         said = ", ".join(f"{k} {info[k]!r}" for k in ("model", "hook") if info.get(k))
-        what = info.get("what") or (f"is a {info.get('format', 'foreign')} SAE with no saescale record of the model "
-                                    "and hook it was trained on")
         raise SaescaleError(f"{cfg.sae} {what}{f' (its files say {said})' if said else ''}: give "
                             f"{' and '.join(missing)} (a saescale model and hook point, e.g. --model default --hook layers.20)")
     with tempfile.TemporaryDirectory(prefix="saescale-eval-") as tmp:
         acts = {"model": cfg.model, "hook": cfg.hook, "corpus": "unknown"}
-        folder = save_sae(load_sae(cfg.sae), Path(tmp) / "sae", extra={"source": "imported", "imported": info,
-                                                                        "activations": acts})
+        record = {**extra, "source": extra.get("source", "imported"), "activations": acts}  # its own record kept
+        folder = save_sae(load_sae(cfg.sae), Path(tmp) / "sae", extra=record)
         yield str(folder), cfg.corpus or "default"
 
 
