@@ -24,7 +24,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -52,10 +52,24 @@ class _Run:
 
 
 def curve_steps(steps: int, points: int) -> set[int]:
-    """Steps at which a curve point is taken: ``points`` log-spaced steps in [1, steps], the last = steps."""
+    """Steps at which a curve point is taken: ``points`` log-spaced steps in [1, steps], the last = steps,
+    and (with 2 or more points) steps // 2, for the convergence test over the last doubling of tokens."""
     if points <= 1 or steps <= 1:
         return {steps}
-    return {max(1, round(steps ** (i / (points - 1)))) for i in range(points)}
+    return {max(1, round(steps ** (i / (points - 1)))) for i in range(points)} | {max(1, steps // 2)}
+
+
+def last_doubling(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The convergence test: the relative held-out loss change over the last doubling of tokens,
+    (L(T/2) - L(T)) / L(T), from the curve point nearest T/2 (T = the last point's tokens); None without one.
+
+    Near 0: converged at this budget; e.g. 0.05: doubling the tokens once more would still lower the loss ~5 %."""
+    if len(curve) < 2:
+        return None
+    last = curve[-1]
+    half = min(curve[:-1], key=lambda c: abs(c["tokens"] - last["tokens"] / 2))
+    return {"tokens_from": half["tokens"], "tokens_to": last["tokens"],
+            "rel_change": (half["loss"] - last["loss"]) / last["loss"]}
 
 
 def flops_per_token(d: int, n: int) -> int:
@@ -79,6 +93,7 @@ class _Shared(NamedTuple):
     extra: dict[str, Any]  # data provenance recorded with each SAE (as ``saescale train`` records it)
     model: dict[str, Any]  # subject model name and parameter count, for results.jsonl
     log: Log  # one line per finished member
+    on_finish: Finisher | None = None  # more results of a saved member (run_sweep's on_finish)
 
 
 def sources(spec: SweepSpec) -> tuple[BatchSource, BatchSource, dict[str, Any], dict[str, Any]]:
@@ -112,11 +127,19 @@ def heldout_nmse(sae: torch.nn.Module, batches: list[torch.Tensor]) -> float:
         return reconstruction_metrics(sae, batches)["nmse"]
 
 
-def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None = None) -> list[dict[str, Any]]:
+Finisher = Callable[[Member, Path], dict[str, Any]]
+
+
+def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None = None,
+              stop: Callable[[], bool] | None = None, on_finish: Finisher | None = None) -> list[dict[str, Any]]:
     """Train every unfinished member, then return all members' results (spec order).
 
     ``progress`` gets {"tokens": tokens of the shared stream so far, "training": members still
     training} after every batch (once first with the starting point); ``log`` one line per event.
+    ``stop`` is asked after every batch: when it says True, every member still training saves a
+    checkpoint and the sweep returns the finished members' results (a rerun resumes the others).
+    ``on_finish(member, sae_folder)`` runs when a member has been saved; what it returns is recorded
+    in the member's result under ``extra`` (e.g. more metrics of the saved SAE).
     """
     log = log or (lambda line: None)
     out = spec.out
@@ -132,13 +155,13 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     if pending:
         source, held, extra, model = sources(spec)
         held_batches = [x.float() for x in heldout_batches(held, spec.settings.heldout_tokens, batch)]
-        shared = _Shared(spec, held_batches, extra, model, log)
+        shared = _Shared(spec, held_batches, extra, model, log, on_finish)
         runs = [_open(m, source, out, extra, spec.settings.curve_points, log) for m in pending]
         for r in [r for r in runs if r.trainer.state.step >= r.trainer.cfg.steps]:  # killed after training
             if r.trainer.state.step in r.curve_steps and not r.curve.at_resume:  # killed before its last curve point
                 _curve_point(r, held_batches)
             _finish(r, shared)
-        _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress)
+        _train(shared, [r for r in runs if r.trainer.state.step < r.trainer.cfg.steps], source, progress, stop)
         for r in runs:
             r.trainer.close()
     return write_results(spec)
@@ -152,7 +175,8 @@ def _open(m: Member, source: BatchSource, out: Path, extra: dict[str, Any], poin
                 curve_steps(trainer.cfg.steps, points), dict(log_.at_resume) if log_ else {})
 
 
-def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: Callback | None) -> None:
+def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: Callback | None,
+           stop: Callable[[], bool] | None = None) -> None:
     if not runs:
         return
     held, batch = shared.held, shared.spec.train.batch_size
@@ -173,6 +197,11 @@ def _train(shared: _Shared, runs: list[_Run], source: BatchSource, progress: Cal
                 active.remove(r)
         report({"tokens": (i + 1) * batch, "training": len(active)})
         if not active:  # before the stream reads a batch nobody needs
+            break
+        if stop is not None and stop():
+            for r in active:
+                r.trainer.checkpoint()
+            shared.log(f"stopped at stream step {i + 1}: {len(active)} member(s) saved a checkpoint; rerun to resume them")
             break
 
 
@@ -196,16 +225,21 @@ def _finish(r: _Run, shared: _Shared) -> None:
         "hook": extra.get("activations", {}).get("hook"),
         "loss": rep["nmse"], "l0": rep["l0"], "never_fired_frac": rep["never_fired_frac"],
         "dead_frac": r.last.get("dead_frac"), "dead_window_tokens": t.cfg.dead_tokens, "heldout_tokens": rep["tokens"],
-        "flops_per_token": flops_per_token(cfg.d, cfg.n), "curve": curve,
+        "flops_per_token": flops_per_token(cfg.d, cfg.n), "curve": curve, "last_doubling": last_doubling(curve),
+        "tokens_rule": shared.spec.settings.tokens_rule,
         "settings": {**member_record(r.member), "data": {k: extra[k] for k in ("source", "activations", "synthetic", "arrays")
                                                            if k in extra}},  # the data too, so fits never pool corpora
     }
+    if shared.on_finish is not None:
+        result["extra"] = shared.on_finish(r.member, r.folder / "sae")
     atomic_write_json(r.folder / "result.json", result)
     shutil.rmtree(r.folder / "checkpoints", ignore_errors=True)  # the SAE is saved; its optimiser state is not needed
     write_results(shared.spec)
     shared.log(f"  {r.member.id}: held-out nMSE {rep['nmse']:.4f}, L0 {rep['l0']:.1f}, never fired on "
                f"{rep['tokens']:,} held-out tokens {rep['never_fired_frac']:.1%}, dead (no fire in the last "
-               f"{t.cfg.dead_tokens:,} training tokens) {r.last.get('dead_frac', 0.0):.1%}, {t.state.tokens_seen:,} tokens")
+               f"{t.cfg.dead_tokens:,} training tokens) {r.last.get('dead_frac', 0.0):.1%}, {t.state.tokens_seen:,} tokens"
+               + (f"; loss change over the last doubling of tokens {-result['last_doubling']['rel_change']:+.2%}"
+                  if result["last_doubling"] else ""))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,36 @@ class SweepSettings:
     """Held-out tokens (validation split) for every curve point and the final loss (fewer if the split is smaller)."""
 
     curve_points: int = 8
-    """Points per loss-versus-tokens curve, log-spaced in tokens (the last one at the member's budget)."""
+    """Points per loss-versus-tokens curve, log-spaced in tokens (the last one at the member's budget), plus one at half the budget for the convergence test (the loss change over the last doubling of tokens)."""
+
+    tokens_rule: str = "fixed"
+    """Per-member token budget: 'fixed' = [train] tokens for every member; 'n^P' (e.g. 'n^0.6', the paper's tokens to convergence) = [train] tokens x (n / tokens_base_n)^P, rounded to whole batches."""
+
+    tokens_base_n: int = 0
+    """The n at which a 'n^P' rule gives [train] tokens; 0 = the smallest n of the grid."""
 
     def __post_init__(self) -> None:
         if self.heldout_tokens <= 0 or self.curve_points < 1:
             raise SaescaleError("[sweep] heldout_tokens and curve_points must be positive")
+        if self.tokens_base_n < 0:
+            raise SaescaleError("[sweep] tokens_base_n must be >= 0 (0 = the smallest n of the grid)")
+        tokens_exponent(self.tokens_rule)
+
+
+def tokens_exponent(rule: str) -> float:
+    """The exponent P of a tokens rule 'n^P' (0.0 for 'fixed'); one-line error for anything else."""
+    text = rule.replace(" ", "")
+    if text == "fixed":
+        return 0.0
+    m = re.fullmatch(r"n\^(-?[0-9]*\.?[0-9]+)", text)
+    if not m:
+        raise SaescaleError(f"[sweep] tokens_rule {rule!r}: use 'fixed' or 'n^P' with a number P, e.g. 'n^0.6'")
+    return float(m.group(1))
+
+
+def rule_tokens(base: int, n: int, base_n: int, exponent: float, batch: int) -> int:
+    """Token budget base * (n / base_n)^exponent, rounded to a whole number of batches (at least one)."""
+    return max(1, round(base * (n / base_n) ** exponent / batch)) * batch
 
 
 @dataclass
@@ -104,8 +130,22 @@ def load_spec(path: str | Path) -> SweepSpec:
     synth = config_from_dict(SyntheticConfig, synth_table, where("synthetic"))
     sae_base, train_base = data.get("sae", {}), data.get("train", {})
     train = config_from_dict(TrainConfig, train_base, where("train"))
-    members = _expand(path, data.get("grid", {}), sae_base, train_base)
-    return SweepSpec(path, settings, members, acts, synth, train)
+    members = _apply_tokens_rule(path, settings, _expand(path, data.get("grid", {}), sae_base, train_base))
+    return SweepSpec(path, settings, _shared_dead_window(members), acts, synth, train)
+
+
+def _apply_tokens_rule(path: Path, settings: SweepSettings, members: list[Member]) -> list[Member]:
+    """Each member's token budget by [sweep] tokens_rule (unchanged for 'fixed'); the budget is recorded as
+    the member's [train] tokens, so its run.json, result.json and results line carry it."""
+    exponent = tokens_exponent(settings.tokens_rule)
+    if settings.tokens_rule.replace(" ", "") == "fixed":
+        return members
+    if any("tokens" in m.grid for m in members):
+        raise SaescaleError(f"{path}: [grid] lists tokens and [sweep] tokens_rule = {settings.tokens_rule!r} sets them; "
+                            "drop one")
+    base_n = settings.tokens_base_n or min(m.sae.n for m in members)
+    return [dataclasses.replace(m, train=dataclasses.replace(
+        m.train, tokens=rule_tokens(m.train.tokens, m.sae.n, base_n, exponent, m.train.batch_size))) for m in members]
 
 
 def _expand(path: Path, grid: dict[str, Any], sae_base: dict[str, Any], train_base: dict[str, Any]) -> list[Member]:
@@ -134,7 +174,7 @@ def _expand(path: Path, grid: dict[str, Any], sae_base: dict[str, Any], train_ba
                                  f"{path} [train]+[grid] {values}")
         train = dataclasses.replace(train, progress=False)
         members.append(Member(member_id(values), sae, train, values))
-    return _shared_dead_window(members)
+    return members
 
 
 def _shared_dead_window(members: list[Member]) -> list[Member]:
