@@ -33,20 +33,32 @@ class CacheReader:
     since a reader last verified them (:func:`~saescale.activations.manifest.verify_checksums`; the
     first open of a cache reads it all once).
 
-    Attributes: ``d`` (width), ``n_tokens``, ``manifest`` (dict), ``dtype`` (storage dtype),
+    A transcoder's cache (built with a target hook) gives rows [x | y]: the source hook's activations
+    and the target hook's side by side, ``d`` = d_model + ``d_target`` (``d_target`` None otherwise);
+    ``side='target'`` reads its target hook's activations alone (an SAE on the transcoder's target).
+
+    Attributes: ``d`` (width of a row), ``n_tokens``, ``manifest`` (dict), ``dtype`` (storage dtype),
     ``stats`` (float64 train-split summary: mean_sq_norm, mean_norm, centered_mean_sq_norm, ...),
     ``max_buffer_tokens`` (largest window loaded so far, for memory checks), ``hashed`` (files
     whose sha256 this open computed).
     """
 
-    def __init__(self, path: str | Path, split: str = "train", seed: int = 0, buffer_shards: int = 4):
+    def __init__(self, path: str | Path, split: str = "train", seed: int = 0, buffer_shards: int = 4,
+                 side: str = "both"):
         if split not in SPLITS:
             raise SaescaleError(f"unknown cache split '{split}'; use one of {', '.join(SPLITS)}")
         self.path, self.split, self.seed, self.buffer_shards = Path(path), split, seed, max(1, buffer_shards)
         self.manifest = read_manifest(self.path)
         if not self.manifest["complete"]:
             raise SaescaleError(f"activation cache at {self.path} is incomplete; rerun `saescale cache` with the same options to finish it")
-        self.d, self.dtype = self.manifest["d_model"], TORCH_DTYPES[self.manifest["dtype"]]
+        self.stored_target = self.manifest.get("d_target")  # width of the shards' target array, None without one
+        self.d_model, self.dtype = self.manifest["d_model"], TORCH_DTYPES[self.manifest["dtype"]]
+        if side not in ("both", "target") or (side == "target" and self.stored_target is None):
+            raise SaescaleError(f"cache at {self.path} has no target hook to read alone; train on its hook "
+                                f"'{self.manifest['hook']}' instead")
+        self.side = side
+        self.d_target = self.stored_target if side == "both" else None
+        self.d = self.stored_target if side == "target" else self.d_model + (self.d_target or 0)
         self.stats = self.manifest["stats"]
         self.shards = self.manifest["splits"][split]["shards"]
         for entry in self.shards:
@@ -68,7 +80,7 @@ class CacheReader:
         return files
 
     def _check(self, entry: dict, checksum: bool) -> None:
-        problem = shard_problem(self.path, entry, self.d, self.manifest["dtype"], checksum)
+        problem = shard_problem(self.path, entry, self.d_model, self.manifest["dtype"], checksum, self.stored_target)
         if problem:
             raise SaescaleError(f"cache shard {self.path / entry['file']} {problem}; {REBUILD}")
 
@@ -83,9 +95,17 @@ class CacheReader:
         """Float64 ``mean`` and ``var`` (d,) of the train split's activations."""
         return load_file(self.path / STATS)
 
-    def _acts(self, i: int) -> np.memmap:
-        """Raw (n_i, d) bits of shard i's activations, memory-mapped."""
-        return open_shard(self.path / self.shards[i]["file"])["acts"]
+    def _acts(self, i: int, rows=None) -> np.ndarray:
+        """Raw (n_i, d) bits of shard i's activations (``rows`` of them), memory-mapped; a transcoder's cache
+        joins each row's input and target, [x | y] (a copy)."""
+        arrays = open_shard(self.path / self.shards[i]["file"])
+        if self.side == "target":
+            arrays = {"acts": arrays["target"]}
+        acts = arrays["acts"] if rows is None else arrays["acts"][rows]
+        if self.d_target is None:
+            return acts
+        target = arrays["target"] if rows is None else arrays["target"][rows]
+        return np.concatenate([acts, target], axis=1)
 
     def _windows(self, epoch: int) -> list[list[int]]:
         """Shard indices of each window of ``epoch``, in visiting order."""
@@ -163,7 +183,7 @@ class CacheReader:
             sel = np.nonzero(which == j)[0]
             if len(sel):
                 local = rows[sel] - (ends[j] - self.sizes[i])
-                out[torch.from_numpy(sel)] = to_torch(self._acts(i)[local], self.dtype).float()
+                out[torch.from_numpy(sel)] = to_torch(self._acts(i, local), self.dtype).float()
         return out
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -178,16 +198,17 @@ class CacheReader:
         for i in range(len(self.shards)):
             a, b = bounds[i], bounds[i + 1]
             if a < b:
-                rows = self._acts(i)[sorted_idx[a:b] - self.offsets[i]]
+                rows = self._acts(i, sorted_idx[a:b] - self.offsets[i])
                 out[torch.from_numpy(order[a:b])] = to_torch(rows, self.dtype).float()
         return out
 
     def iter_shards(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Each shard in file order: ``acts`` (n, d) float32 and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long."""
-        for entry in self.shards:
+        """Each shard in file order: ``acts`` (n, d) float32 (a transcoder's cache: rows [x | y]) and ``tokens``,
+        ``doc``, ``pos``, ``ctx`` (n,) long."""
+        for i, entry in enumerate(self.shards):
             arrays = open_shard(self.path / entry["file"])
             out = {k: torch.from_numpy(np.array(arrays[k], dtype=np.int64)) for k in META_KEYS}
-            out["acts"] = to_torch(arrays["acts"], self.dtype).float()
+            out["acts"] = to_torch(self._acts(i), self.dtype).float()
             yield out
 
     def read_all(self, max_tokens: int | None = None) -> dict[str, torch.Tensor]:

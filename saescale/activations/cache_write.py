@@ -32,7 +32,8 @@ from safetensors.torch import save as st_save
 
 from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import SPLIT_SEED, SPLITS, Contexts, split_documents
-from saescale.activations.harvest import harvest_contexts, positions_kept
+from saescale.activations.harvest import harvest_hooks, positions_kept
+from saescale.activations.hooks import check_target, hook_width
 from saescale.activations.lm import model_fingerprint
 from saescale.activations.lm_text import load_lm_text
 from saescale.activations.precision import recorded_model_dtype
@@ -64,6 +65,8 @@ class Job:
     n_tokens: dict[str, int]  # split -> tokens in the split's stream
     corpus_fingerprint: str
     model_dtype: str  # the resolved dtype the model runs in ('float32' or 'bfloat16')
+    target_hook: str = ""  # a transcoder's target hook ('' for an SAE's cache)
+    d_target: int | None = None  # its width
 
 
 def plan_splits(doc: torch.Tensor, n_docs: int, cfg: ActivationConfig, per_ctx: int) -> tuple[dict, dict]:
@@ -99,8 +102,11 @@ def prepare(cfg: ActivationConfig, manifest: dict | None, lm: tuple | None = Non
     positions = torch.as_tensor(positions_kept(cfg.context_len, cfg.keep_first), dtype=torch.long)
     order, counts = plan_splits(lt.contexts.doc, len(lt.docs), cfg, len(positions))
     batch = manifest["config"]["harvest_batch"] if manifest else cfg.harvest_batch
+    target = manifest.get("target_hook", "") if manifest else cfg.target_hook
+    if target:
+        check_target(lt.model, lt.hook, target)
     return Job(lt.model, lt.hook, lt.d, lt.contexts, positions, cfg.keep_first, batch, len(lt.docs), order, counts,
-               _corpus_fingerprint(lt.docs), lt.model_dtype)
+               _corpus_fingerprint(lt.docs), lt.model_dtype, target, hook_width(lt.model, target) if target else None)
 
 
 def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:
@@ -110,7 +116,8 @@ def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:
         for s in SPLITS
     }
     config = dict(config_record(cfg), model_dtype=job.model_dtype)  # the dtype the model really runs in
-    return {
+    target = {"target_hook": job.target_hook, "d_target": job.d_target} if job.target_hook else {}
+    return {**target, 
         "format": FORMAT, "complete": False, "config": config, "model_fingerprint": fingerprint,
         "hook": job.hook, "d_model": job.d, "dtype": cfg.cache_dtype, "seed": SEED,
         "corpus_fingerprint": job.corpus_fingerprint, "n_documents": job.n_docs,
@@ -119,7 +126,8 @@ def new_manifest(cfg: ActivationConfig, fingerprint: str, job: Job) -> dict:
 
 
 def _check_resume(manifest: dict, job: Job, folder: Path) -> None:
-    same = manifest["corpus_fingerprint"] == job.corpus_fingerprint and manifest["d_model"] == job.d and all(
+    same = manifest["corpus_fingerprint"] == job.corpus_fingerprint and manifest["d_model"] == job.d and \
+        manifest.get("d_target") == job.d_target and all(
         manifest["splits"][s]["n_tokens"] == job.n_tokens[s] for s in SPLITS)
     if not same:
         raise SaescaleError(f"the corpus or model changed since the cache at {folder} was started; delete {folder} to rebuild it")
@@ -129,16 +137,20 @@ def harvest_stream(job: Job, split: str, first_token: int) -> Iterator[dict[str,
     """Rows of ``split``'s token stream from ``first_token`` on, one forward batch at a time.
 
     Yields dicts of ``acts`` (n, d) float32 (a bfloat16 model's activations widened exactly; the
-    shard stores them in the cache dtype) and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long.
+    shard stores them in the cache dtype), ``target`` (n, d_target) for a transcoder's cache (the target
+    hook's, same forward pass) and ``tokens``, ``doc``, ``pos``, ``ctx`` (n,) long.
     """
+    hooks = [job.hook, job.target_hook] if job.target_hook else [job.hook]
     per, order = len(job.positions), job.order[split]
     lo = first_token // per // job.batch * job.batch
     skip = first_token - lo * per
     for lo in range(lo, len(order), job.batch):
         ids = order[lo : lo + job.batch]
         tokens = job.contexts.tokens[ids]  # (b, T)
+        acts = harvest_hooks(job.model, hooks, tokens, job.keep_first)  # (b*T', d) [and (b*T', d_target)]
         rows = {
-            "acts": harvest_contexts(job.model, job.hook, tokens, job.keep_first),  # (b*T', d)
+            "acts": acts[0],
+            **({"target": acts[1]} if job.target_hook else {}),
             "tokens": tokens[:, job.positions].reshape(-1),
             "doc": job.contexts.doc[ids].repeat_interleave(per),
             "pos": job.positions.repeat(len(ids)),
@@ -171,6 +183,8 @@ def cut_shards(stream, first: int, stop: int, shard_tokens: int, total: int,
 def write_shard(folder: Path, split: str, i: int, rows: dict, dtype: str) -> dict:
     """Write shard ``i`` atomically; its manifest entry (file, n_tokens, bytes, sha256)."""
     tensors = {"acts": rows["acts"].to(TORCH_DTYPES[dtype]).contiguous()}
+    if "target" in rows:
+        tensors["target"] = rows["target"].to(TORCH_DTYPES[dtype]).contiguous()
     tensors.update({k: rows[k].to(torch.int32).contiguous() for k in META_KEYS})
     data = st_save(tensors)
     atomic_write_bytes(folder / shard_file(split, i), data)

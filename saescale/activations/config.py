@@ -22,6 +22,9 @@ class ActivationConfig:
     hook: str = ""
     """Hook point, e.g. 'layers.20' (residual stream after block 20), 'layers.20.mlp', 'layers.20.self_attn'. Empty: residual stream at about 2/3 depth."""
 
+    target_hook: str = ""
+    """A transcoder's target: the hook point whose output it reconstructs from --hook's, cached from the same forward pass (e.g. --hook layers.20.mlp.input --target-hook layers.20.mlp: an MLP transcoder). It must run after --hook. Empty: an SAE (no target)."""
+
     corpus: str = "default"
     """Text to read: 'default' (embedded public-domain corpus: State of the Union addresses + Moby-Dick), or comma-separated .txt/.jsonl/.parquet files, or 'hf:NAME' for a Hugging Face datasets name (needs network)."""
 

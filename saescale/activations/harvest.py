@@ -20,7 +20,16 @@ def harvest_contexts(model: nn.Module, hook: str, tokens: torch.Tensor, keep_fir
     ``positions_kept(T, keep_first)[j]``. The forward pass stops after the hooked module.
     Returned on the CPU.
     """
+    return harvest_hooks(model, [hook], tokens, keep_first)[0]
+
+
+def harvest_hooks(model: nn.Module, hooks: list[str], tokens: torch.Tensor, keep_first: bool) -> list[torch.Tensor]:
+    """Activations at each of ``hooks`` from one forward pass of ``tokens`` (Bc, T): float32 (Bc * T', d_h)
+    each, rows as :func:`harvest_contexts`'s (a transcoder's input and target come from the same pass)."""
     device = next(model.parameters()).device
-    acts = capture(model, [hook], tokens.to(device))[hook]  # (Bc, T, d)
-    acts = acts[:, 0 if keep_first else 1 :]  # (Bc, T', d)
-    return acts.reshape(-1, acts.shape[-1]).float().cpu()
+    got = capture(model, hooks, tokens.to(device))  # {hook: (Bc, T, d_h)}
+    out = []
+    for hook in hooks:
+        acts = got[hook][:, 0 if keep_first else 1 :]  # (Bc, T', d_h)
+        out.append(acts.reshape(-1, acts.shape[-1]).float().cpu())
+    return out

@@ -8,6 +8,8 @@ longest outermost ``nn.ModuleList`` in the model, e.g. ``model.model.layers`` fo
 - ``layers.N.self_attn``  output of block N's attention (first element of its tuple output)
 - ``layers.N.<path>``     any other sub-module of block N
 - any full module path of the model (e.g. ``model.norm``)
+- ``<any of these>.input`` the *input* of that module (its first positional argument), e.g.
+  ``layers.N.mlp.input``: block N's MLP input, after its layer norm (a transcoder's source)
 
 :func:`capture` stops the forward pass right after the last requested module has run, so
 later blocks and the LM head cost nothing.
@@ -57,11 +59,23 @@ def default_hook(model: nn.Module) -> str:
 def valid_hooks_hint(model: nn.Module) -> str:
     """A compact list of valid hook names for error messages."""
     n = n_layers(model)
-    return f"layers.0..{n - 1}, layers.N.mlp, layers.N.self_attn, layers.N.<submodule>, or a full module path"
+    return (f"layers.0..{n - 1}, layers.N.mlp, layers.N.self_attn, layers.N.<submodule>, or a full module path, "
+            "each optionally with .input (the module's input)")
+
+
+INPUT = ".input"  # suffix naming a module's input instead of its output
+
+
+def is_input(hook: str) -> bool:
+    """Whether ``hook`` names a module's input (``<module>.input``) rather than its output."""
+    return hook.endswith(INPUT)
 
 
 def resolve_hook(model: nn.Module, hook: str) -> nn.Module:
-    """The module whose output hook point ``hook`` names; SaescaleError listing valid names if none."""
+    """The module whose output (or, for ``<module>.input``, input) hook point ``hook`` names; SaescaleError
+    listing valid names if none."""
+    if is_input(hook):
+        return resolve_hook(model, hook[: -len(INPUT)])
     _, blocks = find_blocks(model)
     m = re.fullmatch(r"layers\.(\d+)(?:\.(.+))?", hook)
     try:
@@ -83,22 +97,34 @@ def capture(
 ) -> dict[str, torch.Tensor]:
     """Outputs of the ``hooks`` modules for ``input_ids`` (B, T): {hook: (B, T, d)}, detached.
 
-    Tuple outputs give their first element. If a module runs more than once, its first
-    output is kept. The forward pass is aborted as soon as every hook has fired.
+    Tuple outputs give their first element; ``<module>.input`` hooks the module's first positional
+    input. If a module runs more than once, its first output is kept. The forward pass is aborted as
+    soon as every hook has fired. ``out`` holds the hooks in the order they fired.
     """
     modules = {h: resolve_hook(model, h) for h in hooks}
     out: dict[str, torch.Tensor] = {}
 
+    def keep(name: str, value) -> None:
+        if name not in out:
+            out[name] = (value[0] if isinstance(value, tuple) else value).detach()
+        if len(out) == len(modules):
+            raise _StopForward
+
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            if name not in out:
-                out[name] = (output[0] if isinstance(output, tuple) else output).detach()
-            if len(out) == len(modules):
-                raise _StopForward
+            keep(name, output)
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(h)) for h, m in modules.items()]
+    def make_pre_hook(name: str):
+        def pre_hook(_module, inputs):
+            if not inputs:
+                raise SaescaleError(f"hook point '{name}': the module takes no positional input; hook its output instead")
+            keep(name, inputs[0])
+
+        return pre_hook
+
+    handles = [m.register_forward_pre_hook(make_pre_hook(h)) if is_input(h) else m.register_forward_hook(make_hook(h)) for h, m in modules.items()]
     try:
         with torch.no_grad():
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -111,6 +137,22 @@ def capture(
     if missing:
         raise SaescaleError(f"hook points {missing} never ran in the forward pass; pick modules the model uses")
     return out
+
+
+def hook_order(model: nn.Module, hooks: list[str]) -> list[str]:
+    """``hooks`` in the order they run in a forward pass (a dummy forward on 2 tokens)."""
+    device = next(model.parameters()).device
+    return list(capture(model, hooks, torch.zeros(1, 2, dtype=torch.long, device=device)))
+
+
+def check_target(model: nn.Module, source: str, target: str) -> None:
+    """A transcoder's target hook must run after its source hook: one line otherwise."""
+    if target == source:
+        raise SaescaleError(f"--target-hook {target} is the source hook itself (that is an SAE): drop --target-hook, "
+                            "or name a later module's output, e.g. layers.N.mlp for --hook layers.N.mlp.input")
+    if hook_order(model, [source, target])[0] != source:
+        raise SaescaleError(f"--target-hook {target} runs before --hook {source} in the forward pass, so it cannot be "
+                            "computed from it: name a later module (e.g. layers.N.mlp for --hook layers.N.mlp.input)")
 
 
 def hook_width(model: nn.Module, hook: str) -> int:

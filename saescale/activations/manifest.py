@@ -20,7 +20,8 @@ Manifest keys: ``format``, ``complete``, ``config`` (the ActivationConfig fields
 model, model_dtype resolved ('float32' or 'bfloat16', never 'auto'; a manifest without it was
 built in float32), hook as asked, corpus, context_len, keep_first, prepend_bos, n_tokens, cache_dtype,
 shard_tokens, harvest_batch, val_fraction), ``model_fingerprint``, ``hook`` (resolved),
-``d_model``, ``dtype``, ``seed``, ``corpus_fingerprint``, ``n_documents``,
+``d_model``, ``dtype``, ``seed``, (a transcoder's cache only: ``target_hook`` resolved and ``d_target``,
+with a second array ``target`` (N, d_target) per shard: the target hook's activations of the same tokens), ``corpus_fingerprint``, ``n_documents``,
 ``tokens_per_context``, ``splits`` ({train, val}: ``n_tokens``, ``n_contexts``, ``shards``:
 [{file, n_tokens, bytes, sha256} or null]) and ``stats`` (train split, float64: n_tokens,
 mean_sq_norm = E‖x‖², mean_norm = E‖x‖, mean_vec_sq_norm = ‖E x‖², centered_mean_sq_norm =
@@ -80,11 +81,14 @@ def default_cache_dir(cfg: ActivationConfig) -> Path:
     the option existed (float32) keep their folder and a bfloat16 model's cache gets another one.
     """
     ident = {k: getattr(cfg, k) for k in ("model", "hook", *IDENTITY)}
+    if cfg.target_hook:  # only then: an SAE's cache keeps its folder
+        ident["target_hook"] = cfg.target_hook
     model_dtype = resolve_model_dtype(cfg.model_dtype)
     if model_dtype != LEGACY:
         ident["model_dtype"] = model_dtype
     ident = json.dumps(ident, sort_keys=True)
-    parts = [_slug(cfg.model), _slug(cfg.hook or "auto"), _slug(cfg.corpus), f"ctx{cfg.context_len}",
+    hook = _slug(cfg.hook or "auto") + (f"_to_{_slug(cfg.target_hook)}" if cfg.target_hook else "")
+    parts = [_slug(cfg.model), hook, _slug(cfg.corpus), f"ctx{cfg.context_len}",
              str(cfg.n_tokens), cfg.cache_dtype, hashlib.sha256(ident.encode()).hexdigest()[:8]]
     return saescale_home() / "acts" / "-".join(parts)
 
@@ -94,6 +98,8 @@ def config_record(cfg: ActivationConfig) -> dict:
     ``model_dtype`` resolved (the dtype the model really ran in)."""
     record = dataclasses.asdict(cfg)
     record.pop("cache_dir")
+    if not record["target_hook"]:  # an SAE's cache: the manifest as before transcoders, byte for byte
+        record.pop("target_hook")
     record["model_dtype"] = resolve_model_dtype(cfg.model_dtype)
     return record
 
@@ -143,6 +149,10 @@ def check_compatible(manifest: dict, cfg: ActivationConfig, fingerprint: str, fo
         raise SaescaleError(f"cache at {folder} was built from model '{old['model']}' ({manifest['model_fingerprint']}), not '{cfg.model}' ({fingerprint}); {fix}")
     if cfg.hook not in (old["hook"], manifest["hook"]):
         raise SaescaleError(f"cache at {folder} was built at hook '{manifest['hook']}', not '{cfg.hook or 'default'}'; pass --hook {manifest['hook']} or {fix}")
+    if cfg.target_hook not in (old.get("target_hook", ""), manifest.get("target_hook", "")):
+        built_target = manifest.get("target_hook") or "none"
+        raise SaescaleError(f"cache at {folder} was built with target hook '{built_target}', not "
+                            f"'{cfg.target_hook or 'none'}' (--target-hook); {fix}")
     built, wanted = recorded_model_dtype(old), resolve_model_dtype(cfg.model_dtype)
     if built != wanted:
         raise SaescaleError(f"cache at {folder} was built with a {built} model, not {wanted} (--model-dtype {cfg.model_dtype}); pass --model-dtype {built} or {fix}")
@@ -174,7 +184,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def shard_problem(folder: Path, entry: dict, d: int, dtype: str, checksum: bool = False) -> str | None:
+def shard_problem(folder: Path, entry: dict, d: int, dtype: str, checksum: bool = False,
+                  d_target: int | None = None) -> str | None:
     """What is wrong with the shard ``entry`` describes (None if nothing).
 
     Checks existence, byte size and the header's tensor names, dtypes and shapes; with
@@ -187,6 +198,8 @@ def shard_problem(folder: Path, entry: dict, d: int, dtype: str, checksum: bool 
     if size != entry["bytes"]:
         return f"has {size} bytes, expected {entry['bytes']} (truncated or overwritten)"
     want = {"acts": (_ST_CODES[dtype], [entry["n_tokens"], d])}
+    if d_target is not None:  # a transcoder's cache: the target hook's activations of the same tokens
+        want["target"] = (_ST_CODES[dtype], [entry["n_tokens"], d_target])
     want.update({k: ("I32", [entry["n_tokens"]]) for k in META_KEYS})
     try:
         table, start = read_header(path)
@@ -293,7 +306,8 @@ def find_todo(folder: Path, manifest: dict, checksum: bool) -> dict[str, list[in
     for split in SPLITS:
         todo[split] = []
         for i, entry in enumerate(manifest["splits"][split]["shards"]):
-            problem = entry and shard_problem(folder, entry, manifest["d_model"], manifest["dtype"], checksum)
+            problem = entry and shard_problem(folder, entry, manifest["d_model"], manifest["dtype"], checksum,
+                                              manifest.get("d_target"))
             if problem:
                 warn(f"{folder / entry['file']} {problem}; rebuilding it")
             if entry is None or problem:

@@ -36,6 +36,9 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
         src = SyntheticSource(synthetic)
         return src, src.heldout(), {"source": "synthetic", "synthetic": config_to_dict(synthetic)}
     if acts == "stream":
+        if activations.target_hook:
+            raise SaescaleError("--target-hook needs --acts cache (the cache stores both hooks from one forward "
+                                "pass); --acts stream runs one hook: use --acts cache")
         from saescale.activations.lm_text import load_lm_text
         from saescale.activations.stream import StreamSource
 
@@ -52,10 +55,21 @@ def activation_sources(acts: str, activations: ActivationConfig, synthetic: Synt
     if not path.exists():
         raise SaescaleError(f"--acts {path} not found: give an activation file (.npy, .safetensors, .pt), a folder "
                             "of them, a built cache folder ('saescale cache'), or synthetic / stream / cache")
-    train = CacheReader(path, "train", seed)
+    side = "target" if acts != "cache" and target_side(activations, path) else "both"
+    train = CacheReader(path, "train", seed, side=side)
     if acts != "cache":
         check_given_options(activations, train.manifest, path)
-    return train, CacheReader(path, "val", seed), cache_provenance(train)
+    return train, CacheReader(path, "val", seed, side=side), cache_provenance(train)
+
+
+def target_side(activations: ActivationConfig, path: Path) -> bool:
+    """Whether ``--acts PATH --hook H`` asks for the target side of a transcoder's cache (H its target hook, no
+    --target-hook): an SAE on the transcoder's target, from the same cache."""
+    from saescale.activations.manifest import read_manifest
+
+    if activations.target_hook or not activations.hook:
+        return False
+    return activations.hook == read_manifest(path).get("target_hook")
 
 
 def is_array_path(acts: str) -> bool:
@@ -84,7 +98,7 @@ def check_given_options(activations: ActivationConfig, manifest: dict[str, Any],
         given = getattr(activations, name)
         if name == "cache_dir":
             continue
-        recorded = [built.get(name)] + ([manifest.get("hook")] if name == "hook" else [])
+        recorded = [built.get(name)] + ([manifest.get("hook"), manifest.get("target_hook")] if name == "hook" else [])
         if name == "model_dtype":
             recorded = [recorded_model_dtype(built)]
         if given not in recorded:
@@ -99,6 +113,10 @@ def cache_provenance(reader: Any) -> dict[str, Any]:
     the option), so evaluation can rerun the same model and corpus."""
     config = reader.manifest.get("config", {})
     acts = {**config, "hook": reader.manifest["hook"], "model_dtype": recorded_model_dtype(config)}
+    if reader.manifest.get("target_hook"):
+        acts["target_hook"] = reader.manifest["target_hook"]
+    if getattr(reader, "side", "both") == "target":  # an SAE on the target side: evaluated at the target hook
+        acts.update(hook=reader.manifest["target_hook"], target_hook="")
     return {"source": "cache", "cache": str(reader.path), "activations": acts}
 
 

@@ -26,7 +26,7 @@ from saescale.distributed.mesh import DistConfig, check_layout, close_mesh, env_
 from saescale.configs import check_valid, non_default, valid
 from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
-from saescale.sae.config import L1_ARCHS, TOPK_ARCHS, SAEConfig
+from saescale.sae.config import L1_ARCHS, TOPK_ARCHS, SAEConfig, check_transcoder
 from saescale.train.config import TrainConfig
 from saescale.train.memory import check_fits
 from saescale.train.run import TrainResult, train_sae
@@ -85,6 +85,14 @@ def check_consistent(cmd: TrainCommand) -> None:
     if acts != "synthetic" and synth_opts:
         opt = synth_opts[0]
         raise SaescaleError(f"{opt} applies to --acts synthetic only, not --acts {acts}: drop {opt} or use --acts synthetic")
+    if not cmd.activations.target_hook:
+        for name in ("skip", "target_scale"):
+            if getattr(cmd.sae, name) != getattr(SAEConfig(), name):
+                opt = f"--{name.replace('_', '-')}"
+                raise SaescaleError(f"{opt} applies to transcoders only: add --target-hook (e.g. --hook layers.20.mlp.input "
+                                    f"--target-hook layers.20.mlp), or drop {opt}")
+    else:
+        check_transcoder(cmd.sae)  # before any harvest: the architecture, the normalisation
     arch, train_default = cmd.sae.arch, TrainConfig()
     if arch != "topk" and cmd.train.multi_topk:
         raise SaescaleError(f"--multi-topk is the TopK SAE's loss and --arch {arch} does not train with it: "
@@ -154,7 +162,7 @@ def run_train(cmd: TrainCommand) -> dict[str, float]:
                                         layout.data_shards)
             fits(cmd.sae.d or (cmd.synthetic.d if cmd.run.acts == "synthetic" else None))  # before any harvest
             src, held, extra = train_sources(cmd, show=cfg.progress and rank == 0)
-            check_width(cmd, src.d, out)
+            check_width(cmd, src.d - (getattr(src, "d_target", None) or 0), out)
             fits(src.d)
             mesh = init_mesh(layout, rank, cmd.dist, device)
             bar = ProgressBar(cfg.steps * cfg.batch_size, enabled=cfg.progress and rank == 0)

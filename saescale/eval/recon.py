@@ -3,7 +3,8 @@
 Over N eval tokens (normalised space, x_n and x̂_n (N, d)):
 
     nMSE = sum ||x_n - x̂_n||^2 / sum ||x_n - mean(x_n)||^2     (mean over the eval set; this is also
-           the fraction of variance unexplained, FVU = 1 - R^2, so only nMSE is reported)
+           the fraction of variance unexplained, FVU = 1 - R^2, so only nMSE is reported; a transcoder's
+           is against its target: y_n and ŷ_n in place of x_n and x̂_n)
     L0   = mean number of firing latents per token               (fires: z > 0, saescale.sae.base.fires)
     f_i  = (tokens where latent i fires) / N                    latent density, (n,)
     never_fired_frac = fraction of latents with f_i = 0: never fired on these N held-out tokens
@@ -39,7 +40,7 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
     """
     n = sae.cfg.n
     err = sq = 0.0
-    s = torch.zeros(sae.cfg.d, dtype=torch.float64)
+    s = torch.zeros(sae.cfg.d_out or sae.cfg.d, dtype=torch.float64)
     fired = torch.zeros(n, dtype=torch.float64)
     tokens = nnz = 0
     routed = getattr(sae, "expert_counts", None)  # Switch: tokens per expert
@@ -52,10 +53,10 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[Tensor], k:
             code = encode(x_n)
         else:
             code = sae.encode_k(x_n, k) if k is not None and hasattr(sae, "encode_k") else sae.encode_normalized(x_n)
-        x_hat = sae.decode_normalized(code)
-        err += (x_n - x_hat).double().pow(2).sum().item()
-        sq += x_n.double().pow(2).sum().item()
-        s += x_n.double().sum(0)
+        x_hat, y_n = sae.output_normalized(x_n, code), sae.target(x_n)  # an SAE's target is x_n itself
+        err += (y_n - x_hat).double().pow(2).sum().item()
+        sq += y_n.double().pow(2).sum().item()
+        s += y_n.double().sum(0)
         active = fires(code.values)
         nnz += int(active.sum())
         fired.index_add_(0, code.indices[active], torch.ones(int(active.sum()), dtype=torch.float64))

@@ -82,6 +82,7 @@ class SparseAutoencoder(nn.Module):
     threshold_params: tuple[str, ...] = ()
     """Those of :attr:`extra_params` trained at ``TrainConfig.threshold_lr_mult`` times the learning rate (JumpReLU's log θ)."""
     kernel_chunk: int | None = None  # latents per encoder matmul block of the chunked kernels; None: by device
+    transcoder: bool = False  # reconstructs another module's output (saescale.sae.transcoder)
 
     def __init__(self, cfg: SAEConfig, mesh: Mesh | None = None):
         super().__init__()
@@ -147,6 +148,15 @@ class SparseAutoencoder(nn.Module):
         self.check_input(x)
         return normalize(x.to(self.W_enc.dtype), self.cfg.normalize, self.cfg.norm_scale)
 
+    @property
+    def row_width(self) -> int:
+        """Width of a training row: d (a transcoder's rows also hold its target)."""
+        return self.cfg.d
+
+    def target(self, x_n: Tensor) -> Tensor:
+        """What the SAE reconstructs from normalised rows x_n (B, d): x_n itself (a transcoder: its target part)."""
+        return x_n
+
     def check_input(self, x: Tensor) -> None:
         """One-line errors for a batch of the wrong shape or with NaN/inf."""
         if x.ndim != 2 or x.shape[1] != self.cfg.d:
@@ -154,6 +164,10 @@ class SparseAutoencoder(nn.Module):
                 f"activation batch has shape {tuple(x.shape)}, expected (batch, {self.cfg.d}); "
                 "check the hook point / model the SAE was trained on"
             )
+        self.check_finite(x)
+
+    def check_finite(self, x: Tensor) -> None:
+        """One-line error for a batch (B, w) with NaN/inf."""
         # a sum is finite when every entry is (NaN and inf propagate): one pass, no (B, d) mask;
         # only a non-finite sum (or a float32 overflow of huge entries) needs the entrywise check
         total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -186,10 +200,22 @@ class SparseAutoencoder(nn.Module):
         x_hat = self.decode_normalized(code)
         return x_hat if stats is None else denormalize(x_hat, stats)
 
+    def output_normalized(self, x_n: Tensor, code: SparseCode) -> Tensor:
+        """The normalised-space output for rows x_n and their code: x̂_n (a skip transcoder adds W_skip x_n)."""
+        return self.decode_normalized(code)
+
     def forward(self, x: Tensor) -> Tensor:
-        """Raw x (B, d) -> reconstruction in the raw space (B, d)."""
+        """Raw x (B, d) -> reconstruction in the raw space (B, d) (a transcoder: its output, (B, d_out))."""
         x_n, stats = self.normalize(x)
-        return self.decode(self.encode_normalized(x_n), stats)
+        return denormalize(self.output_normalized(x_n, self.encode_normalized(x_n)), stats)
+
+    def latent_contribution(self, x: Tensor, i: int) -> Tensor:
+        """Raw-space contribution z_i W_dec[i] s (d,) of latent i to the reconstruction of one raw x (1, d),
+        s the token's normalisation scale: what ablating the latent removes."""
+        x_n, stats = self.normalize(x)
+        code = self.encode_normalized(x_n)
+        z = (code.values * (code.indices == i)).sum()
+        return z * self.W_dec[i] * stats.scale.reshape(-1)[0]
 
     def loss_terms(self, x_n: Tensor, ctx: "LossContext") -> "StepOutput":
         """The training losses for a normalised batch; key 'loss' is minimised."""

@@ -55,8 +55,19 @@ class SAEConfig:
     experts: int | None = valid(None, ">= 1")
     """'switch' only: the number of experts E, each a TopK SAE of n/E latents (n must be divisible by E, and k at most n/E); one expert per token, chosen by a softmax router. Unset (None) = 8."""
 
+    d_out: int | None = valid(None, ">= 1")
+    """Transcoder output width: set, the SAE is a transcoder that reads the input x (width d) and reconstructs another module's output y (width d_out); unset (None) = an ordinary SAE, or a transcoder taking it from the data (--target-hook). docs/architectures.md, Transcoders."""
+
+    skip: bool = False
+    """Transcoders only: add a linear skip connection W_skip x (d_out, d) initialised to zero (skip transcoder, Paulo et al. 2025)."""
+
+    target_scale: float | None = valid(None, "> 0")
+    """Transcoders only: scalar s_y of the target, y_n = s_y y (the input uses --normalize mean_sq or none: the output must be computable from the input alone); unset (None) = estimated at init so that E||y_n||^2 = d_out."""
+
     def __post_init__(self) -> None:
         check_valid(self)
+        if self.d_out is not None:
+            check_transcoder(self)
         if self.arch not in ARCHS:
             raise SaescaleError(f"unknown SAE architecture {self.arch!r} (--arch); choose one of {', '.join(ARCHS)}")
         if self.arch in TOPK_ARCHS and not self.k <= self.n:
@@ -106,11 +117,27 @@ def matryoshka_prefixes(n: int, given: tuple[int, ...] | None) -> tuple[int, ...
     return sizes if sizes[-1] == n else sizes + (n,)
 
 
+TRANSCODER_ARCHS = ("topk", "relu")  # the architectures with a transcoder form (saescale.sae.transcoder)
+
+
+def check_transcoder(cfg: "SAEConfig") -> None:
+    """A transcoder's own limits, one line each: a TopK or ReLU code; scalar input normalisation (a per-token
+    one is fine for the encoder, but the target's scale must not depend on the unknown target)."""
+    if cfg.arch not in TRANSCODER_ARCHS:
+        raise SaescaleError(f"--arch {cfg.arch} has no transcoder form (--target-hook); use --arch "
+                            f"{' or '.join(TRANSCODER_ARCHS)}")
+    if cfg.normalize not in ("mean_sq", "none"):
+        raise SaescaleError(f"a transcoder (--target-hook) needs --normalize mean_sq or none, not {cfg.normalize!r}: "
+                            "its output is decoded without the target's per-token statistics; add --normalize mean_sq")
+
+
 def upgrade_sae_record(record: dict) -> dict:
     """An SAEConfig record written before unset settings were None (cfg.json, run.json, checkpoints):
     d = 0 meant 'from the data'; norm_scale was 1.0 (unused) for every normalisation but mean_sq. One
     written before the architectures' own settings existed gets their defaults (no architecture then used them)."""
     out = dict(record)
+    for name in ("d_out", "skip", "target_scale"):  # records from before transcoders: an SAE
+        out.setdefault(name, SAEConfig.__dataclass_fields__[name].default)
     if out.get("d") == 0:
         out["d"] = None
     if out.get("normalize") != "mean_sq" and out.get("norm_scale") == 1.0:

@@ -45,7 +45,18 @@ def arch_class(name: str) -> type[SparseAutoencoder]:
     return REGISTRY[name]
 
 
+def sae_class(cfg: SAEConfig) -> type[SparseAutoencoder]:
+    """The class of the SAE ``cfg`` describes: its architecture's, or its transcoder form's when ``cfg.d_out``
+    is set (saescale.sae.transcoder)."""
+    cls = arch_class(cfg.arch)
+    if cfg.d_out is None:
+        return cls
+    from saescale.sae.transcoder import TRANSCODERS
+
+    return TRANSCODERS[(cfg.arch, cfg.skip)]
+
+
 def build_sae(cfg: SAEConfig, mesh: Mesh | None = None) -> SparseAutoencoder:
-    """Instantiate the architecture named by ``cfg.arch`` on ``mesh`` (this rank's rows; default one
-    process), weights zero: see saescale.train.init."""
-    return arch_class(cfg.arch)(cfg, mesh)
+    """Instantiate the architecture named by ``cfg.arch`` (a transcoder when ``cfg.d_out`` is set) on ``mesh``
+    (this rank's rows; default one process), weights zero: see saescale.train.init."""
+    return sae_class(cfg)(cfg, mesh)

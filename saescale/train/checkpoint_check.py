@@ -40,7 +40,7 @@ import torch
 from saescale.configs import config_from_dict, config_to_dict, unwrap_optional
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig, upgrade_sae_record
-from saescale.sae.registry import arch_class
+from saescale.sae.registry import sae_class
 from saescale.train.config import TrainConfig, upgrade_train_record
 
 DIST_FORMAT = "saescale-dcp-v1"
@@ -250,7 +250,7 @@ def rng_state_size() -> int:
 
 def param_specs(cfg: SAEConfig) -> dict[str, TensorSpec]:
     """The SAE's stored tensors as sae.safetensors (and a DCP checkpoint) hold them: whole, float32."""
-    shapes = arch_class(cfg.arch).stored_shapes(cfg.n, cfg.d, cfg)
+    shapes = sae_class(cfg).stored_shapes(cfg.n, cfg.d, cfg)
     return {name: (shape, torch.float32) for name, shape in shapes.items()}
 
 
@@ -259,7 +259,7 @@ def state_specs(cfg: SAEConfig, ema: bool) -> dict[str, TensorSpec]:
     moments per parameter, the EMA (with ``ema``)."""
     specs: dict[str, TensorSpec] = {"since_fired": ((cfg.n,), torch.int64),
                                     "rng.torch": ((rng_state_size(),), torch.uint8)}
-    trained = {k: v for k, v in param_specs(cfg).items() if k in arch_class(cfg.arch).param_names()}
+    trained = {k: v for k, v in param_specs(cfg).items() if k in sae_class(cfg).param_names()}
     for name, (shape, dtype) in trained.items():
         specs[f"opt.{name}.step"] = ((1,), torch.float32)
         specs.update({f"opt.{name}.{m}": (shape, dtype) for m in MOMENTS})

@@ -49,10 +49,16 @@ def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-7) -> Ten
     return m.to(points.dtype)
 
 
-def resolve_sae_config(cfg: SAEConfig, sample: Tensor) -> SAEConfig:
+def resolve_sae_config(cfg: SAEConfig, sample: Tensor, d_target: int | None = None) -> SAEConfig:
     """Fill the data-dependent fields from a raw sample (N, d): d; norm_scale for 'mean_sq' unless given;
     JumpReLU's bandwidth unless given, 0.001 sqrt(E||x_n - E x_n||^2 / d) (the paper's 0.001 on data with
-    E||x||^2 = d, scaled to this normalisation)."""
+    E||x||^2 = d, scaled to this normalisation). With ``d_target`` (rows [x | y] of a transcoder's data,
+    (N, d + d_target)): d_out, and the target's scale s_y (E||y_n||^2 = d_out) unless given."""
+    if d_target is not None:
+        return _resolve_transcoder(cfg, sample, d_target)
+    if cfg.d_out is not None:
+        raise SaescaleError(f"--d-out {cfg.d_out} makes a transcoder, but the data holds no target: build the cache "
+                            "with --target-hook, or drop --d-out")
     d = sample.shape[-1]
     if cfg.d is not None and cfg.d != d:
         raise SaescaleError(f"--d {cfg.d} does not match the data width {d}; drop --d")
@@ -64,6 +70,20 @@ def resolve_sae_config(cfg: SAEConfig, sample: Tensor) -> SAEConfig:
         x_n, _ = normalize(sample.float(), cfg.normalize, scale)
         bandwidth = float(f"{0.001 * (1.0 / (loss_scale(x_n) * d)) ** 0.5:.4g}")
     return dataclasses.replace(cfg, d=d, norm_scale=scale, bandwidth=bandwidth)
+
+
+def _resolve_transcoder(cfg: SAEConfig, sample: Tensor, d_out: int) -> SAEConfig:
+    """A transcoder's config from rows [x | y] (N, d + d_out): d, d_out, the input's and the target's scales."""
+    d = sample.shape[-1] - d_out
+    for opt, given, width in (("--d", cfg.d, d), ("--d-out", cfg.d_out, d_out)):
+        if given is not None and given != width:
+            raise SaescaleError(f"{opt} {given} does not match the data's width {width}; drop {opt}")
+    probe = dataclasses.replace(cfg, d_out=d_out)  # checks the architecture and normalisation (one line)
+    scale = probe.norm_scale
+    if cfg.normalize == "mean_sq" and scale is None:
+        scale = estimate_norm_scale(sample[:, :d])
+    target = cfg.target_scale or estimate_norm_scale(sample[:, d:])
+    return dataclasses.replace(probe, d=d, norm_scale=scale, target_scale=target)
 
 
 def loss_scale(x_n: Tensor) -> float:
@@ -107,8 +127,11 @@ def init_sae(sae: SparseAutoencoder, sample: Tensor, generator: torch.Generator,
     W_dec rows: uniformly random directions (normalised Gaussians); W_enc = W_dec (tied,
     untied afterwards; ``tied=False`` draws the encoder's directions independently, next from
     the same generator); b_enc = 0; b_pre = geometric median of the normalised sample. A
-    shard of a mesh gets exactly its rows of the whole SAE's draw.
+    shard of a mesh gets exactly its rows of the whole SAE's draw. A transcoder (rows [x | y]) has its own
+    init (:meth:`saescale.sae.transcoder.Transcoder.init_transcoder`).
     """
+    if sae.transcoder:
+        return sae.init_transcoder(sample, generator)
     x_n, _ = normalize(sample.float(), sae.cfg.normalize, sae.cfg.norm_scale)
     W = unit_rows(sae, generator)
     sae.W_dec.copy_(W)
@@ -129,6 +152,9 @@ def scale_encoder(sae: SparseAutoencoder, generator: torch.Generator, samples: i
     x_n; the forward is the SAE's own loss path, so a shard of a mesh gets the global s.
     """
     u = torch.randn(samples, sae.cfg.d, generator=generator).to(sae.W_enc)
+    if sae.transcoder:
+        raise SaescaleError("--init-encoder-scale is the SAE's encoder scaling (inputs placed at b_pre); a transcoder "
+                            "has no input bias: drop --init-encoder-scale")
     x_n = u / u.norm(dim=-1, keepdim=True) + sae.b_pre
     off = torch.zeros(sae.shard.size, dtype=torch.bool, device=sae.W_enc.device)
     x_hat = sae.loss_terms(x_n, LossContext(off, 0, 0.0, 1.0, False, 0.0)).x_hat

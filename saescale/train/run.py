@@ -67,7 +67,7 @@ def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_d
     """Build and initialise (tied init, geometric-median b_pre, loss scale) this rank's shard of an SAE
     from the whole stream's first tokens, and wrap it in a trainer."""
     sample = init_sample(source, cfg)
-    sae = build_sae(resolve_sae_config(sae_cfg, sample), mesh)
+    sae = build_sae(resolve_sae_config(sae_cfg, sample, getattr(source, "d_target", None)), mesh)
     sae.check_input(sample)
     gen = torch.Generator().manual_seed(cfg.seed)
     scale = init_sae(sae, sample, gen, tied=cfg.tied_init)
@@ -160,8 +160,8 @@ def open_run(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out: Pat
         trainer = new_trainer(sae_cfg, cfg, source, out, mesh)
         if out is not None and mesh.rank == 0:
             atomic_write_json(out / "run.json", {**record, "resolved": resolved_record(trainer)})
-    if source.d != trainer.sae.cfg.d:
-        raise SaescaleError(f"data width {source.d} does not match the SAE's d={trainer.sae.cfg.d}")
+    if source.d != trainer.sae.row_width:
+        raise SaescaleError(f"data width {source.d} does not match the SAE's rows of width {trainer.sae.row_width}")
     return trainer
 
 

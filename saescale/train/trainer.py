@@ -109,7 +109,7 @@ class Trainer:
             ctx = LossContext(self.dead, cfg.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef,
                               batch, cfg.l0_coef, cfg.balance_coef)
             out = sae.loss_terms(x_n, ctx)
-            totals = self._batch_totals(out.loss, out.aux_loss, out.x_hat, x_n)
+            totals = self._batch_totals(out.loss, out.aux_loss, out.x_hat, sae.target(x_n))  # nMSE vs the target
             if not torch.isfinite(totals[0]):  # the same verdict on every rank
                 raise SaescaleError(
                     f"training diverged at step {self.state.step} (loss {totals[0].item()}); lower --lr or check the data"
