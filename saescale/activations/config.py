@@ -26,7 +26,7 @@ class ActivationConfig:
     """A transcoder's target: the hook point whose output it reconstructs from --hook's, cached from the same forward pass (e.g. --hook layers.20.mlp.input --target-hook layers.20.mlp: an MLP transcoder). It must run after --hook. Empty: an SAE (no target)."""
 
     corpus: str = "default"
-    """Text to read: 'default' (embedded public-domain corpus: State of the Union addresses + Moby-Dick), or comma-separated .txt/.jsonl/.parquet files, or 'hf:NAME' for a Hugging Face datasets name (needs network)."""
+    """Text to read: 'default' (embedded public-domain corpus: State of the Union addresses + Moby-Dick), 'large' (>= 10M tokens of public-domain / permissive English prose plus code, built by `make corpus`; docs/corpus.md), or comma-separated .txt/.jsonl/.parquet files, or 'hf:NAME' for a Hugging Face datasets name (needs network)."""
 
     context_len: int = valid(64, ">= 2")
     """Tokens per context (the paper uses 64)."""

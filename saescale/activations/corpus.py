@@ -3,6 +3,10 @@
 The default corpus ships with the package (``saescale/data/corpus``, built by
 ``scripts/build_corpus.py``): 233 State of the Union addresses (1790-2021; meta: source,
 year, president, party) then the 135 chapters of Moby-Dick (meta: source, chapter, title).
+
+The large corpus (``load_documents("large")``, ``--corpus large``) is built, not shipped: ``make corpus``
+(``scripts/build_corpus.py --large``) writes one ``<source>.jsonl.gz`` per source plus ``MANIFEST.json``
+into ``$SAESCALE_HOME/corpus/large``; docs/corpus.md lists its sources, meta and licences.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from saescale.errors import SaescaleError, file_error
 DEFAULT_FILES = ("sotu.jsonl.gz", "moby_dick.jsonl.gz")
 SPLIT_SEED = 0  # seed of the train / val document split shared by the cache and the live stream
 SPLITS = ("train", "val")  # the order split_documents returns them in
+LARGE_NOT_BUILT = "the large corpus is not built: run `make corpus` (or python scripts/build_corpus.py --large)"
 
 
 @dataclass
@@ -139,15 +144,55 @@ def default_corpus_files() -> list[Path]:
     return [Path(str(folder / name)) for name in DEFAULT_FILES]
 
 
+def large_corpus_dir() -> Path:
+    """Folder of the built large corpus: ``$SAESCALE_HOME/corpus/large``."""
+    from saescale.activations.lm import saescale_home  # lazy: lm imports transformers
+
+    return saescale_home() / "corpus" / "large"
+
+
+def large_manifest() -> dict:
+    """The large corpus's MANIFEST.json; a one-line error if it is not built or is damaged."""
+    path = large_corpus_dir() / "MANIFEST.json"
+    if not path.is_file():
+        raise SaescaleError(LARGE_NOT_BUILT)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        [s["name"] + s["file"] for s in manifest["sources"]]  # noqa: B018 - checks the shape
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SaescaleError(f"{path} is damaged: rebuild it with `make corpus` "
+                            "(or python scripts/build_corpus.py --large)") from None
+    return manifest
+
+
+def large_sources() -> list[str]:
+    """Names of the large corpus's sources, in its fixed order (the manifest's)."""
+    return [s["name"] for s in large_manifest()["sources"]]
+
+
+def large_documents(source: str) -> list[Document]:
+    """The documents of one source of the large corpus (e.g. 'kjv', 'spam-assassin', 'code'), in file order."""
+    entries = {s["name"]: s for s in large_manifest()["sources"]}
+    if source not in entries:
+        raise SaescaleError(f"unknown large-corpus source '{source}': choose one of {', '.join(entries)}")
+    path = large_corpus_dir() / entries[source]["file"]
+    if not path.is_file():
+        raise SaescaleError(LARGE_NOT_BUILT)
+    return _read_file(str(path))
+
+
 def load_documents(spec: str = "default") -> list[Document]:
     """Documents of corpus ``spec``, in a fixed order.
 
-    spec: 'default' (shipped corpus), 'hf:NAME', or comma-separated local files: .txt (the
+    spec: 'default' (shipped corpus), 'large' (the built large corpus: every source, in the manifest's
+    order), 'hf:NAME', or comma-separated local files: .txt (the
     whole file is one document), .jsonl / .jsonl.gz (one JSON object per line, field 'text'),
     .parquet (column 'text'). Other fields become ``Document.meta``. Empty documents are dropped.
     """
     if spec == "default":
         docs = [d for path in default_corpus_files() for d in _read_jsonl(path)]
+    elif spec == "large":
+        docs = [d for source in large_sources() for d in large_documents(source)]
     elif spec.startswith("hf:"):
         docs = _read_hf(spec[3:])
     else:
