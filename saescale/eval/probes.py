@@ -8,6 +8,9 @@ For task t with examples j (contexts for sequence-level tasks, tokens for token-
     per latent i:   fit p = σ(w_i z_ji + b_i) on the train half (Newton, :mod:`saescale.eval.logistic`)
     score_t       = min_i  held-out CE_i   (nats; log 2 = chance for balanced classes)
     probe loss    = mean over tasks of score_t
+    95 % intervals: percentile bootstrap (seeded, ``--probe-bootstrap`` resamples) of the mean over
+                    tasks (tasks resampled), and of each score_t over its test documents (the chosen
+                    latent's fit held fixed, so it ignores the optimism of choosing the latent)
 
 Classes are balanced by subsampling (at most ``max_per_class`` each); the train/test halves are
 split by source document, so no text is shared (falls back to a split by example when a class
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saescale.configs import check_valid, valid
@@ -51,6 +55,9 @@ class ProbeConfig:
 
     dense: bool = True
     """Also fit a dense logistic probe on the raw activations (the ceiling)."""
+
+    bootstrap: int = valid(1000, ">= 10")
+    """Bootstrap resamples for the 95% intervals (of the mean over tasks, and of each task's score over its test documents)."""
 
     def __post_init__(self) -> None:
         check_valid(self, "probe-")
@@ -102,12 +109,43 @@ def best_latent(z_tr: Tensor, y_tr: Tensor, z_te: Tensor, y_te: Tensor, chunk: i
     return best
 
 
-def score_task(z: Tensor, x: Tensor, y: Tensor, groups: Tensor, seed: int, dense: bool) -> dict:
-    """Single-latent and dense probe scores for examples z (N, n), raw features x (N, d), labels y (N,)."""
+def bootstrap_ci(values: Tensor, resamples: int, seed: int, groups: Tensor | None = None,
+                 level: float = 0.95) -> list[float]:
+    """[lo, hi] percentile-bootstrap interval of the mean of values (K,), resampling groups (K,) (default: each value).
+
+    With groups the statistic is the mean over all values of the resampled groups (a cluster bootstrap).
+    """
+    v = values.double()
+    gid = torch.arange(len(v)) if groups is None else groups.unique(return_inverse=True)[1]
+    n_g = int(gid.max()) + 1
+    sums = torch.zeros(n_g, dtype=torch.float64).index_add_(0, gid, v)
+    counts = torch.zeros(n_g, dtype=torch.float64).index_add_(0, gid, torch.ones_like(v))
+    idx = torch.randint(n_g, (resamples, n_g), generator=torch.Generator().manual_seed(seed))
+    means = sums[idx].sum(1) / counts[idx].sum(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return [float(t) for t in torch.quantile(means, q)]
+
+
+def latent_test_losses(z_tr: Tensor, y_tr: Tensor, z_te: Tensor, y_te: Tensor, latent: int) -> Tensor:
+    """(N_test,) per-example held-out CE of the 1-D probe on column ``latent`` (fit as in :func:`best_latent`)."""
+    tr, te = standardize(z_tr[:, latent : latent + 1], z_te[:, latent : latent + 1])
+    w, b = newton_1d(tr, y_tr)
+    logits = (te.double() * w + b)[:, 0]
+    return F.binary_cross_entropy_with_logits(logits, y_te.double(), reduction="none")
+
+
+def score_task(z: Tensor, x: Tensor, y: Tensor, groups: Tensor, seed: int, dense: bool, resamples: int = 0) -> dict:
+    """Single-latent and dense probe scores for examples z (N, n), raw features x (N, d), labels y (N,).
+
+    ``resamples`` > 0 adds ``test_ce_ci``: a bootstrap 95% interval of the score over the test groups.
+    """
     g = torch.Generator().manual_seed(seed)
     test = split_by_group(groups, y, g)
     out = best_latent(z[~test], y[~test], z[test], y[test])
     out.update(n_train=int((~test).sum()), n_test=int(test.sum()))
+    if resamples and out["latent"] >= 0:
+        losses = latent_test_losses(z[~test], y[~test], z[test], y[test], out["latent"])
+        out["test_ce_ci"] = bootstrap_ci(losses, resamples, seed, groups[test])
     if dense:
         out["dense_test_ce"] = dense_probe(x[~test], y[~test], x[test], y[test])
     return out
@@ -123,6 +161,8 @@ def task_examples(task: Task, labels: Tensor, code: SparseCode, acts: Tensor, do
     n_ctx, t_kept, _ = acts.shape
     if task.level == "sequence":
         idx = balanced(labels, cfg.max_per_class, g)
+        if len(idx) == 0:  # a class is missing from the pool: no examples (the caller skips the task)
+            return torch.zeros(0, n), acts.new_zeros(0, acts.shape[-1]), torch.zeros(0), doc[:0]
         z = pool_code(SparseCode(*(t.view(n_ctx, t_kept, -1)[idx].reshape(len(idx) * t_kept, -1) for t in code)),
                       len(idx), t_kept, n, cfg.pooling)
         return z, acts[idx].mean(1), labels[idx].float(), doc[idx]

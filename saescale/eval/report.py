@@ -32,16 +32,36 @@ def _fmt(fmt: str, v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
+def _ci(ci: list | None) -> str:
+    return f" [{_fmt('{:.4f}', ci[0])}, {_fmt('{:.4f}', ci[1])}]" if ci else ""
+
+
+def probe_lines(probes: dict) -> list[str]:
+    """The probe-loss interval line and one line per task: score [95% CI] (latent, dense, pos/neg examples)."""
+    lines = []
+    if "probe_loss_ci" in probes:
+        b = probes["bootstrap"]
+        lines.append(f"  probe intervals: 95% bootstrap, mean over {probes['tasks_scored']} tasks, task over its test "
+                     f"documents; {b['resamples']} resamples, seed {b['seed']}")
+    for name, r in probes.get("tasks", {}).items():
+        size = f"{r['pos']}/{r['neg']} pos/neg" if "pos" in r else ""
+        if "test_ce" not in r:
+            lines.append(f"  probe {name:32s} {r.get('skipped', '')}" + (f" ({size})" if size else ""))
+            continue
+        dense = f", dense {_fmt('{:.4f}', r['dense_test_ce'])}" if "dense_test_ce" in r else ""
+        lines.append(f"  probe {name:32s} {_fmt('{:.4f}', r['test_ce'])}{_ci(r.get('test_ce_ci'))} "
+                     f"(latent {r['latent']}{dense}" + (f", {size})" if size else ")"))
+    return lines
+
+
 def format_table(results: dict[str, dict]) -> str:
     """Summary lines for the computed metrics, plus per-task probe scores and the progressive curves."""
     lines = [f"{'metric':40s} value", "-" * 52]
     for metric, key, label, fmt in ROWS:
         if key in results.get(metric, {}):
-            lines.append(f"{label:40s} {_fmt(fmt, results[metric][key])}")
-    for name, r in results.get("probes", {}).get("tasks", {}).items():
-        val = _fmt("{:.4f}", r["test_ce"]) + f" (latent {r['latent']}" if "test_ce" in r else r.get("skipped", "")
-        dense = f", dense {_fmt('{:.4f}', r['dense_test_ce'])})" if "dense_test_ce" in r else ")" if "test_ce" in r else ""
-        lines.append(f"  probe {name:32s} {val}{dense}")
+            ci = results[metric].get(f"{key}_ci")  # a 95% interval, where the metric gives one
+            lines.append(f"{label:40s} {_fmt(fmt, results[metric][key])}{_ci(ci)}")
+    lines += probe_lines(results.get("probes", {}))
     prog = results.get("progressive", {})
     if "k" in prog:
         curve = ", ".join(f"k={k}: {v:.4f}" for k, v in zip(prog["k"], prog["nmse"]))

@@ -23,11 +23,10 @@ from saescale.eval.downstream import downstream_metrics
 from saescale.eval.evalset import EvalSet, harvest
 from saescale.eval.n2g import explain_latent, latent_values, model_act_fn
 from saescale.eval.probe_data import build_pool
-from saescale.eval.probes import score_task, task_examples
+from saescale.eval.probes import bootstrap_ci, score_task, task_examples
 from saescale.eval.progressive import plot_progressive, progressive_metrics
 from saescale.eval.recon import plot_density, reconstruction_metrics
 from saescale.eval.refine import refinement_metrics
-from saescale.eval.splice import Splicer
 from saescale.eval.tasks import select_tasks
 from saescale.sae.base import SparseAutoencoder, SparseCode, fires
 
@@ -58,11 +57,14 @@ def recon(es: EvalSet, code: SparseCode, cmd) -> dict:
 
 
 def downstream(es: EvalSet, code: SparseCode, cmd) -> dict:
-    return downstream_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, es.positions, es.flat_acts.mean(0),
+    return downstream_metrics(es.splicer(), es.sae, es.tokens, es.positions, es.spliced_acts.mean(0),
                               cmd.downstream, batch=cmd.batch, track=es.track)
 
 
 def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
+    """Each task's best-latent CE (with a 95% bootstrap interval over its test documents), the mean over
+    tasks (``probe_loss``) and its 95% bootstrap interval over tasks (``probe_loss_ci``; seed and resamples
+    in ``bootstrap``); per task, ``pos`` / ``neg`` count its labelled examples in the pool before balancing."""
     cfg, tasks = cmd.probes, select_tasks(cmd.probes.tasks)
     sources = list(dict.fromkeys(s for t in tasks for s in t.sources))
     a = es.acts_cfg
@@ -71,16 +73,29 @@ def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
     pcode = encode_all(es.sae, acts.reshape(-1, acts.shape[-1]))
     out: dict[str, Any] = {"tasks": {}, "contexts": len(pool.tokens), "sources": sources}
     for task in es.track(tasks, "probes", len(tasks)):
-        z, x, y, groups = task_examples(task, task.label(pool), pcode, acts, pool.doc, es.positions, es.sae.cfg.n,
-                                        cfg, cmd.seed)
+        labels = task.label(pool)
+        lab = labels if task.level == "sequence" else labels[:, es.positions]
+        size = {"level": task.level, "pos": int((lab == 1).sum()), "neg": int((lab == 0).sum())}
+        z, x, y, groups = task_examples(task, labels, pcode, acts, pool.doc, es.positions, es.sae.cfg.n, cfg, cmd.seed)
         if len(y) < 8:
-            out["tasks"][task.name] = {"skipped": f"only {len(y)} balanced examples"}
+            out["tasks"][task.name] = {"skipped": f"only {len(y)} balanced examples", **size}
             continue
-        out["tasks"][task.name] = dict(score_task(z, x, y, groups, cmd.seed, cfg.dense), level=task.level)
-    scored = [r for r in out["tasks"].values() if "test_ce" in r]
-    out["probe_loss"] = sum(r["test_ce"] for r in scored) / max(len(scored), 1)
-    if cfg.dense and scored:
+        out["tasks"][task.name] = dict(score_task(z, x, y, groups, cmd.seed, cfg.dense, cfg.bootstrap), **size)
+    out.update(probe_summary(out["tasks"], cfg.bootstrap, cmd.seed, cfg.dense))
+    return out
+
+
+def probe_summary(tasks: dict[str, dict], resamples: int, seed: int, dense: bool) -> dict:
+    """Mean best-latent CE over scored tasks, its 95% bootstrap interval over tasks, and the same for the dense probe."""
+    scored = [r for r in tasks.values() if "test_ce" in r]
+    out: dict[str, Any] = {"probe_loss": sum(r["test_ce"] for r in scored) / max(len(scored), 1),
+                           "tasks_scored": len(scored),
+                           "bootstrap": {"over": "tasks", "level": 0.95, "resamples": resamples, "seed": seed}}
+    if scored:
+        out["probe_loss_ci"] = bootstrap_ci(torch.tensor([r["test_ce"] for r in scored]), resamples, seed)
+    if dense and scored:
         out["dense_probe_loss"] = sum(r["dense_test_ce"] for r in scored) / len(scored)
+        out["dense_probe_loss_ci"] = bootstrap_ci(torch.tensor([r["dense_test_ce"] for r in scored]), resamples, seed)
     return out
 
 
@@ -104,15 +119,19 @@ def n2g(es: EvalSet, code: SparseCode, cmd) -> dict:
 
 def ablation(es: EvalSet, code: SparseCode, cmd) -> dict:
     latents = live_latents(code, es.sae.cfg.n, cmd.ablation.latents, cmd.seed + 1)
-    return ablation_metrics(Splicer(es.model, es.hook), es.sae, es.tokens, code, es.positions, latents, cmd.ablation,
+    return ablation_metrics(es.splicer(), es.sae, es.tokens, code, es.positions, latents, cmd.ablation,
                             batch=cmd.batch, seed=cmd.seed, track=es.track)
 
 
 def refine(es: EvalSet, code: SparseCode, cmd) -> dict:
+    if es.sae.transcoder:
+        return {"skipped": "refinement re-encodes the reconstruction, which a transcoder does not make", "tokens": 0}
     return refinement_metrics(es.sae, es.flat_acts, cmd.refine)
 
 
 def progressive(es: EvalSet, code: SparseCode, cmd) -> dict:
+    if es.sae.transcoder:
+        return {"skipped": "progressive codes are measured for SAEs only"}
     res = progressive_metrics(es.sae, es.flat_acts, seed=cmd.seed)
     if cmd.plots:
         res["plot"] = str(plot_progressive(res, Path(cmd.out_dir) / "progressive.png"))

@@ -71,13 +71,17 @@ def test_token_and_sequence_labels():
     assert TASKS["code_vs_prose"].label(pool).tolist() == [1, 0]
 
 
-def test_missing_task_data_names_the_package(tmp_path):
+def test_missing_task_data_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAESCALE_HOME", str(tmp_path / "home"))  # no large corpus
     with pytest.raises(SaescaleError, match="install Debian package fortunes-de"):
         select_tasks("german_vs_english", root=tmp_path)
     builtin = select_tasks("all", root=tmp_path)
-    assert len(builtin) >= 6 and all(t.package is None for t in builtin)
+    assert len(builtin) >= 6 and not any(s.startswith("fortunes-") for t in builtin for s in t.sources)
     (tmp_path / "de").mkdir()
     (tmp_path / "de" / "witze").write_text("Ein Witz.\n%\nNoch einer.\n")
+    with pytest.raises(SaescaleError, match="install Debian package fortunes-min"):  # the English side
+        select_tasks("german_vs_english", root=tmp_path)
+    (tmp_path / "fortunes").write_text("A joke.\n%\nAnother.\n")
     assert "german_vs_english" in [t.name for t in select_tasks("all", root=tmp_path)]
     with pytest.raises(SaescaleError, match="unknown probe task"):
         select_tasks("nope", root=tmp_path)
