@@ -5,7 +5,9 @@ among eval tokens where it fires, z_i > 0 by :func:`saescale.sae.base.fires`, wi
 so T_h positions of effect fit):
 
     h'_p  = h_p - z_i W_dec[i] * s_p        (normalised-space contribution mapped to raw space:
-                                             s_p is the token's normalisation scale, e.g. its norm)
+                                             s_p is the token's normalisation scale, e.g. its norm;
+                                             a transcoder: h is its target module's output, z_i comes
+                                             from the source x_p, s_p = 1 / s_y)
     Δ_t   = logits'(t) - logits(t)  for t = p .. p + T_h - 1            (T_h = 16; each (V,))
     v     = concat_t (Δ_t - median_v Δ_t)                                (V * T_h,)
     score = (||v||_1 / ||v||_2)^2 / (V * T_h)                            in (0, 1]; lower = sparser
@@ -73,12 +75,10 @@ def ablate_batch(splicer: Splicer, sae: SparseAutoencoder, ids: Tensor, sites: l
                  horizon: int) -> tuple[Tensor, Tensor]:
     """Ablate latent i at position p in each row of ids (B, L); sites [(i, p)] -> (score (B,), ||v||_2 (B,))."""
     logits, h = splicer.forward_with_capture(ids)
+    src = h if splicer.last_source is None else splicer.last_source  # a transcoder reads its source hook
     h2 = h.clone()
     for b, (i, p) in enumerate(sites):
-        x_n, stats = sae.normalize(h[b, p][None])
-        z = latent_values(sae.encode_normalized(x_n), i)  # (1,)
-        scale = stats.scale.reshape(-1)[0]
-        h2[b, p] -= (z * sae.W_dec[i] * scale).reshape(-1).to(h.dtype)
+        h2[b, p] -= sae.latent_contribution(src[b, p][None], i).to(h.dtype)
     logits2 = splicer.forward_from_hook(ids, h2)
     delta = torch.stack([logits2[b, p : p + horizon] - logits[b, p : p + horizon] for b, (_, p) in enumerate(sites)])
     return sparsity_score(delta)

@@ -9,7 +9,9 @@ h' (equal to h at excluded positions, i.e. position 0 when it is dropped), splic
 Scored positions: t in the kept positions with t <= T-2 (the prediction of every kept token
 that has a next token). Replacements:
 
-    sae:   h'_t = decode(encode(h_t)) in raw space (normalisation undone with the token's stats)
+    sae:   h'_t = decode(encode(h_t)) in raw space (normalisation undone with the token's stats); a
+           transcoder splices at its target hook h'_t = ŷ(x_t), x_t the source hook's activation of the
+           same (unspliced) forward: the target's output replaced by the transcoder's
     zero:  h'_t = 0
     mean:  h'_t = mean of h over the eval tokens (kept positions)
 
@@ -56,10 +58,12 @@ def kl_div(logits_p: Tensor, logits_q: Tensor, scored: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sae_replacement(sae: SparseAutoencoder, h: Tensor, positions: Tensor) -> Tensor:
-    """h (B, T, d) with the kept ``positions`` (T',) replaced by the SAE reconstruction in raw space."""
+def sae_replacement(sae: SparseAutoencoder, h: Tensor, positions: Tensor, source: Tensor | None = None) -> Tensor:
+    """h (B, T, d) with the kept ``positions`` (T',) replaced by the SAE reconstruction in raw space (a
+    transcoder's output from ``source`` (B, T, d_in), its input activations)."""
     out = h.clone()
-    x = h[:, positions].reshape(-1, h.shape[-1])
+    inp = h if source is None else source
+    x = inp[:, positions].reshape(-1, inp.shape[-1])
     out[:, positions] = sae(x).view(h.shape[0], len(positions), -1).to(h.dtype)
     return out
 
@@ -85,7 +89,7 @@ def downstream_metrics(splicer: Splicer, sae: SparseAutoencoder, tokens: Tensor,
         ids = tokens[i : i + batch]
         logits, h = splicer.forward_with_capture(ids)
         sums["ce_orig"] += next_token_ce(logits, ids, scored).double().sum().item()
-        for name, h2 in (("sae", sae_replacement(sae, h, positions)),
+        for name, h2 in (("sae", sae_replacement(sae, h, positions, splicer.last_source)),
                          ("zero", const_replacement(h, positions, torch.zeros(h.shape[-1]))),
                          ("mean", const_replacement(h, positions, mean_act))):
             spliced = splicer.forward_from_hook(ids, h2)

@@ -13,7 +13,8 @@ order, so that every prefix -- the first ``DownstreamConfig.contexts`` contexts,
 With another corpus (``saescale eval --corpus``) every document of that corpus is the split
 (out-of-distribution evaluation: the SAE never saw any of it).
 
-    tokens: (M, T) contexts      acts: (M, T', d) raw activations at the kept positions
+    tokens: (M, T) contexts      acts: (M, T', d) raw activations at the kept positions (a transcoder's:
+                                 (M, T', d + d_out), its source hook's and its target hook's side by side)
     positions: (T',) the kept positions (1..T-1 by default; 0..T-1 with keep_first)
     doc: (M,) index of each context's document in the corpus's document list
 """
@@ -30,7 +31,7 @@ from torch import Tensor
 from saescale.activations.config import ActivationConfig
 from saescale.activations.corpus import (SPLIT_SEED, Contexts, Document, load_documents, split_documents,
                                          tokenize_contexts)
-from saescale.activations.harvest import harvest_contexts, positions_kept
+from saescale.activations.harvest import harvest_hooks, positions_kept
 from saescale.activations.hooks import default_hook, hook_width
 from saescale.activations.lm_text import load_lm
 from saescale.configs import config_from_dict
@@ -58,6 +59,19 @@ class EvalSet:
     split_docs: int = 0  # documents in the split the contexts were sampled from
     trained_corpus: str = ""  # the corpus the SAE was trained on (acts_cfg.corpus differs with --corpus)
     track: Track = untracked  # the caller's progress callback for the metrics' loops
+    target_hook: str = ""  # a transcoder's target hook ('' for an SAE): downstream loss and ablation splice there
+
+    def splicer(self):
+        """The :class:`~saescale.eval.splice.Splicer` for downstream loss and ablation: at the hook, or for a
+        transcoder at its target hook, with the source hook captured alongside."""
+        from saescale.eval.splice import Splicer
+
+        return Splicer(self.model, self.target_hook, self.hook) if self.target_hook else Splicer(self.model, self.hook)
+
+    @property
+    def spliced_acts(self) -> Tensor:
+        """(M * T', d_h) raw activations at the spliced hook point: the hook's, or a transcoder's target's."""
+        return self.flat_acts[:, self.sae.cfg.d :] if self.target_hook else self.flat_acts
 
     def documents(self, contexts: Tensor) -> list[dict]:
         """The documents behind eval contexts ``contexts`` ((K,) indices into ``tokens``), by corpus index:
@@ -127,15 +141,18 @@ def val_contexts(cfg: ActivationConfig, tokenizer, n_contexts: int, seed: int,
     return SampledContexts(picked, titles, "all" if whole_corpus else "val", len(split))
 
 
-def harvest(model, hook: str, tokens: Tensor, keep_first: bool, batch: int = 16, desc: str = "harvest",
+def harvest(model, hook: str | list[str], tokens: Tensor, keep_first: bool, batch: int = 16, desc: str = "harvest",
             track: Track = untracked) -> Tensor:
     """Raw activations (M, T', d) of contexts ``tokens`` (M, T), ``batch`` contexts per forward; ``track``
-    reports the batches."""
+    reports the batches. A list of hooks (a transcoder's source and target) gives theirs side by side, from
+    one forward pass each batch: (M, T', sum of widths)."""
     t_kept = tokens.shape[1] - (not keep_first)
+    hooks = [hook] if isinstance(hook, str) else hook
     parts = []
     for i in track(range(0, len(tokens), batch), desc, -(-len(tokens) // batch)):
         chunk = tokens[i : i + batch]
-        parts.append(harvest_contexts(model, hook, chunk, keep_first).view(len(chunk), t_kept, -1))
+        got = torch.cat(harvest_hooks(model, hooks, chunk, keep_first), dim=1)
+        parts.append(got.view(len(chunk), t_kept, -1))
     return torch.cat(parts)
 
 
@@ -170,9 +187,16 @@ def load_eval_set(sae_dir: str | Path, n_contexts: int, seed: int, model_overrid
             f"the SAE has d={sae_cfg.d} but hook '{hook}' of model '{acts_cfg.model}' has width {width}; "
             "evaluate it on the model and hook it was trained on"
         )
+    target = acts_cfg.target_hook
+    if bool(target) != sae.transcoder:
+        raise SaescaleError(f"{Path(sae_dir) / 'cfg.json'}: the SAE is {'a transcoder' if sae.transcoder else 'not a transcoder'} "
+                            f"but its activations record {'no' if not target else 'a'} target hook; export it again from its run")
+    if target and hook_width(model, target) != sae_cfg.d_out:
+        raise SaescaleError(f"the transcoder has d_out={sae_cfg.d_out} but target hook '{target}' of model "
+                            f"'{acts_cfg.model}' has width {hook_width(model, target)}; evaluate it on its own model")
     sample = val_contexts(acts_cfg, tokenizer, n_contexts, seed, whole_corpus=bool(corpus))
     tokens = sample.contexts.tokens
-    acts = harvest(model, hook, tokens, acts_cfg.keep_first, track=track)
+    acts = harvest(model, [hook, target] if target else hook, tokens, acts_cfg.keep_first, track=track)
     return EvalSet(sae, model, tokenizer, hook, acts_cfg, tokens, acts,
                    positions_kept(acts_cfg.context_len, acts_cfg.keep_first), sample.contexts.doc,
-                   sample.doc_titles, sample.split, sample.split_docs, trained_corpus, track)
+                   sample.doc_titles, sample.split, sample.split_docs, trained_corpus, track, target)
