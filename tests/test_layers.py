@@ -1,7 +1,7 @@
 """The package layers: nothing imports from a package above it, and packages form no cycle.
 
     errors/atomic/configs/threads/losses -> kernels, distributed -> sae -> data, activations
-        -> train -> eval, scaling, sweep, steer -> dashboard -> commands -> cli
+        -> train -> eval, scaling, sweep, steer -> dashboard, reproduce -> commands -> cli
 
 Every import in every module counts, including the ones inside functions. ``commands/`` is a
 leaf: only the CLI imports it.
@@ -21,7 +21,7 @@ LAYERS = [
     {"data", "activations"},
     {"train"},
     {"eval", "scaling", "sweep", "steer"},
-    {"dashboard"},
+    {"dashboard", "reproduce"},
     {"commands"},
     {"cli", "cliargs", "__main__", "__init__"},
 ]

@@ -156,6 +156,26 @@ def _params(fit: ParamFit, names: tuple[str, ...] | None = None) -> str:
     return ", ".join(parts)
 
 
+def _interval(ci: tuple[float, float] | list[float] | None) -> str:
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "[no CI]"
+
+
+def joint_headline(j: JointFit) -> str:
+    """'R2=… heldout_rel_err=… beta_n=X [lo, hi] gamma=Y [lo, hi]' (95 % intervals; the issue's exact form)."""
+    return (f"R2={j.fit.r2:.3f} heldout_rel_err={j.heldout_rel_err:.3f} "
+            f"beta_n={j.fit['beta_n']:.4g} {_interval(j.fit.ci('beta_n'))} gamma={j.fit['gamma']:.4g} {_interval(j.fit.ci('gamma'))}")
+
+
+def n_opt_headline(c: ComputeFit) -> str:
+    """'n_opt exponent: p=X [lo, hi]': n_opt(C) ∝ C^p on the compute frontier."""
+    return f"n_opt exponent: p={c.n_opt['p']:.4g} {_interval(c.n_opt.ci('p'))}"
+
+
+def model_size_headline(rec: dict) -> str:
+    """'L(N_model): q=X [lo, hi]': n_needed ∝ N_model^q at the target loss."""
+    return f"L(N_model): q={rec['params']['q']:.4g} {_interval(rec['ci95'].get('q'))}"
+
+
 def _joint_lines(g: GroupFits, primary: bool) -> list[str]:
     tag = "joint fit" if primary else f"joint fit [{g.label}]"
     if g.joint is None:
@@ -165,7 +185,7 @@ def _joint_lines(g: GroupFits, primary: bool) -> list[str]:
     return [f"  L(n,k) = exp(alpha + beta_k log k + beta_n log n + gamma log k log n) + exp(zeta + eta log k)"
             f" on {j.fit.n_points} (n, k) points, {ci}:",
             *j.fit.lines("    "),
-            f"{tag}: R2={j.fit.r2:.3f} heldout_rel_err={j.heldout_rel_err:.3f}",
+            f"{tag}: {joint_headline(j)}",
             f"  held out (seed {j.heldout_seed}): {', '.join(j.heldout_ids) or 'none'}"]
 
 
@@ -178,7 +198,7 @@ def _compute_lines(g: GroupFits) -> list[str]:
         return out + [f"  n_opt(C): skipped: {c.n_opt_skipped}"]
     t = c.tokens_opt()
     return out + [f"  n_opt(C) = exp(log_A) C^p: {_params(c.n_opt)};"
-                  f" tokens_opt(C) = exp({t['log_B']:.4g}) C^{t['exponent']:.4g}"]
+                  f" tokens_opt(C) = exp({t['log_B']:.4g}) C^{t['exponent']:.4g}", f"  {n_opt_headline(c)}"]
 
 
 def _lr_lines(g: GroupFits) -> list[str]:
@@ -189,7 +209,7 @@ def _lr_lines(g: GroupFits) -> list[str]:
     span = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
     edge = [f"n={p['n']} k={p['k']}" for p in r["points"] if p["clamped"]]
     return [f"  lr*(n) = exp({r['params']['log_A']:.4g}) n^{r['params']['p']:.4g}{span} (R2={r['r2']:.3f});"
-            f" default rule: exp({d['log_A']:.4g}) n^{d['p']}"] + \
+            f" default rule (batch 4096): exp({d['log_A']:.4g}) n^{d['p']:.4g}"] + \
         ([f"  lr*: best lr at the edge of the tried range for {', '.join(edge)}: widen the lr grid"] if edge else [])
 
 
@@ -225,5 +245,6 @@ def summary_lines(fits: ScalingFits) -> list[str]:
         else:
             p = rec["params"]
             lines.append(f"L(N_model) [{arch}]: n_needed = exp({p['log_A']:.4g}) N_model^{p['q']:.4g}"
-                         f" at k={rec['k_ref']}, L*={rec['target_loss']:.4g}")
+                         f" at k={rec['k_ref']}, L*={rec['target_loss']:.4g}; CI {rec.get('ci_kind', 'over models')}")
+            lines.append(model_size_headline(rec))
     return lines

@@ -8,22 +8,23 @@ with the lowest loss). Over all such (n, k),
 
     lr*(n) = exp(log_A) · n^p
 
-is fitted by least squares on (log n, log lr*), next to saescale's default
+is fitted by least squares on (log n, log lr*), next to saescale's default rule at batch 4096
+(saescale.train.config.LR_RULE, fitted this way to examples/sweep-lr.toml) and the paper's
 lr = 2e-4 / sqrt(n / 2^14) (log_A = log(2e-4 · 2^7), p = −0.5).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
 
 from saescale.scaling.fitting import Skipped, fit_power_law
 from saescale.scaling.results import Member
+from saescale.train.config import LR_RULE, PAPER_LR_RULE
 
-DEFAULT = {"log_A": math.log(2e-4 * 2**7), "p": -0.5}
-"""saescale's default rule lr = 2e-4 / sqrt(n / 2^14) as a power law."""
+DEFAULT = {"log_A": LR_RULE["log_A"], "p": LR_RULE["p"]}
+"""saescale's default rule at batch 4096 as a power law."""
 
 
 def best_lr(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, bool]:
@@ -74,4 +75,5 @@ def fit_lr_rule(members: list[Member], bootstrap: int = 200, seed: int = 0) -> d
     n = np.array([p["n"] for p in pts], dtype=np.float64)
     fit = fit_power_law(n, np.array([p["lr"] for p in pts]), bootstrap, seed)
     return {"law": "lr*(n) = exp(log_A) * n^p", **fit.to_dict(), "points": pts,
-            "default": {"law": "lr = 2e-4 / sqrt(n / 2^14)", **DEFAULT}}
+            "default": {"law": "lr = exp(log_A) n^p sqrt(batch / 4096)", **DEFAULT},
+            "paper": {"law": "lr = 2e-4 / sqrt(n / 2^14)", **PAPER_LR_RULE}}

@@ -8,7 +8,10 @@ no extrapolation: a model whose range misses L* is left out), and
 
     n_needed = exp(log_A) · N_model^q
 
-is fitted by least squares on (log N_model, log n_needed); bootstrap CIs only from ≥ 4 models.
+is fitted by least squares on (log N_model, log n_needed). CIs: from ≥ 4 models a bootstrap over models;
+from 2 or 3 a bootstrap within models (each model's L(n) points at k_ref resampled with replacement,
+n_needed read off again, q refitted), which measures how well each model's n_needed is pinned by its
+sweep, not how q varies across model families (two models give one slope: ``ci_kind`` says which).
 """
 
 from __future__ import annotations
@@ -58,6 +61,31 @@ def fit_model_size(members: list[Member], target: float = 0.0, bootstrap: int = 
         raise Skipped(f"target loss {target:.4g} is inside the L(n) range (k={k_ref}) of < 2 models; pass --target-loss")
     params = {name: by_model[name][0].model_params for name in usable}
     fit = fit_power_law(np.array([params[x] for x in usable], dtype=np.float64), np.array(list(usable.values())),
-                        bootstrap if len(usable) >= 4 else 0, seed, names=("log_A", "q"))  # no CIs from < 4 models
-    return {"law": "n_needed = exp(log_A) * N_model^q", **fit.to_dict(), "k_ref": k_ref, "target_loss": target,
-            "n_needed": needed, "model_params": {name: ms[0].model_params for name, ms in by_model.items()}}
+                        bootstrap if len(usable) >= 4 else 0, seed, names=("log_A", "q"))
+    out = {"law": "n_needed = exp(log_A) * N_model^q", **fit.to_dict(), "k_ref": k_ref, "target_loss": target,
+           "n_needed": needed, "model_params": {name: ms[0].model_params for name, ms in by_model.items()},
+           "ci_kind": "over models" if len(usable) >= 4 else "none"}
+    if len(usable) < 4 and bootstrap > 0:
+        ci = within_model_ci({x: by_model[x] for x in usable}, params, k_ref, target, bootstrap, seed)
+        if ci is not None:
+            out["ci95"] = {**out["ci95"], "q": ci[0]}
+            out["bootstrap_resamples"], out["ci_kind"] = ci[1], "within models (each model's L(n) points resampled)"
+    return out
+
+
+def within_model_ci(by_model: dict[str, list[Member]], params: dict[str, int], k: int, target: float,
+                    resamples: int, seed: int) -> tuple[list[float], int] | None:
+    """95 % percentile interval of q from resampling each model's L(n) points at ``k`` (with replacement) and
+    refitting; (interval, resamples that gave every model an n_needed), None when under 10 did."""
+    rng = np.random.default_rng(seed)
+    pts = {name: [m for m in best_per_nk(ms) if m.k == k] for name, ms in by_model.items()}
+    logN = np.log(np.array([params[name] for name in pts], dtype=np.float64))
+    qs = []
+    for _ in range(resamples):
+        needed = [n_needed([p[i] for i in sorted(set(rng.integers(0, len(p), len(p)).tolist()))], k, target)
+                  for p in pts.values()]
+        if all(v is not None for v in needed):
+            qs.append(np.polyfit(logN, np.log(needed), 1)[0])
+    if len(qs) < 10:
+        return None
+    return [float(np.percentile(qs, 2.5)), float(np.percentile(qs, 97.5))], len(qs)

@@ -21,7 +21,7 @@ class TrainConfig:
     """Tokens per optimiser step."""
 
     lr: float | None = valid(None, "> 0")
-    """Learning rate; unset (None) = the paper's rule 2e-4 / sqrt(n / 2^14)."""
+    """Learning rate; unset (None) = the rule measured on this machine, 0.0368 n^-0.20 sqrt(batch_size / 4096) (docs/scaling.md, 'Learning-rate rule'; the paper's 2e-4 / sqrt(n / 2^14) was 7-13x too small at batch 4096)."""
 
     warmup_steps: int | None = valid(None, ">= 0")
     """Linear learning-rate warm-up steps; unset (None) = min(1000, 5% of steps)."""
@@ -108,18 +108,36 @@ class TrainConfig:
     def resolved(self, n: int, d: int) -> "TrainConfig":
         """These settings with every unset one filled in for an SAE of n latents on width d:
 
-        lr = 2e-4 / sqrt(n / 2^14) (the paper's rule), warmup_steps = min(1000, steps / 20),
+        lr = :func:`default_lr` (n, batch_size), warmup_steps = min(1000, steps / 20),
         k_aux = the power of two nearest d/2 (512 for GPT-2's d = 768), at most n,
         dead_tokens = max(10 batches, min(10M, tokens / 10)): the paper's 10M scaled to the run, with a
         floor so that on a short run "dead" never means "did not fire in one batch".
         """
         return dataclasses.replace(
             self,
-            lr=self.lr if self.lr is not None else 2e-4 / math.sqrt(n / 2**14),
+            lr=self.lr if self.lr is not None else default_lr(n, self.batch_size),
             warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20),
             k_aux=min(self.k_aux if self.k_aux is not None else 2 ** round(math.log2(max(d / 2, 1))), n),
             dead_tokens=self.dead_tokens if self.dead_tokens is not None else default_dead_tokens(self.tokens, self.batch_size),
         )
+
+
+LR_RULE = {"log_A": -3.3018331847520455, "p": -0.2008594909119092, "batch_size": 4096}
+"""The default learning-rate rule lr*(n) = exp(log_A) n^p at batch 4096: fitted by ``saescale fit`` to
+``examples/sweep-lr.toml`` (TopK, k = 32, n in 256..2048, 400k tokens, SmolLM2-135M, 2026-12-01;
+docs/scaling/sweep-lr-fit.json, table in docs/scaling.md)."""
+
+PAPER_LR_RULE = {"log_A": math.log(2e-4 * 2**7), "p": -0.5}
+"""The paper's rule lr = 2e-4 / sqrt(n / 2^14) (derived at batch 131,072), the default before 2026-12-01."""
+
+
+def default_lr(n: int, batch_size: int) -> float:
+    """lr = exp(log_A) n^p sqrt(batch_size / 4096) with :data:`LR_RULE` (0.0368 n^-0.20 at batch 4096).
+
+    The n-dependence was measured at batch 4096 (n = 256..2048; beyond that range it is extrapolated);
+    other batch sizes follow Adam's square-root scaling of the learning rate with the batch (Malladi et al.
+    2022), which is a rule of thumb here, not a measurement."""
+    return math.exp(LR_RULE["log_A"]) * n ** LR_RULE["p"] * math.sqrt(batch_size / LR_RULE["batch_size"])
 
 
 def default_dead_tokens(tokens: int, batch_size: int) -> int:

@@ -4,6 +4,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from saescale.scaling.fitting import Skipped
 from saescale.scaling.joint import NAMES, best_per_nk, fit_joint, joint_loss
 from saescale.scaling.lr_rule import best_lr, fit_lr_rule
 from saescale.scaling.model_size import fit_model_size
+from saescale.train.config import LR_RULE, TrainConfig, default_lr
 from saescale.scaling.results import assign_uids, parse_member
 
 GPT4 = dict(alpha=-0.50, beta_k=0.26, beta_n=-0.017, gamma=-0.042, zeta=-1.32, eta=-0.085)
@@ -140,7 +142,8 @@ def test_lr_rule_recovers_known_exponent():
     assert math.exp(rule["params"]["log_A"]) * 1024 ** rule["params"]["p"] == pytest.approx(3e-3, rel=0.1)
     lo, hi = rule["ci95"]["p"]
     assert lo <= -0.35 <= hi
-    assert not any(p["clamped"] for p in rule["points"]) and rule["default"]["p"] == -0.5
+    assert not any(p["clamped"] for p in rule["points"])
+    assert rule["default"]["p"] == LR_RULE["p"] and rule["paper"]["p"] == -0.5
     lr, clamped = best_lr(np.array([1e-4, 2e-4, 4e-4]), np.array([0.3, 0.2, 0.1]))
     assert clamped and lr == pytest.approx(4e-4)  # optimum beyond the tried range: the edge, flagged
     with pytest.raises(Skipped, match="needs >= 3 lr"):
@@ -153,8 +156,38 @@ def test_model_size_recovers_exponent_and_skips_one_model():
             for N in (10**8, 10**9, 10**10) for n in [2**e for e in range(10, 22)]]
     rec = fit_model_size(assign_uids(members_of(recs)), target=0.5 * (2**14 / 1e9**0.6) ** -0.2)
     assert rec["params"]["q"] == pytest.approx(0.6, abs=0.01) and rec["k_ref"] == 32
+    assert rec["ci_kind"] == "within models (each model's L(n) points resampled)"
+    lo, hi = rec["ci95"]["q"]
+    assert lo - 1e-9 <= 0.6 <= hi + 1e-9 and hi - lo < 0.1  # noise-free curves: n_needed is pinned, the interval is tight
     with pytest.raises(Skipped, match=">= 2 models"):
         fit_model_size(assign_uids(members_of(joint_records())))
+
+
+def test_model_size_interval_with_two_models_widens_with_noisy_curves():
+    """Two models give one slope; the within-model bootstrap's interval reflects how noisy each L(n) curve is."""
+    rng = np.random.default_rng(0)
+
+    def recs(noise):
+        return [record(n, 32, 0.5 * (n / N**0.6) ** -0.2 * float(np.exp(noise * rng.standard_normal())), model=f"m{N}",
+                       model_params=N) for N in (10**8, 10**9) for n in [2**e for e in range(10, 22)]]
+    target = 0.5 * (2**14 / 1e9**0.6) ** -0.2
+    tight = fit_model_size(assign_uids(members_of(recs(0.002))), target=target)
+    loose = fit_model_size(assign_uids(members_of(recs(0.05))), target=target)
+    width = lambda r: r["ci95"]["q"][1] - r["ci95"]["q"][0]  # noqa: E731
+    assert width(loose) > 3 * width(tight) and tight["ci95"]["q"][0] - 0.01 <= 0.6 <= tight["ci95"]["q"][1] + 0.01
+
+
+def test_default_lr_rule_is_the_measured_one():
+    """Before 2026-12-01 the default was the paper's 2e-4 / sqrt(n / 2^14), 7-13x under the optimum measured at
+    batch 4096 (docs/scaling.md); the default is now the fitted rule at batch 4096, square-root scaled in the batch."""
+    fit = json.loads((Path(__file__).parents[2] / "docs/scaling/sweep-lr-fit.json").read_text())
+    measured = next(iter(fit["groups"].values()))["lr_rule"]
+    for n in (256, 512, 1024, 2048):
+        best = next(p["lr"] for p in measured["points"] if p["n"] == n)
+        assert default_lr(n, 4096) == pytest.approx(best, rel=0.25)  # the rule through the measured optima
+        assert default_lr(n, 4096) > 5 * 2e-4 / math.sqrt(n / 2**14)
+    assert default_lr(1024, 1024) == pytest.approx(default_lr(1024, 4096) / 2)
+    assert TrainConfig().resolved(1024, 576).lr == default_lr(1024, 4096)
 
 
 def sweep_file(tmp_path):
@@ -180,8 +213,13 @@ def test_cli_fit_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("joint fit:")]
     assert len(lines) == 1, out
-    m = re.fullmatch(r"joint fit: R2=(\d\.\d{3}) heldout_rel_err=(\d\.\d{3})", lines[0])
-    assert m and float(m[1]) > 0.99 and float(m[2]) < 0.03
+    num = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
+    m = re.fullmatch(rf"joint fit: R2=(\d\.\d{{3}}) heldout_rel_err=(\d\.\d{{3}}) beta_n={num} \[{num}, {num}\] "
+                     rf"gamma={num} \[{num}, {num}\]", lines[0])
+    assert m and float(m[1]) > 0.99 and float(m[2]) < 0.03, lines[0]
+    assert float(m[4]) <= float(m[3]) <= float(m[5]) and float(m[7]) <= float(m[6]) <= float(m[8])
+    assert float(m[6]) == pytest.approx(GPT4["gamma"], abs=0.02)
+    assert re.search(rf"^  n_opt exponent: p={num} \[{num}, {num}\]$", out, re.M), out
     assert "lr*(n) = exp(" in out and "L(N_model) [topk]: skipped: needs sweeps over >= 2 models" in out
     doc = json.loads((folder / "fit.json").read_text())
     joint = doc["groups"][doc["primary"]]["joint"]
