@@ -16,6 +16,15 @@ exp(log_threshold); with θ > 0, pre 1[pre > θ] = ReLU(pre) 1[pre > θ]), and b
 whose inference code is exactly ReLU(pre) 1[pre > threshold], -> jumprelu with their saved threshold.
 ProLU (z = m 1[m > 0, m + b > 0], no bias inside the value) is none of these and is refused.
 
+Transcoders (:mod:`saescale.sae.transcoder`) map to SAELens's ``transcoder`` / ``skip_transcoder``, which
+compute, on the raw input x (normalize_activations 'none', no input bias), with W_enc (d, n), W_dec (n, d_out):
+
+    z = ReLU(x W_enc + b_enc),   ŷ = z W_dec + b_dec [+ x W_skip^T]        W_skip (d_out, d)
+
+so saescale's (x_n = s_x x, ŷ = ŷ_n / s_y) folds exactly, in float64, as W_enc_s = s_x W_enc^T, W_dec_s =
+W_dec / s_y, b_dec_s = b_pre / s_y, W_skip_s = W_skip s_x / s_y. Only the ReLU transcoder has an equal
+there: SAELens's transcoders have ReLU (or JumpReLU) codes, no TopK, so a TopK transcoder is refused.
+
 saescale's own record (its SAEConfig and the provenance in ``extra``) goes into ``metadata.saescale``:
 SAELens's SAEMetadata keeps any key. An import with the record restores the saescale SAE bit for bit;
 without it (a genuinely foreign SAE) 'layer_norm' reads as 'std', and a SAELens SAE with
@@ -65,9 +74,75 @@ def sae_lens_version() -> str:
         return "6.0.0"
 
 
+TRANSCODER_ARCHS = {False: "transcoder", True: "skip_transcoder"}
+
+
+def transcoder_folds(cfg: SAEConfig) -> tuple[float, float]:
+    """(s_x, s_y): a transcoder's input and target scales (x_n = s_x x, y_n = s_y y)."""
+    return (float(cfg.norm_scale) if cfg.normalize == "mean_sq" else 1.0), float(cfg.target_scale or 1.0)
+
+
+def export_transcoder(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(cfg.json, tensors) of a ReLU transcoder in SAELens's ``transcoder`` / ``skip_transcoder`` format."""
+    cfg = sae.cfg
+    if cfg.arch != "relu":
+        raise SaescaleError(f"a --arch {cfg.arch} transcoder cannot be exported to SAELens: its transcoders compute "
+                            "ReLU (or JumpReLU) codes, not TopK; keep it in saescale's format, or train --arch relu "
+                            "with --target-hook")
+    s_x, s_y = transcoder_folds(cfg)
+    t = {"W_enc": (sae.W_enc.detach().double() * s_x).T.contiguous(), "b_enc": sae.b_enc.detach().float(),
+         "W_dec": sae.W_dec.detach().double() / s_y, "b_dec": sae.b_pre.detach().double() / s_y}
+    if cfg.skip:
+        t["W_skip"] = sae.W_skip.detach().double() * (s_x / s_y)
+    acts = extra.get("activations") if isinstance(extra.get("activations"), dict) else {}
+    meta = {"sae_lens_version": sae_lens_version(), "sae_lens_training_version": None,
+            "model_name": acts.get("model"), "hook_name": hook_name(acts["hook"]) if acts.get("hook") else None,
+            "hook_name_out": hook_name(acts["target_hook"]) if acts.get("target_hook") else None,
+            "context_size": acts.get("context_len"), "prepend_bos": acts.get("prepend_bos"),
+            "dataset_path": acts.get("corpus"), "hook_head_index": None, "model_from_pretrained_kwargs": {},
+            "saescale": make_record(cfg, extra)}
+    out = {"architecture": TRANSCODER_ARCHS[cfg.skip], "d_in": cfg.d, "d_sae": cfg.n, "d_out": cfg.d_out,
+           "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False, "normalize_activations": "none",
+           "reshape_activations": "none", "metadata": meta}
+    return out, t
+
+
+def read_transcoder(f: Path, raw: dict[str, Any], folder: Path) -> Imported:
+    """A SAELens ``transcoder`` / ``skip_transcoder`` folder as a saescale ReLU transcoder (with saescale's
+    record: exactly the exported one, scales and provenance included)."""
+    skip = raw["architecture"] == "skip_transcoder"
+    d, n = as_int(raw.get("d_in"), f, "d_in", FIX), as_int(raw.get("d_sae"), f, "d_sae", FIX)
+    d_out = as_int(raw.get("d_out"), f, "d_out", FIX)
+    if raw.get("normalize_activations", "none") != "none":
+        raise SaescaleError(f"{f}: normalize_activations {raw.get('normalize_activations')!r} on a transcoder has no "
+                            "saescale equivalent (saescale reads 'none'); fold it into the weights with SAELens first")
+    w = folder / WEIGHTS
+    tensors = read_safetensors(w, FIX)
+    shapes = {"W_enc": (d, n), "b_enc": (n,), "W_dec": (n, d_out), "b_dec": (d_out,), **({"W_skip": (d_out, d)} if skip else {})}
+    check_tensors(w, tensors, shapes, f"SAELens {raw['architecture']!r} of d_in {d}, d_sae {n}, d_out {d_out}", FIX)
+    t = {nm: tensors[nm].double() for nm in shapes}
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    rec = meta.get("saescale")
+    if rec is not None:
+        cfg, extra = parse_record(rec, f"{f} metadata.saescale")
+        check_record(str(f), cfg, d_in=(cfg.d, d), d_sae=(cfg.n, n), d_out=(cfg.d_out, d_out), skip=(cfg.skip, skip),
+                     architecture=("relu", cfg.arch))
+    else:
+        cfg = SAEConfig(arch="relu", n=n, d=d, d_out=d_out, skip=skip, normalize="none")
+        extra = {"imported": {"format": "saelens", "architecture": raw["architecture"], "model": meta.get("model_name"),
+                              "hook": meta.get("hook_name"), "hook_out": meta.get("hook_name_out")}}
+    s_x, s_y = transcoder_folds(cfg)
+    out = {"W_enc": t["W_enc"].T / s_x, "b_enc": t["b_enc"], "W_dec": t["W_dec"] * s_y, "b_pre": t["b_dec"] * s_y}
+    if skip:
+        out["W_skip"] = t["W_skip"] * (s_y / s_x)
+    return Imported(cfg, extra, finish(out), w, "saelens")
+
+
 def export(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg.json, sae_weights.safetensors tensors) of ``sae`` in SAELens's format; see the module docstring."""
     cfg = sae.cfg
+    if sae.transcoder:
+        return export_transcoder(sae, extra)
     if cfg.arch not in ARCH_OUT:
         why = "its activation z = m 1[m > 0, m + b > 0]" if cfg.arch == "prolu" else "it"
         raise SaescaleError(f"--arch {cfg.arch} cannot be exported to SAELens: {why} is none of SAELens's architectures; "
@@ -110,6 +185,8 @@ def read(folder: Path) -> Imported:
     if arch is None and raw.get("activation_fn", raw.get("activation_fn_str")) == "topk":  # SAELens < 6
         arch, raw = "topk", {**raw, "k": (raw.get("activation_fn_kwargs") or {}).get("k")}
     arch = arch or "standard"
+    if arch in TRANSCODER_ARCHS.values():
+        return read_transcoder(f, raw, folder)
     if arch not in ARCH_IN:
         raise SaescaleError(f"{f}: SAELens architecture {arch!r} has no saescale equivalent (saescale reads "
                             f"{', '.join(ARCH_IN)}); use SAELens itself for it")

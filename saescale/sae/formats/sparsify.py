@@ -41,6 +41,9 @@ FIX = "re-save it with sparsify (SparseCoder.save_to_disk) or export it again"
 def export(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any]]:
     """(cfg.json, sae.safetensors tensors, saescale.json) of ``sae`` in sparsify's format."""
     cfg = sae.cfg
+    if sae.transcoder:
+        raise SaescaleError("a transcoder cannot be exported to sparsify yet: export it with --format saelens "
+                            "(--arch relu transcoders), or keep saescale's format")
     if cfg.arch != "topk":
         raise SaescaleError(f"--arch {cfg.arch} cannot be exported to sparsify, which has TopK SAEs only: export it "
                             "with --format saelens, or train --arch topk")

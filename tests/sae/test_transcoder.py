@@ -1,0 +1,239 @@
+"""Transcoders (saescale.sae.transcoder): a linear MLP stand-in recovered, gradients against a float64
+reference, the SAELens round trip through the real package, the cache of both hooks, and the splice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saescale.data.synthetic import SyntheticConfig, SyntheticSource, feature_recovery
+from saescale.errors import SaescaleError
+from saescale.eval.recon import reconstruction_metrics
+from saescale.sae.base import LossContext
+from saescale.sae.config import SAEConfig
+from saescale.sae.io import load_sae, save_sae
+from saescale.sae.registry import build_sae
+from saescale.threads import one_thread
+from saescale.train.config import TrainConfig
+from saescale.train.run import train_sae
+
+
+class LinearMLP:
+    """Rows [x | y] with y = A x + c: a linear stand-in for an MLP, on planted sparse inputs x."""
+
+    def __init__(self, src: SyntheticSource, A: torch.Tensor, c: torch.Tensor):
+        self.src, self.A, self.c = src, A, c
+        self.d, self.d_target = src.d + A.shape[0], A.shape[0]
+
+    def batches(self, batch_size: int, start: int = 0):
+        for x in self.src.batches(batch_size, start):
+            yield torch.cat([x, x @ self.A.T + self.c], dim=1)
+
+
+def random_transcoder(arch: str = "relu", skip: bool = False, d: int = 12, d_out: int = 10, n: int = 24,
+                      seed: int = 0):
+    cfg = SAEConfig(arch=arch, n=n, k=4, d=d, d_out=d_out, skip=skip, normalize="mean_sq", norm_scale=0.37,
+                    target_scale=2.9)
+    sae = build_sae(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if name != "b_enc" else 0.1))
+        sae.normalize_decoder()
+    return sae
+
+
+@pytest.mark.slow
+def test_a_transcoder_fitted_to_a_linear_mlp_recovers_it():
+    """y = A x + c. A skip transcoder reproduces the map itself (held-out nMSE < 1%, and a least-squares fit
+    of its outputs gives back A and c); a plain TopK transcoder's decoder rows recover the images A f_j of
+    the planted input features (a random dictionary scores a mean max cosine of about 0.3)."""
+    g = torch.Generator().manual_seed(0)
+    src = SyntheticSource(SyntheticConfig(d=32, features=48, k=3, noise=0.0, alpha=0.0))
+    A, c = torch.randn(24, 32, generator=g) / 32 ** 0.5, torch.randn(24, generator=g) * 0.1
+    held = next(LinearMLP(src.heldout(), A, c).batches(2048))
+    train = TrainConfig(tokens=300 * 256, batch_size=256, log_every=100, progress=False, init_tokens=2048, lr=3e-3)
+    with one_thread():
+        skip = train_sae(SAEConfig(n=96, k=3, normalize="mean_sq", skip=True), train, LinearMLP(src, A, c)).sae
+        plain = train_sae(SAEConfig(n=96, k=3, normalize="mean_sq"), train, LinearMLP(src, A, c)).sae
+    assert skip.cfg.d_out == 24 and skip.cfg.d == 32
+    assert reconstruction_metrics(skip, [held])["nmse"] < 0.01
+    x = held[:, :32]
+    with torch.no_grad():
+        y_hat = skip(x)
+    fit = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], 1), y_hat).solution  # (33, 24)
+    assert (fit[:32].T - A).norm() / A.norm() < 0.1
+    assert (fit[32] - c).norm() < 0.1 * c.norm() + 0.02
+    mmc, _ = feature_recovery(plain.W_dec.detach(), src.features @ A.T)
+    assert mmc > 0.8
+    assert reconstruction_metrics(plain, [held])["nmse"] < 0.35
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_loss_and_gradients_match_a_float64_reference(arch, skip):
+    """loss_terms against the maths written out densely in float64 (TopK with AuxK; ReLU with L1)."""
+    sae = random_transcoder(arch, skip).double()
+    rows = torch.randn(32, 22, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    dead = torch.zeros(sae.cfg.n, dtype=torch.bool)
+    dead[::3] = True
+    ctx = LossContext(dead, 4, 1 / 32, 0.7, False, 0.05)
+    rows_n, _ = sae.normalize(rows)
+    out = sae.loss_terms(rows_n, ctx)
+    got = torch.autograd.grad(out.loss, list(sae.parameters()))
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in sae.named_parameters()}
+    x, y = rows[:, :12] * 0.37, rows[:, 12:] * 2.9
+    pre = x @ params["W_enc"].T + params["b_enc"]
+    base = params["b_pre"] + (x @ params["W_skip"].T if skip else 0)
+    if arch == "topk":
+        z = torch.zeros_like(pre).scatter(1, pre.topk(4, dim=1).indices, 1.0) * F.relu(pre)
+    else:
+        z = F.relu(pre)
+    y_hat = z @ params["W_dec"] + base
+    loss = 0.7 * (y - y_hat).pow(2).sum() / 32
+    if arch == "topk":
+        masked = pre.masked_fill(~dead, float("-inf"))
+        za = torch.zeros_like(pre).scatter(1, masked.topk(4, dim=1).indices, 1.0) * F.relu(pre) * dead
+        e = (y - y_hat).detach()  # AuxK as TopK's: target e + sg(b_pre), reconstruction ê + b_pre
+        e_hat = za @ params["W_dec"] + params["b_pre"]
+        loss = loss + (e + params["b_pre"].detach() - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum() / 32
+    else:
+        loss = loss + 0.05 * (z * params["W_dec"].norm(dim=1)).sum() / 32
+    want = torch.autograd.grad(loss, list(params.values()))
+    assert torch.allclose(out.loss, loss, rtol=1e-10, atol=1e-12)
+    for (name, _), g, w in zip(sae.named_parameters(), got, want):
+        assert torch.allclose(g, w, rtol=1e-8, atol=1e-10), name
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_saelens_round_trip_through_the_real_package(tmp_path, skip):
+    """Export -> sae_lens.SAE.load_from_disk computes the same outputs (1e-5) -> import gives the same SAE."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from saescale.sae.formats.export import export_sae
+
+    sae = random_transcoder("relu", skip)
+    save_sae(sae, tmp_path / "mine", extra={"activations": {"model": "m", "hook": "layers.3.mlp.input",
+                                                             "target_hook": "layers.3.mlp"}})
+    export_sae(tmp_path / "mine", "saelens", tmp_path / "lens")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "lens"), device="cpu")
+    assert type(theirs).__name__ == ("SkipTranscoder" if skip else "Transcoder")
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(2)) * 3
+    with torch.no_grad():
+        mine, lens = sae(x), theirs(x)
+        assert torch.allclose(theirs.encode(x), F.relu(sae.pre_acts(sae.normalize(x)[0])), atol=1e-5)
+    assert lens.shape == (64, 10) and torch.allclose(mine, lens, atol=1e-5, rtol=1e-5)
+    back = load_sae(tmp_path / "lens")
+    assert back.transcoder and back.cfg == sae.cfg
+    for name, t in sae.state_dict().items():
+        assert torch.equal(back.state_dict()[name], t), name
+
+
+def test_saelens_refuses_a_topk_transcoder_in_one_line(tmp_path):
+    from saescale.sae.formats.export import export_sae
+
+    save_sae(random_transcoder("topk"), tmp_path / "mine")
+    with pytest.raises(SaescaleError, match="not TopK") as e:
+        export_sae(tmp_path / "mine", "saelens", tmp_path / "lens")
+    assert "\n" not in str(e.value)
+
+
+def test_bad_settings_and_widths_in_one_line():
+    sae = random_transcoder("topk", True)
+    assert sae.stored_shapes(24, 12, sae.cfg)["W_skip"] == (10, 12)
+    with pytest.raises(SaescaleError, match="--normalize mean_sq"):
+        SAEConfig(d_out=8, normalize="layernorm")
+    with pytest.raises(SaescaleError, match="no transcoder form"):
+        SAEConfig(arch="gated", d_out=8, normalize="mean_sq")
+    with pytest.raises(SaescaleError, match=r"expected \(batch, 12\)"):
+        sae.encode(torch.zeros(3, 7))
+    with pytest.raises(SaescaleError, match="hold no target"):
+        sae.target(torch.zeros(3, 12))
+    assert sae(torch.ones(2, 22)).shape == sae(torch.ones(2, 12)).shape == (2, 10)  # a row's x part is used
+
+
+# ---- hooks, cache and splice on language models ---------------------------------------------------------
+def test_target_before_source_is_refused_in_one_line(tiny_lm):
+    from saescale.activations.hooks import capture, check_target
+
+    model, _ = tiny_lm
+    check_target(model, "layers.2.mlp.input", "layers.2.mlp")
+    check_target(model, "layers.1", "layers.4.mlp")
+    for source, target in (("layers.2.mlp", "layers.2.mlp.input"), ("layers.3", "layers.1.mlp"),
+                           ("layers.2.mlp", "layers.2.mlp")):
+        with pytest.raises(SaescaleError) as e:
+            check_target(model, source, target)
+        assert "\n" not in str(e.value) and "--target-hook" in str(e.value)
+    ids = torch.randint(0, 200, (2, 7))
+    got = capture(model, ["layers.2.mlp.input", "layers.2.mlp"], ids)
+    mlp = model.model.layers[2].mlp
+    with torch.no_grad():
+        assert torch.allclose(mlp(got["layers.2.mlp.input"]), got["layers.2.mlp"], atol=1e-6)
+
+
+def test_cache_stores_both_sides_and_the_sae_path_is_unchanged(tiny_lm, tiny_lm_dir, tmp_path):
+    from saescale.activations.cache import CacheReader, build_cache
+    from saescale.activations.config import ActivationConfig
+    from saescale.activations.manifest import open_shard, read_manifest
+
+    from tests.activations.test_cache import make_corpus
+
+    model, _ = tiny_lm
+    base = dict(model=str(tiny_lm_dir), corpus=make_corpus(tmp_path / "corpus"), context_len=16, n_tokens=600,
+                val_fraction=0.2, cache_dtype="float32", shard_tokens=256, harvest_batch=8)
+    tc = build_cache(ActivationConfig(hook="layers.3.mlp.input", target_hook="layers.3.mlp",
+                                      cache_dir=str(tmp_path / "tc"), **base), lm=tiny_lm)
+    sae = build_cache(ActivationConfig(hook="layers.3.mlp.input", cache_dir=str(tmp_path / "sae"), **base), lm=tiny_lm)
+    m_tc, m_sae = read_manifest(tc), read_manifest(sae)
+    assert m_tc["target_hook"] == "layers.3.mlp" and m_tc["d_target"] == 32
+    assert "target_hook" not in m_sae and "d_target" not in m_sae and "target_hook" not in m_sae["config"]
+    first = m_tc["splits"]["train"]["shards"][0]["file"]
+    assert set(open_shard(tc / first)) == {"acts", "target", "tokens", "doc", "pos", "ctx"}
+    assert set(open_shard(sae / first)) == {"acts", "tokens", "doc", "pos", "ctx"}
+    r_tc, r_sae = CacheReader(tc), CacheReader(sae)
+    rows, acts = r_tc.read_all()["acts"], r_sae.read_all()["acts"]
+    assert r_tc.d == 64 and r_tc.d_target == 32 and torch.equal(rows[:, :32], acts)
+    with torch.no_grad():
+        assert torch.allclose(model.model.layers[3].mlp(rows[:, :32]), rows[:, 32:], atol=1e-5)
+    assert torch.equal(next(r_tc.batches(50))[:, :32], next(r_sae.batches(50)))  # one shuffle for both sides
+    target = CacheReader(tc, side="target")
+    assert target.d == 32 and torch.equal(target.read_all()["acts"], rows[:, 32:])
+    with pytest.raises(SaescaleError, match="target hook"):
+        build_cache(ActivationConfig(hook="layers.3.mlp.input", target_hook="layers.4.mlp", cache_dir=str(tc), **base),
+                    lm=tiny_lm)
+
+
+@pytest.mark.slow
+def test_real_model_cache_and_splice_of_the_mlp(real_model, tmp_path):
+    """SmolLM2: the cache's target rows are the MLP applied to its input rows; splicing at layers.20.mlp an
+    output computed from the captured layers.20.mlp.input gives the model's own logits (the MLP itself as the
+    'transcoder'), and a trained-from-nothing transcoder's ΔCE is measured there."""
+    from saescale.activations.cache import CacheReader, build_cache
+    from saescale.activations.config import ActivationConfig
+    from saescale.eval.downstream import downstream_metrics
+    from saescale.eval.splice import Splicer
+
+    model, tok = real_model
+    folder = build_cache(ActivationConfig(hook="layers.20.mlp.input", target_hook="layers.20.mlp", n_tokens=630,
+                                          val_fraction=0.05, cache_dtype="float32", harvest_batch=10,
+                                          cache_dir=str(tmp_path / "c")), lm=real_model)
+    rows = CacheReader(folder).read_all()["acts"][:200]
+    mlp = model.model.layers[20].mlp
+    with torch.no_grad():
+        assert torch.allclose(mlp(rows[:, :576]), rows[:, 576:], atol=1e-4)
+    ids = torch.tensor([tok("The president said that the nation would", add_special_tokens=True)["input_ids"]])
+    splicer = Splicer(model, "layers.20.mlp", "layers.20.mlp.input")
+    logits, h = splicer.forward_with_capture(ids)
+    with torch.no_grad():
+        same = splicer.forward_from_hook(ids, mlp(splicer.last_source))
+    assert torch.allclose(same, logits, atol=1e-4)
+    # a random transcoder on these rows: the spliced output differs, so ΔCE > 0 (the splice really replaces it)
+    cfg = SAEConfig(n=64, k=4, d=576, d_out=576, normalize="mean_sq", norm_scale=1.0, target_scale=1.0)
+    sae = build_sae(cfg)
+    with torch.no_grad():
+        sae.init_transcoder(rows, torch.Generator().manual_seed(0))
+    positions = torch.arange(1, ids.shape[1])
+    res = downstream_metrics(splicer, sae, ids, positions, rows[:, 576:].mean(0), batch=1)
+    assert res["delta_ce_sae"] > 0 and res["kl_sae"] > 0 and res["scored_tokens"] == ids.shape[1] - 2
