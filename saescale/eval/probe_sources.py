@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saescale.activations.corpus import Document, load_documents
-from saescale.activations.lm import saescale_home
 from saescale.errors import SaescaleError
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -35,15 +34,15 @@ FORTUNE_FILE_CHARS = 300_000  # characters read from each fortune file at most
 FORTUNE_LANGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "en": ("fortunes-min", ("fortunes", "literature", "riddles", "computers", "definitions", "humorists",
                             "wisdom", "people", "science", "politics", "work", "love", "platitudes", "law"),
-           "BSD-4-clause (fortune-mod; quotations from their authors)"),
+           "BSD (fortune-mod, UC Berkeley; quotations from their authors)"),
     "de": ("fortunes-de", ("de",), "GPL-2+"),
-    "fr": ("fortunes-fr", ("fr",), "see /usr/share/doc/fortunes-fr/copyright"),
+    "fr": ("fortunes-fr", ("fr",), "unknown: fortunes-fr is not packaged in current Debian releases"),
     "es": ("fortunes-es", ("es",), "GPL-2+"),
     "it": ("fortunes-it", ("it",), "public domain (quotations; per the package)"),
     "pl": ("fortunes-pl", ("pl",), "GPL-2+"),
     "ru": ("fortunes-ru", ("ru",), "GPL-2+"),
     "cs": ("fortunes-cs", ("cs",), "GPL"),
-    "pt": ("fortunes-br", ("brasil",), "GPL-2 (Debian fortunes-br)"),
+    "pt": ("fortunes-br", ("brasil",), "GPL-2+"),
     "ga": ("fortunes-ga", ("ga",), "BSD"),
     "eo": ("fortunes-eo", ("eo",), "public domain (Zamenhof, d. 1917); digitised version GPL"),
     "bg": ("fortunes-bg", ("bg",), "GPL-1+"),
@@ -87,6 +86,9 @@ class Source:
 
 
 def large_path(source: str) -> Path:
+    """``$SAESCALE_HOME/corpus/large/<source>.jsonl.gz``."""
+    from saescale.activations.lm import saescale_home  # lazy: lm imports transformers
+
     return saescale_home() / "corpus" / "large" / f"{source}.jsonl.gz"
 
 

@@ -35,6 +35,28 @@ tasks, tokens for token tasks), before balancing to at most {max_per_class} per 
 """
 
 
+FOOTER = """
+## Caveats
+
+- `french_vs_english` needs Debian `fortunes-fr`, which current Debian releases do not package; it stays
+  unavailable (and out of `all`) unless the folder /usr/share/games/fortunes/fr exists.
+- `irish_vs_english` has few examples (fortunes-ga holds one 8 kB file of proverbs): about 20 contexts of
+  class 1, so its score is noisier than the others'.
+- `in_parentheses` and `in_html_tag` are rare-positive token tasks (~130 and ~200 tokens of class 1 in the
+  default pool); with a much smaller `--probe-docs` they can have none and are reported as skipped.
+- Cost: the default pool is ~3,500 contexts of 64 tokens from ~40 sources (7x the 7-task pool), and each
+  task fits one 1-D probe per latent plus, unless `--probe-dense false`, a dense probe (the larger part).
+- Token classes are read from the text by simple rules (:mod:`saescale.eval.token_rules`): Python comments,
+  strings and keywords by Python's tokenize module; C / JavaScript and shell / Perl comments by regular
+  expressions that do not parse string literals; quotes and parentheses by counting, restarted at each
+  blank line; sentence starts by the character before a capital. They are approximate, not parsers.
+- The per-task interval resamples test documents with the chosen latent's fit held fixed: it does not
+  include the optimism of choosing the best latent on the test half (the paper's definition), so the
+  latent's train loss is reported beside it (`train_ce`). The interval of the mean resamples tasks,
+  treating them as a sample of possible tasks.
+"""
+
+
 def task_sizes(tokenizer, context_len: int = 64, cfg: ProbeConfig | None = None, seed: int = 0) -> dict[str, tuple]:
     """(pos, neg) labelled examples per available task in the default pool, or (None, why) for missing tasks."""
     cfg = cfg or ProbeConfig()
@@ -65,7 +87,7 @@ def markdown(sizes: dict[str, tuple], context_len: int = 64, cfg: ProbeConfig | 
              f"{len(TASKS)} tasks, {sum(s[0] is not None for s in sizes.values())} with their data present here.\n",
              "| task | level | 1 vs 0 | source | licence | size (1 / 0) |", "|---|---|---|---|---|---|"]
     lines += [_row(t, sizes[t.name]) for t in TASKS.values()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + FOOTER
 
 
 def main() -> None:
