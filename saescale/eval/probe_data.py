@@ -20,9 +20,10 @@ from saescale.errors import SaescaleError
 from saescale.eval.probe_sources import FORTUNES, source_docs
 from saescale.eval.token_rules import comment_mask
 
-__all__ = ["DOC_CHARS", "Document", "Pool", "build_pool", "comment_mask"]  # comment_mask: re-exported
+__all__ = ["Document", "Pool", "build_pool", "comment_mask"]  # comment_mask: re-exported
 
-DOC_CHARS = 20_000  # characters of a document tokenized at most (its contexts are cut from this prefix)
+WINDOW_CHARS = 16  # characters tokenized per context token wanted: a random window of the document ~4x the
+                   # contexts' length in English text, from which ``per_doc`` contexts are drawn
 
 
 @dataclass
@@ -45,11 +46,18 @@ def _doc_contexts(text: str, tokenizer, n_text: int) -> tuple[Tensor, Tensor]:
     return ids[: c * n_text].view(c, n_text), spans[: c * n_text].view(c, n_text, 2)
 
 
+def _window(text: str, chars: int, g: torch.Generator) -> int:
+    """Start of a random window of ``chars`` characters in ``text`` (0 when the text is shorter)."""
+    return 0 if len(text) <= chars else int(torch.randint(len(text) - chars + 1, (1,), generator=g))
+
+
 def build_pool(sources: list[str], tokenizer, context_len: int, bos: int | None, n_docs: int, per_doc: int,
                seed: int, fortunes_root: Path = FORTUNES) -> Pool:
     """Draw up to ``per_doc`` contexts from each of ``n_docs`` random documents of every source.
 
-    A document drawn twice (sources overlapping) is kept once, so train/test splits by document stay disjoint.
+    Each document is tokenized in one random window of ``WINDOW_CHARS * per_doc * context_len`` characters
+    (spans stay offsets into the whole text). A document drawn twice (sources overlapping) is kept once, so
+    train/test splits by document stay disjoint.
     """
     n_text = context_len - (bos is not None)
     g = torch.Generator().manual_seed(seed)
@@ -62,7 +70,10 @@ def build_pool(sources: list[str], tokenizer, context_len: int, bos: int | None,
             if id(pool_docs[j]) in seen:
                 continue
             seen.add(id(pool_docs[j]))
-            ids, sp = _doc_contexts(pool_docs[j].text[:DOC_CHARS], tokenizer, n_text)
+            text, chars = pool_docs[j].text, WINDOW_CHARS * per_doc * n_text
+            start = _window(text, chars, g)
+            ids, sp = _doc_contexts(text[start : start + chars], tokenizer, n_text)
+            sp = sp + start
             if len(ids) == 0:
                 continue
             pick = torch.randperm(len(ids), generator=g)[:per_doc].sort().values

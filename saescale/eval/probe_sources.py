@@ -92,8 +92,16 @@ def large_path(source: str) -> Path:
     return saescale_home() / "corpus" / "large" / f"{source}.jsonl.gz"
 
 
+_LARGE: dict[str, tuple[tuple, list[Document]]] = {}  # source -> ((file, mtime, size), documents), per process
+
+
 def _large(source: str, cache: dict) -> list[Document]:
-    """Documents of large-corpus ``source`` (loaded once per ``cache``)."""
+    """Documents of large-corpus ``source`` (read once per process while its file is unchanged)."""
+    p = large_path(source)
+    st = p.stat() if p.is_file() else None
+    key = (str(p), st.st_mtime_ns, st.st_size) if st else None
+    if key and _LARGE.get(source, (None,))[0] == key:
+        cache[source] = _LARGE[source][1]
     if source not in cache:
         try:
             from saescale.activations.corpus import large_documents
@@ -105,6 +113,8 @@ def _large(source: str, cache: dict) -> list[Document]:
                     raise SaescaleError(f"the large corpus is not built: run `make corpus` (no {large_path(src)})")
                 return _reader(large_path(src))
         cache[source] = large_documents(source)
+        if key:
+            _LARGE[source] = (key, cache[source])
     return cache[source]
 
 

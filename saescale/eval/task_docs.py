@@ -42,7 +42,7 @@ FOOTER = """
   unavailable (and out of `all`) unless the folder /usr/share/games/fortunes/fr exists.
 - `irish_vs_english` has few examples (fortunes-ga holds one 8 kB file of proverbs): about 20 contexts of
   class 1, so its score is noisier than the others'.
-- `in_parentheses` and `in_html_tag` are rare-positive token tasks (~130 and ~200 tokens of class 1 in the
+- `in_parentheses` and `in_html_tag` are rare-positive token tasks (~120 and ~190 tokens of class 1 in the
   default pool); with a much smaller `--probe-docs` they can have none and are reported as skipped.
 - Cost: the default pool is ~3,500 contexts of 64 tokens from ~40 sources (7x the 7-task pool), and each
   task fits one 1-D probe per latent plus, unless `--probe-dense false`, a dense probe (the larger part).

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from saescale.errors import SaescaleError
-from saescale.eval.probe_data import DOC_CHARS, Pool
+from saescale.eval.probe_data import Pool
 from saescale.eval.probe_sources import FORTUNES, SOURCES
 
 Labeler = Callable[[Pool], Tensor]
@@ -68,12 +68,13 @@ def by_meta(pos: Callable[[dict], bool], neg: Callable[[dict], bool]) -> Labeler
 def _token_labels(pool: Pool, keep: Callable[[dict], bool], rule: Callable[[str, int, int, dict], int]) -> Tensor:
     """(M, T) labels rule(doc text, char start, char end, per-doc cache) for tokens of documents with keep(meta)."""
     out = torch.full(pool.tokens.shape, -1, dtype=torch.long)
+    ends = torch.zeros(len(pool.docs), dtype=torch.long).scatter_reduce(0, pool.doc, pool.spans[..., 1].amax(1), "amax")
     caches: dict[int, dict] = {}
     for m, (d, spans) in enumerate(zip(pool.doc.tolist(), pool.spans.tolist())):
         doc = pool.docs[d]
         if not keep(doc.meta):
             continue
-        cache = caches.setdefault(d, {})
+        cache = caches.setdefault(d, {"end": int(ends[d])})  # end: the last character any context of d reads
         for t, (a, b) in enumerate(spans):
             if a >= 0:
                 out[m, t] = rule(doc.text, a, b, cache)
@@ -93,7 +94,7 @@ def by_char_class(classes: Callable[[str], Tensor], keep: Callable[[dict], bool]
         if not piece.strip():
             return -1
         if "c" not in cache:
-            cache["c"] = classes(text[:DOC_CHARS]).tolist()  # contexts are cut from this prefix (build_pool)
+            cache["c"] = classes(text[: cache["end"]]).tolist()  # the text up to the last character read
         return cache["c"][a + len(piece) - len(piece.lstrip())]
 
     return lambda pool: _token_labels(pool, keep, rule)
