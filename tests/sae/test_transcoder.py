@@ -175,10 +175,15 @@ def test_cache_stores_both_sides_and_the_sae_path_is_unchanged(tiny_lm, tiny_lm_
     from saescale.activations.config import ActivationConfig
     from saescale.activations.manifest import open_shard, read_manifest
 
-    from tests.activations.test_cache import make_corpus
-
     model, _ = tiny_lm
-    base = dict(model=str(tiny_lm_dir), corpus=make_corpus(tmp_path / "corpus"), context_len=16, n_tokens=600,
+    words = "the a of state union nation people year law war peace trade whale ship sea captain".split()
+    g = torch.Generator().manual_seed(0)
+    (tmp_path / "corpus").mkdir()
+    docs = []
+    for i in range(12):
+        docs.append(tmp_path / "corpus" / f"doc{i}.txt")
+        docs[-1].write_text(" ".join(words[j] for j in torch.randint(len(words), (300,), generator=g).tolist()))
+    base = dict(model=str(tiny_lm_dir), corpus=",".join(map(str, docs)), context_len=16, n_tokens=600,
                 val_fraction=0.2, cache_dtype="float32", shard_tokens=256, harvest_batch=8)
     tc = build_cache(ActivationConfig(hook="layers.3.mlp.input", target_hook="layers.3.mlp",
                                       cache_dir=str(tmp_path / "tc"), **base), lm=tiny_lm)
@@ -236,3 +241,15 @@ def test_real_model_cache_and_splice_of_the_mlp(real_model, tmp_path):
     ce = F.cross_entropy(logits[0, 1:-1], ids[0, 2:])
     assert abs(res["ce_orig"] - ce.item()) < 1e-4 and res["scored_tokens"] == ids.shape[1] - 2
     assert res["kl_sae"] > 1e-3 and res["ce_sae"] != res["ce_orig"]
+
+
+def test_train_command_refuses_transcoder_settings_without_a_target():
+    from saescale.activations.config import ActivationConfig
+    from saescale.commands.train import TrainCommand
+
+    with pytest.raises(SaescaleError, match="--skip applies to transcoders only"):
+        TrainCommand(sae=SAEConfig(skip=True))
+    with pytest.raises(SaescaleError, match="--normalize mean_sq"):
+        TrainCommand(activations=ActivationConfig(hook="layers.20.mlp.input", target_hook="layers.20.mlp"))
+    TrainCommand(sae=SAEConfig(normalize="mean_sq", skip=True),
+                 activations=ActivationConfig(hook="layers.20.mlp.input", target_hook="layers.20.mlp"))
