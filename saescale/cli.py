@@ -17,6 +17,7 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
     from saescale.commands.export import ExportCommand, run_export
     from saescale.commands.fit import FitConfig, run_fit
     from saescale.commands.sweep import SweepConfig, run_sweep_command
+    from saescale.commands.reproduce import ReproduceCommand, run_reproduce
     from saescale.commands.steer import SteerCommand, run_steer
     from saescale.commands.train import TrainCommand, run_train
 
@@ -30,6 +31,8 @@ def _commands() -> dict[str, tuple[str, type, Callable[[Any], Any]]]:
         "dashboard": ("static offline feature browser of an SAE (SAE_DIR) from its activation cache", DashboardCommand, run_dashboard),
         "export": ("an SAE (SAE_DIR) as a SAELens or sparsify folder their own loaders read", ExportCommand, run_export),
         "steer": ("greedy continuations of a prompt without and with one SAE latent steered (SAE_DIR)", SteerCommand, run_steer),
+        "reproduce": ("every finding of the paper on the embedded models, resumable (--quick, --budget 2h); report.html",
+                      ReproduceCommand, run_reproduce),
     }
 
 

@@ -1,0 +1,103 @@
+"""``saescale reproduce``: every finding of the paper on the embedded models, resumable, with a report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saescale.configs import check_valid, valid
+from saescale.errors import SaescaleError
+
+
+@dataclass
+class ReproduceCommand:
+    """Run every finding of Gao et al. (2024) on SmolLM2-135M and Gemma-3-270M (TopK vs every architecture, dead latents, scaling laws, progressive codes, feature quality as n and k grow, refinement); writes OUT/report.html and OUT/report.json. Rerun the same command to continue after a stop or a budget."""
+
+    quick: bool = False
+    """The quick profile (the embedded corpus, tiny sweeps; <= 15 min on 2 CPU cores): a smoke test of every finding. Without it: the full profile (the large corpus, n up to 32768; about 8 h in total, run in chunks with --budget)."""
+
+    out: str = ""
+    """Report folder: every finished member's result, report.json, report.html, figures/ (meant to be committed). Empty: docs/reproduce (full) or docs/reproduce-quick (--quick)."""
+
+    work: str = ""
+    """Local folder for the sweeps' SAEs and checkpoints (not committed; a fresh machine starts without it and skips the members OUT already holds). Empty: runs/reproduce (full) or runs/reproduce-quick."""
+
+    budget: str = "0"
+    """Stop cleanly after this much time (e.g. 2h, 90m, 1h30m; 0 = no limit): training members save a checkpoint, the harvest keeps its finished shards, the report shows what is done. Rerun to continue."""
+
+    units: str = ""
+    """Run only these units (comma-separated names, e.g. scaling-default,dead-latents); empty = all, in order."""
+
+    report_only: bool = False
+    """Do not train: rebuild report.json / report.html from the members OUT holds."""
+
+    bootstrap: int = valid(200, ">= 0")
+    """Bootstrap resamples of the scaling fits' 95% intervals."""
+
+    threads: int = valid(0, "[0, 1024]")
+    """Torch CPU threads; 0 = torch's default."""
+
+    progress: bool = True
+    """Show progress bars with tokens/s and ETA."""
+
+    def __post_init__(self) -> None:
+        check_valid(self)
+        from saescale.reproduce.runner import parse_budget
+
+        parse_budget(self.budget)
+        from saescale.reproduce.profiles import PROFILES
+        from saescale.reproduce.units import units
+
+        known = [u.name for u in units(PROFILES["quick"])]
+        bad = [u for u in self.unit_names if u not in known]
+        if bad:
+            raise SaescaleError(f"--units: unknown unit(s) {', '.join(bad)}; choose from {', '.join(known)}")
+
+    @property
+    def unit_names(self) -> list[str]:
+        return [u.strip() for u in self.units.split(",") if u.strip()]
+
+    @property
+    def profile_name(self) -> str:
+        return "quick" if self.quick else "full"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or ("docs/reproduce-quick" if self.quick else "docs/reproduce"))
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.work or ("runs/reproduce-quick" if self.quick else "runs/reproduce"))
+
+
+def run_reproduce(cfg: ReproduceCommand) -> dict:
+    from saescale.commands.progress import ProgressBar
+    from saescale.reproduce.evals import Evaluator
+    from saescale.reproduce.profiles import PROFILES
+    from saescale.reproduce.report import build_report
+    from saescale.reproduce.runner import parse_budget, reproduce
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    p = PROFILES[cfg.profile_name]
+    if not cfg.report_only:
+        if p.corpus == "large":
+            from saescale.activations.corpus import large_documents
+
+            large_documents("kjv")  # not built: one line naming `make corpus`, before anything runs
+        summary = reproduce(p, cfg.out_dir, cfg.work_dir, parse_budget(cfg.budget), Evaluator(p), print,
+                            progress=lambda name, total: ProgressBar(total, desc=name, enabled=cfg.progress),
+                            only=cfg.unit_names)
+        print(f"reproduce ({p.name}): {len(summary['finished'])} unit(s) finished, {len(summary['pending'])} pending, "
+              f"{summary['seconds'] / 60:.1f} min this run" +
+              (f"; budget reached: rerun the same command to continue ({', '.join(summary['pending'])})"
+               if summary["pending"] else ""))
+    doc = build_report(p, cfg.out_dir, cfg.bootstrap)
+    for f in doc["findings"]:
+        print(f"{f['id']:12s} {f['verdict']:10s} {f['reason'][:150]}")
+        for line in f["lines"]:
+            print(line)
+    print(f"wrote {cfg.out_dir / 'report.html'} and report.json")
+    return doc

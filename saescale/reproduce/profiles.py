@@ -1,0 +1,86 @@
+"""The sizes of a reproduction: ``quick`` (<= 15 min on 2 CPU cores) and ``full`` (<= 8 h, in chunks).
+
+A profile fixes every size the findings use; the findings, their sweeps and their verdicts are the
+same code for both (saescale.reproduce.units). Cost model for the full profile on this machine (2 cores,
+fp32): harvest ~300 tokens/s (SmolLM2-135M to layers.20), training ~5e7 latent-tokens/s summed over the
+members of one sweep (all members share each batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODELS = {"default": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size of one reproduction."""
+
+    name: str
+    corpus: str  # the text every cache is harvested from
+    cache_tokens: dict[str, int]  # training tokens cached per subject model (val split: 5 % of the documents)
+    batch_size: int
+    heldout_tokens: int
+    # scaling laws: n x k grid, budgets tokens_base x (n / n[0])^0.6
+    scaling_n: tuple[int, ...]
+    scaling_k: tuple[int, ...]
+    scaling_tokens: int  # the budget of the smallest n
+    model_n: tuple[int, ...]  # the grid of the second subject model (L(N_model)), at k = model_k
+    model_k: tuple[int, ...]
+    # architectures on the nMSE-L0 frontier, n = arch_n, arch_tokens each
+    arch_n: int
+    arch_tokens: int
+    topk_k: tuple[int, ...]
+    l1_coefs: tuple[float, ...]
+    l0_coefs: tuple[float, ...]
+    experts: int
+    # dead latents: tied init x AuxK at n = dead_n
+    dead_n: int
+    dead_k: int
+    dead_tokens: int
+    # progressive codes: TopK vs Multi-TopK
+    prog_n: int
+    prog_k: int
+    prog_tokens: int
+    # evals of scaling members (downstream, probes, N2G, ablation) as n and k grow
+    eval_contexts: int
+    downstream_contexts: int
+    probe_tasks: str
+    probe_docs: int
+    n2g_latents: int
+    ablation_latents: int
+    eval_k: int  # members with this k (every n) and with n = eval_n (every k) are evaluated
+    eval_n: int
+    seeds: tuple[int, ...] = (0,)
+    notes: list[str] = field(default_factory=list)
+
+
+QUICK = Profile(
+    name="quick", corpus="default", cache_tokens={"default": 30_000, "gemma3-270m": 12_000}, batch_size=1024,
+    heldout_tokens=4096,
+    scaling_n=(256, 512, 1024, 2048), scaling_k=(8, 16, 32), scaling_tokens=40_960,
+    model_n=(256, 512, 1024, 2048), model_k=(16,),
+    arch_n=1024, arch_tokens=61_440, topk_k=(8, 32), l1_coefs=(0.05, 0.2), l0_coefs=(0.001, 0.003), experts=4,
+    dead_n=4096, dead_k=16, dead_tokens=61_440,
+    prog_n=1024, prog_k=16, prog_tokens=61_440,
+    eval_contexts=24, downstream_contexts=16, probe_tasks="sotu_era,sotu_party,novel_vs_speech,capitalised,has_digit",
+    probe_docs=8, n2g_latents=2, ablation_latents=8, eval_k=16, eval_n=1024,
+    notes=["quick: the embedded corpus (30k cached tokens, each seen several times), 4096 held-out tokens, "
+           "budgets of 40k-120k tokens: a smoke test of every finding, not evidence"],
+)
+
+FULL = Profile(
+    name="full", corpus="large", cache_tokens={"default": 1_200_000, "gemma3-270m": 400_000}, batch_size=4096,
+    heldout_tokens=65_536,
+    scaling_n=(1024, 2048, 4096, 8192, 16384, 32768), scaling_k=(8, 16, 32, 64), scaling_tokens=245_760,
+    model_n=(1024, 2048, 4096, 8192, 16384), model_k=(32,),
+    arch_n=4096, arch_tokens=819_200, topk_k=(16, 32, 64), l1_coefs=(0.05, 0.1, 0.2), l0_coefs=(0.0003, 0.001, 0.003),
+    experts=8,
+    dead_n=16384, dead_k=32, dead_tokens=819_200,
+    prog_n=4096, prog_k=32, prog_tokens=819_200,
+    eval_contexts=96, downstream_contexts=48, probe_tasks="all", probe_docs=24, n2g_latents=8, ablation_latents=32,
+    eval_k=32, eval_n=4096,
+)
+
+PROFILES = {"quick": QUICK, "full": FULL}

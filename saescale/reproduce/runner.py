@@ -1,0 +1,183 @@
+"""Run a reproduction unit by unit, within a time budget, resumable on this machine and on another.
+
+Folders::
+
+    OUT/<unit>/spec.toml            the unit's sweep spec (what its members were trained with)
+    OUT/<unit>/members/<id>.json    each finished member's result (result.json of the sweep, with the
+                                    extra metrics under 'extra'): small files, meant to be committed
+    OUT/chunks.jsonl                one line per run of the command: start, seconds, budget, members finished
+    WORK/<unit>/                    the unit's sweep folder (SAEs, checkpoints): local, not committed
+
+A rerun first copies OUT's member files into WORK (a fresh machine has none), so the sweep skips those
+members and resumes the others from WORK's checkpoints, if any. The time budget is checked after every
+training batch and between the harvest's shards: at the budget, training members save a checkpoint,
+the harvest keeps its finished shards, and the run returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from saescale.atomic import atomic_write_json, atomic_write_text
+from saescale.errors import SaescaleError
+from saescale.reproduce.profiles import Profile
+from saescale.reproduce.units import Unit, units
+
+Log = Callable[[str], None]
+Evaluate = Callable[[list[str], Path], dict[str, Any]]
+
+
+class BudgetReached(Exception):
+    """Raised inside the harvest's progress callback when the budget is spent (its finished shards are kept)."""
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in a budget such as '2h', '90m', '1h30m', '45s' or '3600'; 0 or '' = no budget."""
+    t = text.strip().lower().replace(" ", "")
+    if t in ("", "0"):
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+    if not parts or "".join(a + b for a, b in parts) != t:
+        raise SaescaleError(f"--budget {text!r}: give a duration such as 2h, 90m, 1h30m or 45s (0 = no limit)")
+    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+
+
+class Deadline:
+    """``passed()`` once ``seconds`` have gone by since construction (never with 0)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, time.monotonic()
+
+    def passed(self) -> bool:
+        return self.seconds > 0 and time.monotonic() - self.start >= self.seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+def restore_members(unit_out: Path, sweep_dir: Path, spec_text: str) -> int:
+    """Copy OUT/<unit>/members/*.json into the sweep folder as <id>/result.json where missing; how many."""
+    members = unit_out / "members"
+    if not members.is_dir():
+        return 0
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not (sweep_dir / "spec.toml").exists():
+        atomic_write_text(sweep_dir / "spec.toml", spec_text)
+    copied = 0
+    for f in sorted(members.glob("*.json")):
+        target = sweep_dir / f.stem / "result.json"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, f.read_text())
+            copied += 1
+    return copied
+
+
+def save_members(spec, unit_out: Path) -> int:
+    """Copy every finished member's result.json to OUT/<unit>/members/<id>.json (and the spec); how many finished."""
+    atomic_write_text(unit_out / "spec.toml", spec.path.read_text())
+    done = 0
+    for m in spec.members:
+        f = spec.out / m.id / "result.json"
+        if f.exists():
+            target = unit_out / "members" / f"{m.id}.json"
+            if not target.exists() or target.read_text() != f.read_text():
+                atomic_write_text(target, f.read_text())
+            done += 1
+    return done
+
+
+def stored_results(out: Path, unit: Unit) -> list[dict[str, Any]]:
+    """The finished members of ``unit`` recorded under OUT (its spec order is not needed: sorted by id)."""
+    folder = out / unit.name / "members"
+    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, evaluate: Evaluate | None,
+             log: Log, progress: Callable[[str, int], Any] | None = None) -> bool:
+    """Train (or skip) every member of ``unit``; True when all are finished."""
+    from saescale.activations.cache import build_cache
+    from saescale.sweep.runner import run_sweep
+    from saescale.sweep.spec import load_spec
+
+    sweep_dir = work / unit.name
+    text = unit.spec_toml(p, str(sweep_dir))
+    spec_path = work / f"{unit.name}.toml"
+    atomic_write_text(spec_path, text)
+    spec = load_spec(spec_path)
+    restored = restore_members(out / unit.name, sweep_dir, text)
+    pending = [m for m in spec.members if not (sweep_dir / m.id / "result.json").exists()]
+    if restored:
+        log(f"{unit.name}: {restored} finished member(s) restored from {out / unit.name / 'members'}")
+    if not pending:
+        save_members(spec, out / unit.name)
+        return True
+    if deadline.passed():
+        return False
+
+    def harvest_progress(info: dict[str, Any]) -> None:
+        if deadline.passed():
+            raise BudgetReached
+
+    try:
+        build_cache(spec.activations, progress=harvest_progress, log=log)
+    except BudgetReached:
+        log(f"{unit.name}: budget reached while harvesting activations; the finished shards are kept")
+        return False
+
+    def on_finish(member, sae_dir: Path) -> dict[str, Any]:
+        names = unit.evals(member.grid, p)
+        return evaluate(names, sae_dir) if names and evaluate is not None else {}
+
+    bar = progress(unit.name, max(m.train.steps for m in pending) * spec.train.batch_size) if progress else None
+    try:
+        run_sweep(spec, progress=bar, log=bar.write if bar else log, stop=deadline.passed, on_finish=on_finish)
+    finally:
+        if bar:
+            bar.close()
+    return save_members(spec, out / unit.name) == len(spec.members)
+
+
+def reproduce(p: Profile, out: Path, work: Path, budget_s: float, evaluate: Evaluate | None, log: Log,
+              progress: Callable[[str, int], Any] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run the units of profile ``p`` in order until all are finished or the budget is spent.
+
+    Returns {"finished": units finished, "pending": the others, "seconds": this run's time}; one line per
+    run is appended to OUT/chunks.jsonl (so the total machine time of a reproduction is on record)."""
+    deadline = Deadline(budget_s)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [u for u in units(p) if not only or u.name in only]
+    finished, pending = [], []
+    for unit in chosen:
+        if pending:  # units run in order: after one stopped at the budget, the rest wait for the next run
+            pending.append(unit.name)
+            continue
+        if run_unit(unit, p, out, work, deadline, evaluate, log, progress):
+            finished.append(unit.name)
+        else:
+            pending.append(unit.name)
+    summary = {"finished": finished, "pending": pending, "seconds": round(deadline.elapsed(), 1)}
+    _append_chunk(out / "chunks.jsonl", {"profile": p.name, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(
+        time.time() - deadline.elapsed())), "budget_s": budget_s, "members": sum(len(stored_results(out, u)) for u in chosen),
+        **summary})
+    return summary
+
+
+def _append_chunk(path: Path, line: dict[str, Any]) -> None:
+    old = path.read_text() if path.exists() else ""
+    atomic_write_text(path, old + json.dumps(line) + "\n")
+
+
+def clear_work(work: Path) -> None:
+    """Remove the local work folder (SAEs and checkpoints); the committed results under OUT stay."""
+    shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = ["BudgetReached", "Deadline", "parse_budget", "reproduce", "run_unit", "stored_results", "atomic_write_json"]

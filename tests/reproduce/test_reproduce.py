@@ -1,0 +1,113 @@
+"""``saescale reproduce``: budgets, units as sweep specs, a clean stop and resume, a rerun elsewhere, the report."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from saescale.errors import SaescaleError
+from saescale.reproduce import runner
+from saescale.reproduce.profiles import FULL, QUICK
+from saescale.reproduce.report import build_report
+from saescale.reproduce.runner import parse_budget, reproduce
+from saescale.reproduce.units import units
+from saescale.sweep.spec import load_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("text,seconds", [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("3600", 3600),
+                                          ("0", 0), ("", 0), ("1.5h", 5400)])
+def test_parse_budget(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["2 hours", "h", "2x", "-1h", "1h-5m"])
+def test_bad_budget_is_one_line(text):
+    with pytest.raises(SaescaleError, match="give a duration such as 2h"):
+        parse_budget(text)
+
+
+def test_every_unit_is_a_valid_sweep_spec_and_the_full_grid_is_the_issues(tmp_path):
+    for p in (QUICK, FULL):
+        for u in units(p):
+            path = tmp_path / f"{p.name}-{u.name}.toml"
+            path.write_text(u.spec_toml(p, str(tmp_path / u.name)))
+            spec = load_spec(path)
+            assert spec.activations.corpus == p.corpus and spec.activations.n_tokens == p.cache_tokens[u.model]
+            if u.name == "scaling-default" and p is FULL:
+                assert sorted({m.sae.n for m in spec.members}) == [1024, 2048, 4096, 8192, 16384, 32768]
+                assert sorted({m.sae.k for m in spec.members}) == [8, 16, 32, 64]
+                budgets = {m.sae.n: m.train.tokens for m in spec.members}
+                for n, t in budgets.items():  # tokens to convergence ∝ n^0.6 (whole batches)
+                    assert t == pytest.approx(budgets[1024] * (n / 1024) ** 0.6, abs=p.batch_size)
+            if u.name == "dead-latents" and p is FULL:
+                assert {(m.train.tied_init, m.train.aux_coef > 0) for m in spec.members} == {
+                    (a, b) for a in (True, False) for b in (True, False)} and {m.sae.n for m in spec.members} == {16384}
+
+
+TINY = dataclasses.replace(QUICK, name="tiny", cache_tokens={"default": 2048, "gemma3-270m": 2048}, batch_size=256,
+                           heldout_tokens=512, prog_n=128, prog_k=4, prog_tokens=2560, dead_n=128, dead_k=4,
+                           dead_tokens=2560, notes=[])
+
+
+@pytest.mark.slow
+def test_stop_resume_and_rerun_elsewhere_on_the_real_model(tmp_path, monkeypatch):
+    """Two units on SmolLM2: stopped part-way by the budget, resumed, then rerun with no work folder (a fresh machine):
+    nothing retrained, the same results, and a report whose findings follow from them."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    calls = {"n": 0}
+    real_passed = runner.Deadline.passed
+
+    def passed(self):  # the budget "runs out" a few batches into the first unit (asked between harvest shards too)
+        calls["n"] += 1
+        return calls["n"] > 6 or real_passed(self)
+
+    monkeypatch.setattr(runner.Deadline, "passed", passed)
+    logs: list[str] = []
+    first = reproduce(TINY, out, work, 60.0, None, logs.append, only=["progressive", "dead-latents"])
+    assert first["pending"] == ["dead-latents", "progressive"] and first["finished"] == []
+    assert any("stopped at stream step" in x for x in logs), logs
+    started = [m for m in (work / "dead-latents").iterdir() if m.is_dir()]
+    assert len(started) == 4 and all(any((m / "checkpoints").iterdir()) for m in started)  # each saved its state
+    assert not (work / "progressive").exists()  # units run in order: the next one waits for the next run
+    monkeypatch.setattr(runner.Deadline, "passed", real_passed)
+
+    evals: list[tuple[list[str], str]] = []
+
+    def evaluate(names, sae_dir):
+        evals.append((names, sae_dir.parent.name))
+        return {"metrics": {"progressive": {"k": [1, 2, 4, 8, 16], "nmse": [0.9, 0.8, 0.7, 0.6, 0.5], "l0": [1, 2, 4, 8, 16],
+                                            "train_k": 4, "threshold": {"l0": [1, 4, 16], "nmse": [0.9, 0.7, 0.5]}}}}
+
+    logs.clear()
+    second = reproduce(TINY, out, work, 0.0, evaluate, logs.append, only=["progressive", "dead-latents"])
+    assert second["finished"] == ["dead-latents", "progressive"] and second["pending"] == []
+    assert any("resuming" in x for x in logs), logs  # the stopped members resumed from their checkpoints
+    assert [e[0] for e in evals] == [["progressive"], ["progressive"]]  # the unit's extra metric, its members only
+    stored = {f.name: f.read_text() for u in ("progressive", "dead-latents") for f in (out / u / "members").glob("*.json")}
+    assert len(stored) == 6 and all(json.loads(t)["tokens"] == 2560 for t in stored.values())
+
+    shutil.rmtree(work)  # a fresh machine: only the committed OUT
+    logs.clear()
+    third = reproduce(TINY, out, work, 0.0, None, logs.append, only=["progressive", "dead-latents"])
+    assert third["finished"] == ["dead-latents", "progressive"]
+    assert any("6 finished member(s) restored" in x or "restored" in x for x in logs)
+    assert not any("resuming" in x or "harvest" in x.lower() for x in logs), logs  # nothing trained, no model run
+    assert {f.name: f.read_text() for u in ("progressive", "dead-latents") for f in (out / u / "members").glob("*.json")} == stored
+    chunks = [json.loads(x) for x in (out / "chunks.jsonl").read_text().splitlines()]
+    assert len(chunks) == 3 and chunks[0]["pending"] and not chunks[2]["pending"]
+
+    doc = build_report(TINY, out, bootstrap=0)
+    f = {x["id"]: x for x in doc["findings"]}
+    dead = f["dead"]
+    assert dead["verdict"] in ("reproduced", "partly", "not") and len(dead["numbers"]["table"]) == 4
+    by = {(r["tied_init"], r["auxk"]): r["dead_frac"] for r in dead["numbers"]["table"]}
+    assert dead["criteria"][1]["holds"] == (by[(False, False)] > by[(True, True)])  # the verdict follows the numbers
+    assert f["progressive"]["numbers"]["nmse_drop_k_to_4k"]["topk"] == pytest.approx(0.7 - 0.5)  # nMSE at k=4 minus at 16
+    assert f["scaling"]["verdict"] == "pending" and f["frontier"]["verdict"] == "pending"
+    html = (out / "report.html").read_text()
+    assert "dead.png" in html and (out / "figures" / "dead.png").stat().st_size > 1000
+    assert "scaling_loss_vs_n.png" not in html  # a pending finding draws nothing
