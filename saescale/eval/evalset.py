@@ -21,7 +21,7 @@ With another corpus (``saescale eval --corpus``) every document of that corpus i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class EvalSet:
     trained_corpus: str = ""  # the corpus the SAE was trained on (acts_cfg.corpus differs with --corpus)
     track: Track = untracked  # the caller's progress callback for the metrics' loops
     target_hook: str = ""  # a transcoder's target hook ('' for an SAE): downstream loss and ablation splice there
+    memo: dict = field(default_factory=dict)  # model-side results shared by the SAEs evaluated on this set (probe data)
 
     def splicer(self):
         """The :class:`~saescale.eval.splice.Splicer` for downstream loss and ablation: at the hook, or for a

@@ -67,9 +67,7 @@ def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
     in ``bootstrap``); per task, ``pos`` / ``neg`` count its labelled examples in the pool before balancing."""
     cfg, tasks = cmd.probes, select_tasks(cmd.probes.tasks)
     sources = list(dict.fromkeys(s for t in tasks for s in t.sources))
-    a = es.acts_cfg
-    pool = build_pool(sources, es.tokenizer, a.context_len, es.bos_id, cfg.docs, cfg.per_doc, cmd.seed)
-    acts = harvest(es.model, es.hook, pool.tokens, a.keep_first, cmd.batch, desc="probe data", track=es.track)
+    pool, acts = probe_data(es, sources, cfg, cmd)
     pcode = encode_all(es.sae, acts.reshape(-1, acts.shape[-1]))
     out: dict[str, Any] = {"tasks": {}, "contexts": len(pool.tokens), "sources": sources}
     for task in es.track(tasks, "probes", len(tasks)):
@@ -83,6 +81,18 @@ def probes(es: EvalSet, code: SparseCode, cmd) -> dict:
         out["tasks"][task.name] = dict(score_task(z, x, y, groups, cmd.seed, cfg.dense, cfg.bootstrap), **size)
     out.update(probe_summary(out["tasks"], cfg.bootstrap, cmd.seed, cfg.dense))
     return out
+
+
+def probe_data(es: EvalSet, sources: list[str], cfg, cmd) -> tuple:
+    """The labelled pool and its activations (M, T', d) at the hook: the model's forward passes over it depend on
+    the model, hook and pool settings, not on the SAE, so SAEs sharing one EvalSet (``es.memo``) share them."""
+    a = es.acts_cfg
+    key = ("probes", es.hook, tuple(sources), cfg.docs, cfg.per_doc, cmd.seed, a.context_len, a.keep_first)
+    if key not in es.memo:
+        pool = build_pool(sources, es.tokenizer, a.context_len, es.bos_id, cfg.docs, cfg.per_doc, cmd.seed)
+        es.memo[key] = (pool, harvest(es.model, es.hook, pool.tokens, a.keep_first, cmd.batch, desc="probe data",
+                                      track=es.track))
+    return es.memo[key]
 
 
 def probe_summary(tasks: dict[str, dict], resamples: int, seed: int, dense: bool) -> dict:

@@ -37,7 +37,7 @@ class EvalSettings:
     @classmethod
     def for_profile(cls, p: Profile) -> "EvalSettings":
         return cls(downstream=DownstreamConfig(contexts=p.downstream_contexts),
-                   probes=ProbeConfig(tasks=p.probe_tasks, docs=p.probe_docs),
+                   probes=ProbeConfig(tasks=p.probe_tasks, docs=p.probe_docs, dense=False),
                    n2g=N2GConfig(latents=p.n2g_latents), ablation=AblationConfig(latents=p.ablation_latents))
 
 
