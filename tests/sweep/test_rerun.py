@@ -10,6 +10,7 @@ import pytest
 from saescale.cli import main
 from saescale.sweep.runner import run_sweep
 from saescale.sweep.spec import load_spec
+from saescale.train.config import default_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -249,7 +250,7 @@ def test_older_records_read_as_todays(sweep_copy, capsys):
     path = out / "results.jsonl"
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     path.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "settings"}) + "\n" for x in lines))
-    for m in ("n32", "n64"):  # as if trained with lr left to the rule 2e-4 / sqrt(n / 2^14)
+    for m in ("n32", "n64"):  # as if trained with lr left to the default rule
         run = json.loads((out / m / "run.json").read_text())
         del run["train"]["ema"], run["sae"]["norm_scale"]
         run["train"]["lr"] = None
@@ -257,7 +258,7 @@ def test_older_records_read_as_todays(sweep_copy, capsys):
         result = json.loads((out / m / "result.json").read_text())
         result["settings"]["train"]["lr"] = None
         (out / m / "result.json").write_text(json.dumps(result))
-    rule = {n: 2e-4 / (n / 2**14) ** 0.5 for n in (32, 64)}
+    rule = {n: default_lr(n, 64) for n in (32, 64)}  # the spec's batch_size = 64
     spec.write_text(spec.read_text().replace("lr = 0.001", f"lr = {rule[32]!r}"))  # n32's value written out
     assert sweep(spec, out) == 2
     err = capsys.readouterr().err  # n32 (checked first) passed: its rule value is what the spec now says

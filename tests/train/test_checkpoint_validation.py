@@ -155,6 +155,12 @@ SINGLE_CASES = [
     Case("cfg.json", "threshold_lr", "forged", put("threshold_lr", 0.5)),
     Case("cfg.json", "experts", "str", put("experts", "x")),
     Case("cfg.json", "experts", "forged", put("experts", 4)),
+    Case("cfg.json", "d_out", "str", put("d_out", "x")),
+    Case("cfg.json", "d_out", "forged", put("d_out", 16)),  # a transcoder's config on an SAE's checkpoint
+    Case("cfg.json", "skip", "str", put("skip", "yes")),
+    Case("cfg.json", "skip", "forged", put("skip", True)),
+    Case("cfg.json", "target_scale", "str", put("target_scale", "x")),
+    Case("cfg.json", "target_scale", "forged", put("target_scale", 2.0)),
     *[c for p in PARAMS for c in tensor_cases("sae.safetensors", p, torch.float32)],
     Case("sae.safetensors", "W_dec", "rows-not-unit", edit("W_dec", lambda t: 2 * t)),
     Case("sae.safetensors", "W_dec", "all-zero", edit("W_dec", torch.zeros_like)),

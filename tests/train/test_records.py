@@ -1,7 +1,6 @@
 """What a run records: the settings it resolved, not 'auto' placeholders; older records still load and resume."""
 
 import json
-import math
 import shutil
 
 import pytest
@@ -12,7 +11,7 @@ from saescale.data.synthetic import SyntheticConfig, SyntheticSource
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig
 from saescale.sae.io import load_sae
-from saescale.train.config import TrainConfig
+from saescale.train.config import TrainConfig, default_lr
 from saescale.train.run import train_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +25,7 @@ def test_cfg_json_and_run_json_record_the_resolved_settings(tmp_path):
     train_sae(SAE, CFG, SyntheticSource(SRC), tmp_path)
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     train = cfg["extra"]["train"]
-    assert train["lr"] == pytest.approx(2e-4 / math.sqrt(64 / 2**14)) and train["lr"] > 0
+    assert train["lr"] == pytest.approx(default_lr(64, 64)) and train["lr"] > 0
     assert train["warmup_steps"] == 0 and train["k_aux"] == 8 and train["dead_tokens"] == 640  # 8 steps, d=16, 10 batches
     assert cfg["d"] == 16 and cfg["norm_scale"] is None
     rt = cfg["extra"]["runtime"]
