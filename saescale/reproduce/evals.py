@@ -38,7 +38,8 @@ class EvalSettings:
     def for_profile(cls, p: Profile) -> "EvalSettings":
         return cls(downstream=DownstreamConfig(contexts=p.downstream_contexts),
                    probes=ProbeConfig(tasks=p.probe_tasks, docs=p.probe_docs, dense=False),
-                   n2g=N2GConfig(latents=p.n2g_latents), ablation=AblationConfig(latents=p.ablation_latents))
+                   n2g=N2GConfig(latents=p.n2g_latents, build=p.n2g_examples, test=p.n2g_examples),
+                   ablation=AblationConfig(latents=p.ablation_latents))
 
 
 class Evaluator:

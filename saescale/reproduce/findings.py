@@ -165,6 +165,8 @@ def scaling(results: Results, units_done: set[str], fits: dict[str, Any] | None)
     size = fits.get("model_size")
     if size and "params" in size:
         f.lines.append(fits["model_size_line"])
+        f.lines.append(f"  (n_needed at nMSE {size['target_loss']:.4g}, k = {size['k_ref']}: {size.get('method', '')}; "
+                       f"interval {size.get('ci_kind', '')})")
         ci = size["ci95"].get("q")
         f.check("the bigger subject model needs more latents for the same loss (q > 0, interval above 0)",
                 size["params"]["q"] > 0 and ci is not None and ci[0] > 0)

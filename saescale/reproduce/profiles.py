@@ -49,6 +49,7 @@ class Profile:
     probe_tasks: str
     probe_docs: int
     n2g_latents: int
+    n2g_examples: int  # activating examples to build each explanation, and as many to test it
     ablation_latents: int
     eval_k: int  # members with this k (every n) and with n = eval_n (every k) are evaluated
     eval_n: int
@@ -64,8 +65,8 @@ QUICK = Profile(
     arch_n=1024, arch_tokens=61_440, topk_k=(8, 32), l1_coefs=(0.05, 0.2), l0_coefs=(0.001, 0.003), experts=4,
     dead_n=4096, dead_k=16, dead_tokens=61_440,
     prog_n=1024, prog_k=16, prog_tokens=61_440,
-    eval_contexts=24, downstream_contexts=16, probe_tasks="sotu_era,sotu_party,novel_vs_speech,capitalised,has_digit",
-    probe_docs=8, n2g_latents=2, ablation_latents=8, eval_k=16, eval_n=1024,
+    eval_contexts=16, downstream_contexts=8, probe_tasks="sotu_era,sotu_party,novel_vs_speech,capitalised,has_digit",
+    probe_docs=8, n2g_latents=2, n2g_examples=8, ablation_latents=4, eval_k=16, eval_n=1024,
     notes=["quick: the embedded corpus (30k cached tokens, each seen several times), 4096 held-out tokens, "
            "budgets of 40k-120k tokens: a smoke test of every finding, not evidence"],
 )
@@ -79,7 +80,8 @@ FULL = Profile(
     experts=8,
     dead_n=16384, dead_k=32, dead_tokens=819_200,
     prog_n=4096, prog_k=32, prog_tokens=819_200,
-    eval_contexts=96, downstream_contexts=48, probe_tasks="all", probe_docs=24, n2g_latents=8, ablation_latents=32,
+    eval_contexts=96, downstream_contexts=48, probe_tasks="all", probe_docs=24, n2g_latents=8, n2g_examples=16,
+    ablation_latents=32,
     eval_k=32, eval_n=4096,
 )
 

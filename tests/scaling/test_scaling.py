@@ -288,3 +288,14 @@ def test_best_lr_ignores_diverged_runs_far_from_the_optimum():
     assert lr == pytest.approx(true, rel=0.05) and not clamped
     lr_edge, clamped_edge = best_lr(lrs[:3], losses[:3])  # optimum beyond the tried range
     assert clamped_edge and lr_edge == pytest.approx(2e-3)
+
+
+def test_model_size_extrapolates_when_the_models_loss_ranges_do_not_overlap():
+    """Before: two models whose L(n) ranges do not overlap (the bigger one worse at every n swept) were skipped.
+    Now each L(n) is a fitted power law read at a loss between them, and the record says it extrapolated."""
+    recs = [record(n, 32, 0.5 * (n / N**0.6) ** -0.2, model=f"m{N}", model_params=N)
+            for N in (10**8, 10**11) for n in [2**e for e in range(10, 14)]]
+    rec = fit_model_size(assign_uids(members_of(recs)))
+    assert rec["method"].startswith("power law") and rec["params"]["q"] == pytest.approx(0.6, abs=0.01)
+    lo, hi = rec["ci95"]["q"]
+    assert lo - 1e-6 <= 0.6 <= hi + 1e-6
