@@ -81,17 +81,22 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 10) -> None:
+    """Label one-axes figure ``fig``, add its legend and save it as PNG at ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def fig_frontier(f: Finding, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch, pts in f.numbers["points"].items():
         ax.loglog([p["l0"] for p in pts], [p["nmse"] for p in pts], "o-" if arch == "topk" else "s--", label=arch)
-    ax.set_xlabel("L0 (held-out)")
-    ax.set_ylabel("nMSE (held-out)")
-    ax.set_title("nMSE against L0, every architecture")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, path, "L0 (held-out)", "nMSE (held-out)", "nMSE against L0, every architecture", 8)
 
 
 def fig_dead(f: Finding, path: Path) -> None:
@@ -120,12 +125,7 @@ def fig_scaling(results: Results, fits: dict[str, Any], f: Finding, folder: Path
     for k in sorted({r["k"] for r in results.get("scaling-gemma3-270m", [])}):
         rs = sorted((r for r in results["scaling-gemma3-270m"] if r["k"] == k), key=lambda r: r["n"])
         ax.loglog([r["n"] for r in rs], [r["loss"] for r in rs], "s--", color="black", label=f"Gemma-3-270M k={k}")
-    ax.set_xlabel("n (latents)")
-    ax.set_ylabel("final held-out nMSE")
-    ax.set_title("L(n) per k, budgets ∝ n^0.6")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, folder / "scaling_loss_vs_n.png")
+    _finish(fig, ax, folder / "scaling_loss_vs_n.png", "n (latents)", "final held-out nMSE", "L(n) per k, budgets ∝ n^0.6", 7)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in own:
         flops = r["flops_per_token"]
@@ -133,12 +133,7 @@ def fig_scaling(results: Results, fits: dict[str, Any], f: Finding, folder: Path
     comp = fits.get("compute", {})
     if "frontier" in comp:
         ax.loglog(comp["frontier"]["compute"], comp["frontier"]["loss"], "k.", label="frontier")
-    ax.set_xlabel("training compute C = 12 d n tokens (FLOPs)")
-    ax.set_ylabel("held-out nMSE")
-    ax.set_title("Loss against compute (every member's curve)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, folder / "scaling_frontier.png")
+    _finish(fig, ax, folder / "scaling_frontier.png", "training compute C = 12 d n tokens (FLOPs)", "held-out nMSE", "Loss against compute (every member's curve)", 8)
 
 
 def fig_progressive(f: Finding, path: Path) -> None:
@@ -148,12 +143,7 @@ def fig_progressive(f: Finding, path: Path) -> None:
         ax.loglog(res["l0"], res["nmse"], "o-", label=f"{name}: TopK(k') at test time")
         ax.loglog(res["threshold"]["l0"], res["threshold"]["nmse"], "s:", label=f"{name}: fixed threshold θ")
     ax.axvline(f.numbers["topk"]["train_k"], color="grey", ls=":", lw=1)
-    ax.set_xlabel("L0")
-    ax.set_ylabel("nMSE")
-    ax.set_title("Progressive codes")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, path, "L0", "nMSE", "Progressive codes", 7)
 
 
 def fig_quality(f: Finding, folder: Path) -> None:
