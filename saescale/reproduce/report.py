@@ -81,6 +81,15 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _sizes_axis(ax, values) -> None:
+    """Label a log x axis with the swept sizes themselves (n or k), no minor tick labels."""
+    from matplotlib.ticker import NullFormatter
+
+    ticks = sorted(set(values))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 10) -> None:
     """Label one-axes figure ``fig``, add its legend and save it as PNG at ``path``."""
     ax.set_xlabel(xlabel)
@@ -125,6 +134,7 @@ def fig_scaling(results: Results, fits: dict[str, Any], f: Finding, folder: Path
     for k in sorted({r["k"] for r in results.get("scaling-gemma3-270m", [])}):
         rs = sorted((r for r in results["scaling-gemma3-270m"] if r["k"] == k), key=lambda r: r["n"])
         ax.loglog([r["n"] for r in rs], [r["loss"] for r in rs], "s--", color="black", label=f"Gemma-3-270M k={k}")
+    _sizes_axis(ax, [r["n"] for r in own] + [r["n"] for r in results.get("scaling-gemma3-270m", [])])
     _finish(fig, ax, folder / "scaling_loss_vs_n.png", "n (latents)", "final held-out nMSE", "L(n) per k, budgets ∝ n^0.6", 7)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in own:
@@ -162,6 +172,7 @@ def fig_quality(f: Finding, folder: Path) -> None:
                 ax.legend(fontsize=7)
             ax.set_title(label, fontsize=9)
             ax.set_xlabel(axis)
+            _sizes_axis(ax, [p[axis] for p in pts])
         fig.tight_layout()
         _save(fig, folder / f"quality_vs_{axis}.png")
 
