@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from saescale.atomic import atomic_write_json, atomic_write_text
+from saescale.atomic import atomic_write_text
 from saescale.errors import SaescaleError
 from saescale.reproduce.profiles import Profile
 from saescale.reproduce.units import Unit, units
@@ -174,10 +173,3 @@ def _append_chunk(path: Path, line: dict[str, Any]) -> None:
     old = path.read_text() if path.exists() else ""
     atomic_write_text(path, old + json.dumps(line) + "\n")
 
-
-def clear_work(work: Path) -> None:
-    """Remove the local work folder (SAEs and checkpoints); the committed results under OUT stay."""
-    shutil.rmtree(work, ignore_errors=True)
-
-
-__all__ = ["BudgetReached", "Deadline", "parse_budget", "reproduce", "run_unit", "stored_results", "atomic_write_json"]
