@@ -2,7 +2,8 @@
 
 A profile fixes every size the findings use; the findings, their sweeps and their verdicts are the
 same code for both (saescale.reproduce.units). Cost model for the full profile on this machine (2 cores,
-fp32): harvest ~300 tokens/s (SmolLM2-135M to layers.20), training ~5e7 latent-tokens/s summed over the
+fp32): harvest 300-800 tokens/s (SmolLM2-135M to layers.20; 780 measured on the idle machine for the
+large corpus), training ~5e7 latent-tokens/s summed over the
 members of one sweep (all members share each batch).
 """
 
