@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -208,8 +207,12 @@ def figures(findings: list[Finding], results: Results, fits: dict[str, Any] | No
 
 # ---- the report ---------------------------------------------------------------------------------------
 def machine_time(out: Path) -> tuple[float, list[dict[str, Any]]]:
+    """Seconds of every run on record in OUT/chunks.jsonl, and its lines (a damaged line: one-line error)."""
+    from saescale.configs import read_jsonl
+
     path = out / "chunks.jsonl"
-    chunks = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    fix = "delete that line (it only records how long earlier runs took)"
+    chunks = [c for _, c in read_jsonl(path, fix)] if path.exists() else []
     return sum(c["seconds"] for c in chunks), chunks
 
 

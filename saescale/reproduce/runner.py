@@ -95,8 +95,11 @@ def save_members(spec, unit_out: Path) -> int:
 
 def stored_results(out: Path, unit: Unit) -> list[dict[str, Any]]:
     """The finished members of ``unit`` recorded under OUT (its spec order is not needed: sorted by id)."""
+    from saescale.sweep.records import read_json
+
     folder = out / unit.name / "members"
-    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    fix = "delete it: the next run copies it again from the work folder or retrains that member"
+    return [read_json(f, fix) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, evaluate: Evaluate | None,

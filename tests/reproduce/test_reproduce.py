@@ -110,3 +110,16 @@ def test_stop_resume_and_rerun_elsewhere_on_the_real_model(tmp_path, monkeypatch
     html = (out / "report.html").read_text()
     assert "dead.png" in html and (out / "figures" / "dead.png").stat().st_size > 1000
     assert "scaling_loss_vs_n.png" not in html  # a pending finding draws nothing
+
+
+def test_damaged_report_inputs_are_one_line_errors(tmp_path):
+    """A cut-short chunks.jsonl line or a damaged member file names the file and the fix (it was a JSON traceback)."""
+    out = tmp_path / "out"
+    (out / "progressive" / "members").mkdir(parents=True)
+    (out / "chunks.jsonl").write_text('{"seconds": 3.0}\n{"seconds": 4')
+    with pytest.raises(SaescaleError, match=r"chunks.jsonl:2.*delete that line"):
+        build_report(TINY, out, bootstrap=0)
+    (out / "chunks.jsonl").write_text('{"seconds": 3.0}\n')
+    (out / "progressive" / "members" / "multi_topk_true.json").write_text("{not json")
+    with pytest.raises(SaescaleError, match=r"multi_topk_true.json is damaged.*delete it"):
+        build_report(TINY, out, bootstrap=0)
