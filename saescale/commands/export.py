@@ -18,7 +18,7 @@ class ExportCommand:
     """SAE to export: a saescale SAE folder (e.g. runs/<run>/sae), or any SAE saescale reads (a SAELens or sparsify folder, an OpenAI .pt state dict)."""
 
     format: Literal["saelens", "sparsify"] = "saelens"
-    """Format to write: 'saelens' (cfg.json + sae_weights.safetensors; architectures topk, relu, gated, jumprelu, batchtopk, matryoshka) or 'sparsify' (cfg.json + sae.safetensors; topk with --normalize mean_sq or none only)."""
+    """Format to write: 'saelens' (cfg.json + sae_weights.safetensors; architectures topk, relu, gated, jumprelu, batchtopk, matryoshka; relu transcoders and skip transcoders) or 'sparsify' (cfg.json + sae.safetensors; topk with --normalize mean_sq or none only; topk transcoders and skip transcoders with one width in and out)."""
 
     out: str = ""
     """Folder to write (an existing one is replaced atomically: the old folder stays whole until the new one is complete). Empty: <SAE>-<format> beside the SAE."""

@@ -128,6 +128,51 @@ def test_saelens_round_trip_through_the_real_package(tmp_path, skip):
         assert torch.equal(back.state_dict()[name], t), name
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_sparsify_round_trip_of_a_topk_transcoder_through_the_real_package(tmp_path, skip):
+    """Export -> sparsify.SparseCoder.load_from_disk (transcode) gives the same code and output (1e-5) on raw
+    inputs -> import gives the same transcoder; without saescale's record it imports unscaled, same outputs."""
+    sparsify = pytest.importorskip("sparsify")
+    from saescale.sae.formats.export import export_sae
+
+    sae = random_transcoder("topk", skip, d=12, d_out=12)
+    save_sae(sae, tmp_path / "mine", extra={"activations": {"model": "m", "hook": "layers.3.mlp.input",
+                                                             "target_hook": "layers.3.mlp"}})
+    export_sae(tmp_path / "mine", "sparsify", tmp_path / "sp")
+    theirs = sparsify.SparseCoder.load_from_disk(tmp_path / "sp", device="cpu")
+    assert theirs.cfg.transcode and (theirs.W_skip is not None) == skip
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(2)).double() * 3
+    y = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)).double()
+    with torch.no_grad():
+        mine = sae(x.float()).double()
+        out = theirs(x, y)
+        code = sae.encode(x.float())
+    assert out.sae_out.shape == (64, 12) and torch.allclose(mine, out.sae_out, atol=1e-5, rtol=1e-5)
+    ours = torch.zeros(64, 24, dtype=torch.float64).scatter_(1, code.indices, code.values.double())
+    lens = torch.zeros(64, 24, dtype=torch.float64).scatter_(1, out.latent_indices, out.latent_acts)
+    assert torch.allclose(ours, lens, atol=1e-5)
+    back = load_sae(tmp_path / "sp")
+    assert back.transcoder and back.cfg == sae.cfg
+    for name, t in sae.state_dict().items():
+        assert torch.allclose(back.state_dict()[name], t, rtol=1e-6, atol=1e-7), name
+    (tmp_path / "sp" / "saescale.json").unlink()  # a folder sparsify wrote itself: no saescale record
+    bare = load_sae(tmp_path / "sp")
+    assert bare.transcoder and bare.cfg.normalize == "none" and bare.cfg.skip == skip
+    with torch.no_grad():
+        assert torch.allclose(bare(x.float()).double(), mine, atol=1e-4, rtol=1e-4)
+
+
+def test_sparsify_refuses_what_its_transcoders_cannot_hold_in_one_line(tmp_path):
+    from saescale.sae.formats.export import export_sae
+
+    for name, sae, match in (("relu", random_transcoder("relu", d=12, d_out=12), "whose transcoders are TopK"),
+                             ("wide", random_transcoder("topk", d=12, d_out=10), "keep one width")):
+        save_sae(sae, tmp_path / name)
+        with pytest.raises(SaescaleError, match=match) as e:
+            export_sae(tmp_path / name, "sparsify", tmp_path / f"{name}-sp")
+        assert "\n" not in str(e.value) and not (tmp_path / f"{name}-sp").exists()
+
+
 def test_saelens_refuses_a_topk_transcoder_in_one_line(tmp_path):
     from saescale.sae.formats.export import export_sae
 

@@ -53,6 +53,11 @@ def fold_factor(cfg: SAEConfig, fmt: str) -> float:
     return 1.0
 
 
+def transcoder_folds(cfg: SAEConfig) -> tuple[float, float]:
+    """(s_x, s_y): a transcoder's input and target scales (x_n = s_x x, y_n = s_y y)."""
+    return (float(cfg.norm_scale) if cfg.normalize == "mean_sq" else 1.0), float(cfg.target_scale or 1.0)
+
+
 def div(t: Tensor, a: float) -> Tensor:
     """t / a in float64 (t itself, float32, when a = 1: nothing to round)."""
     return t.detach().float() if a == 1.0 else t.detach().double() / a

@@ -44,7 +44,8 @@ from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.formats.common import (Imported, as_int, check_record, check_tensors, div, finish, fold_factor,
-                                         log_of, make_record, mul, parse_record, read_json, read_safetensors)
+                                         log_of, make_record, mul, parse_record, read_json, read_safetensors,
+                                         transcoder_folds)
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 ARCH_OUT = {"topk": "topk", "relu": "standard", "gated": "gated", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
@@ -77,18 +78,13 @@ def sae_lens_version() -> str:
 TRANSCODER_ARCHS = {False: "transcoder", True: "skip_transcoder"}
 
 
-def transcoder_folds(cfg: SAEConfig) -> tuple[float, float]:
-    """(s_x, s_y): a transcoder's input and target scales (x_n = s_x x, y_n = s_y y)."""
-    return (float(cfg.norm_scale) if cfg.normalize == "mean_sq" else 1.0), float(cfg.target_scale or 1.0)
-
-
 def export_transcoder(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg.json, tensors) of a ReLU transcoder in SAELens's ``transcoder`` / ``skip_transcoder`` format."""
     cfg = sae.cfg
     if cfg.arch != "relu":
         raise SaescaleError(f"a --arch {cfg.arch} transcoder cannot be exported to SAELens: its transcoders compute "
-                            "ReLU (or JumpReLU) codes, not TopK; keep it in saescale's format, or train --arch relu "
-                            "with --target-hook")
+                            "ReLU (or JumpReLU) codes, not TopK; export it with --format sparsify (TopK transcoders), "
+                            "keep it in saescale's format, or train --arch relu with --target-hook")
     s_x, s_y = transcoder_folds(cfg)
     t = {"W_enc": (sae.W_enc.detach().double() * s_x).T.contiguous(), "b_enc": sae.b_enc.detach().float(),
          "W_dec": sae.W_dec.detach().double() / s_y, "b_dec": sae.b_pre.detach().double() / s_y}

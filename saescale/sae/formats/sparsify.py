@@ -17,6 +17,16 @@ it float32 (within one rounding of the folded weights). Unfolded exports are flo
 is written to ``saescale.json`` beside cfg.json (sparsify's loader ignores the file; an extra key in
 cfg.json would be printed as a dropped argument on every load).
 
+TopK transcoders (and skip transcoders) map to sparsify's ``transcode`` SparseCoder, which computes on
+the raw input x (B, d), with no input bias, the output
+
+    ŷ = sum_j top_acts_j W_dec[top_indices_j] + b_dec [+ x W_skip^T]      W_dec (N, d), W_skip (d, d)
+
+so with saescale's scales (x_n = s_x x, y_n = s_y y; :func:`.common.transcoder_folds`) encoder.weight =
+s_x W_enc, encoder.bias = b_enc, W_dec = W_dec / s_y, b_dec = b_pre / s_y, W_skip = W_skip s_x / s_y: the
+same code z, so the same output. sparsify's transcoders keep one width for input and output (d_out = d);
+others are refused.
+
 A sparsify *run* folder holds one such folder per hook point (``layers.6/``, ...): the hook point is
 the folder name.
 """
@@ -32,7 +42,8 @@ from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.formats.common import (Imported, as_int, check_record, check_tensors, div, finish, fold_factor,
-                                         make_record, mul, parse_record, read_json, read_safetensors)
+                                         make_record, mul, parse_record, read_json, read_safetensors,
+                                         transcoder_folds)
 
 CFG, WEIGHTS, RECORD = "cfg.json", "sae.safetensors", "saescale.json"
 FIX = "re-save it with sparsify (SparseCoder.save_to_disk) or export it again"
@@ -42,8 +53,7 @@ def export(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any
     """(cfg.json, sae.safetensors tensors, saescale.json) of ``sae`` in sparsify's format."""
     cfg = sae.cfg
     if sae.transcoder:
-        raise SaescaleError("a transcoder cannot be exported to sparsify yet: export it with --format saelens "
-                            "(--arch relu transcoders), or keep saescale's format")
+        return export_transcoder(sae, extra)
     if cfg.arch != "topk":
         raise SaescaleError(f"--arch {cfg.arch} cannot be exported to sparsify, which has TopK SAEs only: export it "
                             "with --format saelens, or train --arch topk")
@@ -66,10 +76,14 @@ def read(folder: Path) -> Imported:
     """A sparsify folder as saescale tensors and config; one line for anything it cannot read exactly."""
     f = folder / CFG
     raw = read_json(f, FIX)
-    for key, ok in (("activation", "topk"), ("transcode", False), ("skip_connection", False)):
-        if raw.get(key, ok) != ok:
-            raise SaescaleError(f"{f}: {key} is {raw[key]!r}; saescale reads sparsify SAEs with activation 'topk', no "
-                                "transcoding and no skip connection only")
+    if raw.get("activation", "topk") != "topk":
+        raise SaescaleError(f"{f}: activation is {raw['activation']!r}; saescale reads sparsify coders with activation "
+                            "'topk' only")
+    if raw.get("transcode", False):
+        return read_transcoder(f, raw, folder)
+    if raw.get("skip_connection", False):
+        raise SaescaleError(f"{f}: skip_connection is set on an SAE that does not transcode; saescale has skip "
+                            "connections on transcoders only")
     d = as_int(raw.get("d_in"), f, "d_in", FIX)
     n = raw.get("num_latents") or d * as_int(raw.get("expansion_factor", 32), f, "expansion_factor", FIX)
     n, k = as_int(n, f, "num_latents", FIX), as_int(raw.get("k", 32), f, "k", FIX)
@@ -94,6 +108,60 @@ def read(folder: Path) -> Imported:
     info = {"format": "sparsify", "hook": folder.name}
     return Imported(SAEConfig(arch="topk", n=n, k=k, d=d, normalize="none"), {"imported": info}, finish(out), w,
                     "sparsify")
+
+
+def export_transcoder(sae: SparseAutoencoder,
+                      extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any]]:
+    """(cfg.json, sae.safetensors tensors, saescale.json) of a TopK (skip) transcoder as sparsify's
+    ``transcode`` SparseCoder (float64 tensors when a scale is folded in, as the SAE export)."""
+    cfg = sae.cfg
+    if cfg.arch != "topk":
+        raise SaescaleError(f"a --arch {cfg.arch} transcoder cannot be exported to sparsify, whose transcoders are "
+                            "TopK: export it with --format saelens, or train --arch topk with --target-hook")
+    if cfg.d_out != cfg.d:
+        raise SaescaleError(f"a transcoder from width {cfg.d} to width {cfg.d_out} cannot be exported to sparsify, "
+                            "whose transcoders keep one width (d_in) for input and output; keep saescale's format")
+    s_x, s_y = transcoder_folds(cfg)
+    exact = s_x == 1.0 and s_y == 1.0
+    t = {"encoder.weight": sae.W_enc.detach().double() * s_x, "encoder.bias": sae.b_enc.detach().double(),
+         "W_dec": sae.W_dec.detach().double() / s_y, "b_dec": sae.b_pre.detach().double() / s_y}
+    if cfg.skip:
+        t["W_skip"] = sae.W_skip.detach().double() * (s_x / s_y)
+    t = {k: (v.float() if exact else v) for k, v in t.items()}  # one dtype: sparsify takes the first tensor's
+    out = {"activation": "topk", "expansion_factor": max(cfg.n // int(cfg.d), 1), "normalize_decoder": s_y == 1.0,
+           "num_latents": cfg.n, "k": cfg.k, "multi_topk": False, "skip_connection": bool(cfg.skip),
+           "transcode": True, "d_in": cfg.d}
+    return out, t, make_record(cfg, extra)
+
+
+def read_transcoder(f: Path, raw: dict[str, Any], folder: Path) -> Imported:
+    """A sparsify ``transcode`` folder as a saescale TopK (skip) transcoder (with saescale's record: exactly
+    the exported one, scales and provenance included; without it, unscaled, d_out = d_in)."""
+    skip = bool(raw.get("skip_connection", False))
+    d = as_int(raw.get("d_in"), f, "d_in", FIX)
+    n = raw.get("num_latents") or d * as_int(raw.get("expansion_factor", 32), f, "expansion_factor", FIX)
+    n, k = as_int(n, f, "num_latents", FIX), as_int(raw.get("k", 32), f, "k", FIX)
+    if k > n:
+        raise SaescaleError(f"{f}: k {k} is more than num_latents {n}; {FIX}")
+    w = folder / WEIGHTS
+    tensors = read_safetensors(w, FIX)
+    shapes = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,),
+              **({"W_skip": (d, d)} if skip else {})}
+    check_tensors(w, tensors, shapes, f"sparsify TopK transcoder of d_in {d}, num_latents {n}", FIX)
+    t = {nm: tensors[nm].double() for nm in shapes}
+    if (folder / RECORD).is_file():
+        cfg, extra = parse_record(read_json(folder / RECORD, FIX), str(folder / RECORD))
+        check_record(str(folder / RECORD), cfg, d_in=(cfg.d, d), d_out=(cfg.d_out, d), num_latents=(cfg.n, n),
+                     k=(cfg.k, k), skip_connection=(bool(cfg.skip), skip), architecture=(cfg.arch, "topk"))
+    else:
+        cfg = SAEConfig(arch="topk", n=n, k=k, d=d, d_out=d, skip=skip, normalize="none")
+        extra = {"imported": {"format": "sparsify", "hook": folder.name, "transcode": True}}
+    s_x, s_y = transcoder_folds(cfg)
+    out = {"W_enc": t["encoder.weight"] / s_x, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"] * s_y,
+           "b_pre": t["b_dec"] * s_y}
+    if skip:
+        out["W_skip"] = t["W_skip"] * (s_y / s_x)
+    return Imported(cfg, extra, finish(out), w, "sparsify")
 
 
 def looks_like(raw: dict[str, Any]) -> bool:
