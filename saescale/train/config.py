@@ -51,7 +51,7 @@ class TrainConfig:
     """Scale W_enc at init so that reconstructions of random unit inputs have norm about 1 (PAPER.md's optional encoder scaling, as in the released code; the paper found it neutral). Default chosen by measurement: benchmarks/README.md."""
 
     tied_init: bool = True
-    """Initialise W_enc = W_dec^T (paper). --no-tied-init draws the encoder independently."""
+    """Initialise W_enc = W_dec^T (paper). --no-tied-init draws the encoder independently. A transcoder ties across its two spaces: W_enc rows = A^T W_dec rows (normalised), A the init sample's least-squares map from input to target."""
 
     k_aux: int | None = valid(None, ">= 1")
     """Dead latents used by the AuxK loss; unset (None) = the power of two nearest d/2, at most n."""

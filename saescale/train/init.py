@@ -128,10 +128,11 @@ def init_sae(sae: SparseAutoencoder, sample: Tensor, generator: torch.Generator,
     untied afterwards; ``tied=False`` draws the encoder's directions independently, next from
     the same generator); b_enc = 0; b_pre = geometric median of the normalised sample. A
     shard of a mesh gets exactly its rows of the whole SAE's draw. A transcoder (rows [x | y]) has its own
-    init (:meth:`saescale.sae.transcoder.Transcoder.init_transcoder`).
+    init, tied across its two spaces by the sample's best linear map
+    (:meth:`saescale.sae.transcoder.Transcoder.init_transcoder`).
     """
     if sae.transcoder:
-        return sae.init_transcoder(sample, generator)
+        return sae.init_transcoder(sample, generator, tied=tied)
     x_n, _ = normalize(sample.float(), sae.cfg.normalize, sae.cfg.norm_scale)
     W = unit_rows(sae, generator)
     sae.W_dec.copy_(W)

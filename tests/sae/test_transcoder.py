@@ -69,6 +69,30 @@ def test_a_transcoder_fitted_to_a_linear_mlp_recovers_it():
     assert reconstruction_metrics(plain, [held])["nmse"] < 0.35
 
 
+def test_tied_init_reads_the_linear_maps_adjoint_of_each_decoder_row():
+    """Tied: W_enc_i = A_n^T v_i / ||A_n^T v_i|| for y = A x + c (A recovered by the init's least squares, in
+    the normalised spaces: A_n = s_y A / s_x); with A = I it is the SAE's tied init W_enc = W_dec; untied:
+    rows unrelated to A_n^T v_i; b_pre = mean y_n and the loss scale in both."""
+    g = torch.Generator().manual_seed(0)
+    A, c = torch.randn(10, 12, generator=g), torch.randn(12, generator=g)
+    x = torch.randn(4096, 12, generator=g) * torch.linspace(0.2, 3.0, 12)  # anisotropic input
+    cos = {}
+    for name, M, d_out in (("tied", A, 10), ("untied", A, 10), ("identity", torch.eye(12), 12)):
+        rows = torch.cat([x, x @ M.T + c[:d_out]], dim=1)
+        sae = build_sae(SAEConfig(n=64, k=4, d=12, d_out=d_out, normalize="mean_sq", norm_scale=0.5,
+                                  target_scale=0.2))
+        scale = sae.init_transcoder(rows, torch.Generator().manual_seed(1), tied=name != "untied")
+        want = sae.W_dec.detach().double() @ (M.double() * (0.2 / 0.5))  # rows A_n^T v_i
+        cos[name] = F.cosine_similarity(sae.W_enc.detach().double(), want, dim=-1)
+        assert torch.allclose(sae.W_enc.norm(dim=-1), torch.ones(64), atol=1e-5)
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(64), atol=1e-5)
+        y_n = rows[:, 12:].double() * 0.2
+        assert torch.allclose(sae.b_pre.double(), y_n.mean(0), atol=1e-4)
+        assert scale == pytest.approx(1 / (y_n - y_n.mean(0)).pow(2).sum(-1).mean().item(), rel=1e-6)
+    assert cos["tied"].min() > 0.9999 and cos["identity"].min() > 0.9999
+    assert cos["untied"].abs().mean() < 0.5
+
+
 @pytest.mark.parametrize("arch", ["topk", "relu"])
 @pytest.mark.parametrize("skip", [False, True])
 def test_loss_and_gradients_match_a_float64_reference(arch, skip):
@@ -252,21 +276,55 @@ def test_cache_stores_both_sides_and_the_sae_path_is_unchanged(tiny_lm, tiny_lm_
                     lm=tiny_lm)
 
 
+@pytest.fixture(scope="module")
+def mlp_rows(real_model, tmp_path_factory):
+    """SmolLM2's layers.20 MLP: [input | output] rows (N, 1152) of 3,072 cached tokens of the embedded corpus."""
+    from saescale.activations.cache import CacheReader, build_cache
+    from saescale.activations.config import ActivationConfig
+
+    folder = build_cache(ActivationConfig(hook="layers.20.mlp.input", target_hook="layers.20.mlp", n_tokens=3072,
+                                          val_fraction=0.01, cache_dtype="float32", harvest_batch=8,
+                                          cache_dir=str(tmp_path_factory.mktemp("mlp_cache"))), lm=real_model)
+    return CacheReader(folder).read_all()["acts"]
+
+
+class Rows:
+    """Batches drawn with replacement from fixed rows (seeded by ``start``)."""
+
+    def __init__(self, rows: torch.Tensor, d_target: int):
+        self.rows, self.d, self.d_target = rows, rows.shape[1], d_target
+
+    def batches(self, batch_size: int, start: int = 0):
+        g = torch.Generator().manual_seed(start)
+        while True:
+            yield self.rows[torch.randint(len(self.rows), (batch_size,), generator=g)]
+
+
 @pytest.mark.slow
-def test_real_model_cache_and_splice_of_the_mlp(real_model, tmp_path):
+def test_tied_init_leaves_fewer_transcoder_latents_dead_on_the_real_mlp(mlp_rows):
+    """SmolLM2's layers.20 MLP, n = 1024, k = 16, 40 steps of 512: with independent random rows about 40 % of
+    the latents are dead (no firing in the last 4,096 tokens; 64 % after 400k tokens at n = 4096, the table in
+    docs/architectures.md); the tied init (W_enc = A^T W_dec) leaves a fraction of that."""
+    dead = {}
+    for tied in (True, False):
+        train = TrainConfig(tokens=40 * 512, batch_size=512, log_every=1000, progress=False, init_tokens=2048,
+                            tied_init=tied, dead_tokens=4096)
+        with one_thread():
+            res = train_sae(SAEConfig(n=1024, k=16, normalize="mean_sq", d_out=576), train, Rows(mlp_rows, 576))
+        dead[tied] = res.metrics["dead_frac"]
+    assert dead[False] > 0.25 and dead[True] < 0.6 * dead[False]
+
+
+@pytest.mark.slow
+def test_real_model_cache_and_splice_of_the_mlp(real_model, mlp_rows):
     """SmolLM2: the cache's target rows are the MLP applied to its input rows; splicing at layers.20.mlp an
     output computed from the captured layers.20.mlp.input gives the model's own logits (the MLP itself as the
     'transcoder'), and downstream loss splices a transcoder's output there."""
-    from saescale.activations.cache import CacheReader, build_cache
-    from saescale.activations.config import ActivationConfig
     from saescale.eval.downstream import downstream_metrics
     from saescale.eval.splice import Splicer
 
     model, tok = real_model
-    folder = build_cache(ActivationConfig(hook="layers.20.mlp.input", target_hook="layers.20.mlp", n_tokens=189,
-                                          val_fraction=0.01, cache_dtype="float32", harvest_batch=3,
-                                          cache_dir=str(tmp_path / "c")), lm=real_model)
-    rows = CacheReader(folder).read_all()["acts"]
+    rows = mlp_rows
     mlp = model.model.layers[20].mlp
     with torch.no_grad():
         assert torch.allclose(mlp(rows[:, :576]), rows[:, 576:], atol=1e-4)
