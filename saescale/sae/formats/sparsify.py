@@ -72,6 +72,22 @@ def export(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[dict[str, Any
     return out, t, make_record(cfg, extra)
 
 
+def read_coder(f: Path, raw: dict[str, Any], folder: Path, skip: bool,
+               what: str = "SAE") -> tuple[int, int, int, Path, dict[str, Tensor]]:
+    """(d_in, num_latents, k, weights file, its tensors in float64) of a sparsify folder, shapes checked."""
+    d = as_int(raw.get("d_in"), f, "d_in", FIX)
+    n = raw.get("num_latents") or d * as_int(raw.get("expansion_factor", 32), f, "expansion_factor", FIX)
+    n, k = as_int(n, f, "num_latents", FIX), as_int(raw.get("k", 32), f, "k", FIX)
+    if k > n:
+        raise SaescaleError(f"{f}: k {k} is more than num_latents {n}; {FIX}")
+    w = folder / WEIGHTS
+    tensors = read_safetensors(w, FIX)
+    shapes = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,),
+              **({"W_skip": (d, d)} if skip else {})}
+    check_tensors(w, tensors, shapes, f"sparsify TopK {what} of d_in {d}, num_latents {n}", FIX)
+    return d, n, k, w, {nm: tensors[nm].double() for nm in shapes}
+
+
 def read(folder: Path) -> Imported:
     """A sparsify folder as saescale tensors and config; one line for anything it cannot read exactly."""
     f = folder / CFG
@@ -84,16 +100,7 @@ def read(folder: Path) -> Imported:
     if raw.get("skip_connection", False):
         raise SaescaleError(f"{f}: skip_connection is set on an SAE that does not transcode; saescale has skip "
                             "connections on transcoders only")
-    d = as_int(raw.get("d_in"), f, "d_in", FIX)
-    n = raw.get("num_latents") or d * as_int(raw.get("expansion_factor", 32), f, "expansion_factor", FIX)
-    n, k = as_int(n, f, "num_latents", FIX), as_int(raw.get("k", 32), f, "k", FIX)
-    if k > n:
-        raise SaescaleError(f"{f}: k {k} is more than num_latents {n}; {FIX}")
-    w = folder / WEIGHTS
-    tensors = read_safetensors(w, FIX)
-    shapes = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,)}
-    check_tensors(w, tensors, shapes, f"sparsify TopK SAE of d_in {d}, num_latents {n}", FIX)
-    t = {nm: tensors[nm].double() for nm in shapes}
+    d, n, k, w, t = read_coder(f, raw, folder, skip=False)
     out = {"W_enc": t["encoder.weight"], "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_pre": t["b_dec"]}
     if (folder / RECORD).is_file():
         cfg, extra = parse_record(read_json(folder / RECORD, FIX), str(folder / RECORD))
@@ -138,17 +145,7 @@ def read_transcoder(f: Path, raw: dict[str, Any], folder: Path) -> Imported:
     """A sparsify ``transcode`` folder as a saescale TopK (skip) transcoder (with saescale's record: exactly
     the exported one, scales and provenance included; without it, unscaled, d_out = d_in)."""
     skip = bool(raw.get("skip_connection", False))
-    d = as_int(raw.get("d_in"), f, "d_in", FIX)
-    n = raw.get("num_latents") or d * as_int(raw.get("expansion_factor", 32), f, "expansion_factor", FIX)
-    n, k = as_int(n, f, "num_latents", FIX), as_int(raw.get("k", 32), f, "k", FIX)
-    if k > n:
-        raise SaescaleError(f"{f}: k {k} is more than num_latents {n}; {FIX}")
-    w = folder / WEIGHTS
-    tensors = read_safetensors(w, FIX)
-    shapes = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,),
-              **({"W_skip": (d, d)} if skip else {})}
-    check_tensors(w, tensors, shapes, f"sparsify TopK transcoder of d_in {d}, num_latents {n}", FIX)
-    t = {nm: tensors[nm].double() for nm in shapes}
+    d, n, k, w, t = read_coder(f, raw, folder, skip=skip, what="transcoder")
     if (folder / RECORD).is_file():
         cfg, extra = parse_record(read_json(folder / RECORD, FIX), str(folder / RECORD))
         check_record(str(folder / RECORD), cfg, d_in=(cfg.d, d), d_out=(cfg.d_out, d), num_latents=(cfg.n, n),
