@@ -36,6 +36,9 @@ class ReproduceCommand:
     bootstrap: int = valid(200, ">= 0")
     """Bootstrap resamples of the scaling fits' 95% intervals."""
 
+    scaling_doc: str = ""
+    """Also write the scaling-law results (verdict, the fit lines, the n x k table of held-out nMSE, budgets and convergence) into this Markdown file, between its two 'saescale reproduce' marker lines (appended with them when absent; nothing else changes), e.g. docs/scaling.md. Empty: only OUT/report.*."""
+
     threads: int = valid(0, "[0, 1024]")
     """Torch CPU threads; 0 = torch's default."""
 
@@ -100,4 +103,12 @@ def run_reproduce(cfg: ReproduceCommand) -> dict:
         for line in f["lines"]:
             print(line)
     print(f"wrote {cfg.out_dir / 'report.html'} and report.json")
+    if cfg.scaling_doc:
+        from saescale.reproduce.runner import stored_results
+        from saescale.reproduce.scaling_doc import write_scaling_doc
+        from saescale.reproduce.units import units
+
+        unit = next(u for u in units(p) if u.name == "scaling-default")
+        write_scaling_doc(Path(cfg.scaling_doc), doc, stored_results(cfg.out_dir, unit), str(cfg.out_dir))
+        print(f"wrote the scaling results into {cfg.scaling_doc}")
     return doc

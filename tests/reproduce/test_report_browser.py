@@ -2,6 +2,7 @@
 Chromium with every figure loaded."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -52,3 +53,35 @@ def test_quick_report_renders_with_every_figure(rebuilt):
         assert all(r.startswith("file://") for r in resources), resources  # opens offline: nothing from the network
     finally:
         driver.quit()
+
+
+def test_scaling_results_are_spliced_into_a_markdown_doc_between_markers(rebuilt, tmp_path):
+    """The scaling section has the exact fit lines and every member's nMSE, budget and convergence; the splice
+    replaces only what lies between the markers (twice: the same file), appends when there are none, and
+    refuses a lone marker in one line."""
+    from saescale.errors import SaescaleError
+    from saescale.reproduce.runner import stored_results
+    from saescale.reproduce.scaling_doc import BEGIN, END, splice, write_scaling_doc
+    from saescale.reproduce.units import units
+
+    out, doc, _ = rebuilt
+    members = stored_results(out, next(u for u in units(QUICK) if u.name == "scaling-default"))
+    page = tmp_path / "scaling.md"
+    page.write_text(f"# Title\n\nbefore\n\n{BEGIN}\nold results\n{END}\n\n## After\n\nafter\n")
+    write_scaling_doc(page, doc, members, "docs/reproduce-quick")
+    text = page.read_text()
+    scaling = next(f for f in doc["findings"] if f["id"] == "scaling")
+    assert all(line in text.splitlines() for line in scaling["lines"])
+    assert text.startswith("# Title\n\nbefore\n\n" + BEGIN) and text.endswith(END + "\n\n## After\n\nafter\n")
+    assert "old results" not in text and text.count(BEGIN) == text.count(END) == 1
+    assert f"**Verdict: {scaling['verdict']}.**" in text
+    for m in members:  # one row per n, one cell per member: its loss to 4 places
+        row = next(r for r in text.splitlines() if r.startswith(f"| {m['n']} | ") and "M, " not in r)
+        assert f"{m['loss']:.4f}" in row
+    assert len(members) == 12 and len(re.findall(r"\| \d+\.\d\dM, [+-]\d+\.\d%", text)) == 12
+    write_scaling_doc(page, doc, members, "docs/reproduce-quick")
+    assert page.read_text() == text
+    assert splice("# Other\n", "S\n") == "# Other\n\nS\n"
+    with pytest.raises(SaescaleError, match="one marker without the other") as e:
+        splice(f"x\n{BEGIN}\n", "S\n")
+    assert "\n" not in str(e.value)
