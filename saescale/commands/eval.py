@@ -57,6 +57,9 @@ class EvalCommand:
     hook: str = ""
     """Hook point of a foreign SAE (SAELens, sparsify or OpenAI, with no saescale record of where it was trained), e.g. 'layers.20'; it is then evaluated on all of --corpus (default: the embedded corpus). Empty = the recorded one (a saescale SAE records its own and takes no --hook)."""
 
+    target_hook: str = ""
+    """Target hook point of a foreign transcoder (with no saescale record), e.g. 'layers.20.mlp' with --hook layers.20.mlp.input; empty = the recorded one."""
+
     model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """dtype of the model's forward passes: 'auto' = float32 for eval (a bf16 model moved the main job's ΔCE by 0.0063 nats, over the 0.005 tolerance: benchmarks/README.md); bfloat16 only when asked; metrics.json records the one used."""
 
@@ -133,7 +136,7 @@ def provenance(cfg: EvalCommand):
     default: its training text is unknown)."""
     from saescale.sae.io import load_sae, read_cfg, save_sae
 
-    _, extra = read_cfg(cfg.sae)
+    sae_cfg, extra = read_cfg(cfg.sae)
     recorded, info = extra.get("activations"), extra.get("imported")
     if recorded or (info is None and extra.get("source") != "arrays"):
         if cfg.hook and isinstance(recorded, dict) and cfg.hook != recorded.get("hook"):
@@ -146,13 +149,21 @@ def provenance(cfg: EvalCommand):
         what, info = "was trained on activation files (--acts FILE), which record no model or hook point", {}
     else:
         what = f"is a {info.get('format', 'foreign')} SAE with no saescale record of the model and hook it was trained on"
-    missing = [opt for opt, value in (("--model", cfg.model), ("--hook", cfg.hook)) if not value]
+    transcoder = sae_cfg.d_out is not None
+    needed = (("--model", cfg.model), ("--hook", cfg.hook)) + ((("--target-hook", cfg.target_hook),) if transcoder else ())
+    missing = [opt for opt, value in needed if not value]
     if missing:
-        said = ", ".join(f"{k} {info[k]!r}" for k in ("model", "hook") if info.get(k))
+        said = ", ".join(f"{k} {info[k]!r}" for k in ("model", "hook", "hook_out") if info.get(k))
+        example = ("--model default --hook layers.20.mlp.input --target-hook layers.20.mlp" if transcoder
+                   else "--model default --hook layers.20")
         raise SaescaleError(f"{cfg.sae} {what}{f' (its files say {said})' if said else ''}: give "
-                            f"{' and '.join(missing)} (a saescale model and hook point, e.g. --model default --hook layers.20)")
+                            f"{' and '.join(missing)} (a saescale model and hook point{'s' if transcoder else ''}, "
+                            f"e.g. {example})")
+    if cfg.target_hook and not transcoder:
+        raise SaescaleError(f"--target-hook {cfg.target_hook}: {cfg.sae} is an SAE, not a transcoder; drop --target-hook")
     with tempfile.TemporaryDirectory(prefix="saescale-eval-") as tmp:
-        acts = {"model": cfg.model, "hook": cfg.hook, "corpus": "unknown"}
+        acts = {"model": cfg.model, "hook": cfg.hook, "corpus": "unknown",
+                **({"target_hook": cfg.target_hook} if transcoder else {})}
         record = {**extra, "source": extra.get("source", "imported"), "activations": acts}  # its own record kept
         folder = save_sae(load_sae(cfg.sae), Path(tmp) / "sae", extra=record)
         yield str(folder), cfg.corpus or "default"

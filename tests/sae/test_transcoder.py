@@ -184,6 +184,18 @@ def test_sparsify_round_trip_of_a_topk_transcoder_through_the_real_package(tmp_p
     assert bare.transcoder and bare.cfg.normalize == "none" and bare.cfg.skip == skip
     with torch.no_grad():
         assert torch.allclose(bare(x.float()).double(), mine, atol=1e-4, rtol=1e-4)
+    # evaluating that foreign transcoder needs its model and both hook points: one line naming what is missing
+    from saescale.commands.eval import EvalCommand, provenance
+
+    with pytest.raises(SaescaleError, match="give --target-hook") as e:
+        with provenance(EvalCommand(sae=str(tmp_path / "sp"), model="default", hook="layers.3.mlp.input")):
+            pass
+    assert "\n" not in str(e.value) and "hook_out 'sp'" in str(e.value)
+    with provenance(EvalCommand(sae=str(tmp_path / "sp"), model="default", hook="layers.3.mlp.input",
+                                  target_hook="layers.3.mlp")) as (folder, _):
+        from saescale.sae.io import read_cfg
+
+        assert read_cfg(folder)[1]["activations"]["target_hook"] == "layers.3.mlp"
 
 
 def test_sparsify_refuses_what_its_transcoders_cannot_hold_in_one_line(tmp_path):

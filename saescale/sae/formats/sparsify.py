@@ -152,7 +152,8 @@ def read_transcoder(f: Path, raw: dict[str, Any], folder: Path) -> Imported:
                      k=(cfg.k, k), skip_connection=(bool(cfg.skip), skip), architecture=(cfg.arch, "topk"))
     else:
         cfg = SAEConfig(arch="topk", n=n, k=k, d=d, d_out=d, skip=skip, normalize="none")
-        extra = {"imported": {"format": "sparsify", "hook": folder.name, "transcode": True}}
+        extra = {"imported": {"format": "sparsify", "hook": f"{folder.name}.input", "hook_out": folder.name,
+                              "transcode": True}}  # sparsify's hookpoint is the module transcoded
     s_x, s_y = transcoder_folds(cfg)
     out = {"W_enc": t["encoder.weight"] / s_x, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"] * s_y,
            "b_pre": t["b_dec"] * s_y}
