@@ -3,8 +3,9 @@
 A profile fixes every size the findings use; the findings, their sweeps and their verdicts are the
 same code for both (saescale.reproduce.units). Cost model for the full profile on this machine (2 cores,
 fp32): harvest 300-800 tokens/s (SmolLM2-135M to layers.20; 780 measured on the idle machine for the
-large corpus), training ~5e7 latent-tokens/s summed over the
-members of one sweep (all members share each batch).
+large corpus), training ~3.5e7 latent-tokens/s summed over the
+members of one sweep (all members share each batch; measured on the full scaling sweep, 2026-12-02: ~30 s a
+shared step of its 24 members, B n summed = 1.06e9), slower by 2-3x when any other job shares the machine.
 """
 
 from __future__ import annotations

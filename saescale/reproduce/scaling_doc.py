@@ -39,14 +39,15 @@ def scaling_section(doc: dict[str, Any], members: list[dict[str, Any]], out: str
         raise SaescaleError("the report has no scaling finding; rebuild it with saescale reproduce --report-only")
     prof = doc["profile"]
     status = doc["units"].get("scaling-default", {})
+    held = sorted({m["heldout_tokens"] for m in members if m.get("heldout_tokens")}) or [prof["heldout_tokens"]]
     lines = [BEGIN, "", f"## Reproduced scaling laws (`saescale reproduce`, {prof['name']} profile)", "",
              f"Generated {doc['generated']} from `{out}/report.json` ({doc['machine_seconds'] / 3600:.1f} h of this "
              f"machine over {len(doc['chunks'])} chunk(s)); SmolLM2-135M, corpus `{prof['corpus']}`, "
              f"n ∈ {{{', '.join(map(str, prof['scaling_n']))}}} × k ∈ {{{', '.join(map(str, prof['scaling_k']))}}}, "
              f"batch {prof['batch_size']}, budgets {prof['scaling_tokens']:,} × (n / {prof['scaling_n'][0]})^0.6 "
-             f"tokens, held-out loss on {prof['heldout_tokens']:,} validation tokens. Every figure and number: "
+             f"tokens, held-out loss on {' / '.join(f'{h:,}' for h in held)} validation tokens. Every figure and number: "
              f"`{out}/report.html`.", "",
-             f"**Verdict: {f['verdict']}.** {f['reason']}", ""]
+             f"**Verdict: {f['verdict']}.** {f['reason'] or 'The n x k sweep has not finished.'}", ""]
     if f["lines"]:
         lines += ["```", *f["lines"], "```", ""]
     else:
