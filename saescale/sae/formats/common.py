@@ -58,6 +58,29 @@ def transcoder_folds(cfg: SAEConfig) -> tuple[float, float]:
     return (float(cfg.norm_scale) if cfg.normalize == "mean_sq" else 1.0), float(cfg.target_scale or 1.0)
 
 
+def fold_transcoder(sae) -> dict[str, Tensor]:
+    """A transcoder's raw-space weights in float64, its scales folded in (the same code z on raw x, so
+    the same raw output): W_enc s_x (n, d), b_enc (n,), W_dec / s_y (n, d_out), b_dec = b_pre / s_y
+    (d_out,) [, W_skip s_x / s_y (d_out, d)]. Each format renames / transposes them."""
+    s_x, s_y = transcoder_folds(sae.cfg)
+    t = {"W_enc": sae.W_enc.detach().double() * s_x, "b_enc": sae.b_enc.detach().double(),
+         "W_dec": sae.W_dec.detach().double() / s_y, "b_dec": sae.b_pre.detach().double() / s_y}
+    if sae.cfg.skip:
+        t["W_skip"] = sae.W_skip.detach().double() * (s_x / s_y)
+    return t
+
+
+def unfold_transcoder(cfg: SAEConfig, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                      W_skip: Tensor | None = None) -> dict[str, Tensor]:
+    """The inverse of :func:`fold_transcoder` for ``cfg``'s scales: saescale's W_enc, b_enc, W_dec, b_pre
+    [, W_skip] from raw-space weights of the same shapes."""
+    s_x, s_y = transcoder_folds(cfg)
+    out = {"W_enc": W_enc / s_x, "b_enc": b_enc, "W_dec": W_dec * s_y, "b_pre": b_dec * s_y}
+    if W_skip is not None:
+        out["W_skip"] = W_skip * (s_y / s_x)
+    return out
+
+
 def div(t: Tensor, a: float) -> Tensor:
     """t / a in float64 (t itself, float32, when a = 1: nothing to round)."""
     return t.detach().float() if a == 1.0 else t.detach().double() / a

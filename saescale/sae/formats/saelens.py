@@ -44,8 +44,8 @@ from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.formats.common import (Imported, as_int, check_record, check_tensors, div, finish, fold_factor,
-                                         log_of, make_record, mul, parse_record, read_json, read_safetensors,
-                                         transcoder_folds)
+                                         fold_transcoder, log_of, make_record, mul, parse_record, read_json,
+                                         read_safetensors, unfold_transcoder)
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 ARCH_OUT = {"topk": "topk", "relu": "standard", "gated": "gated", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
@@ -85,11 +85,8 @@ def export_transcoder(sae: SparseAutoencoder, extra: dict[str, Any]) -> tuple[di
         raise SaescaleError(f"a --arch {cfg.arch} transcoder cannot be exported to SAELens: its transcoders compute "
                             "ReLU (or JumpReLU) codes, not TopK; export it with --format sparsify (TopK transcoders), "
                             "keep it in saescale's format, or train --arch relu with --target-hook")
-    s_x, s_y = transcoder_folds(cfg)
-    t = {"W_enc": (sae.W_enc.detach().double() * s_x).T.contiguous(), "b_enc": sae.b_enc.detach().float(),
-         "W_dec": sae.W_dec.detach().double() / s_y, "b_dec": sae.b_pre.detach().double() / s_y}
-    if cfg.skip:
-        t["W_skip"] = sae.W_skip.detach().double() * (s_x / s_y)
+    t = fold_transcoder(sae)
+    t["W_enc"], t["b_enc"] = t["W_enc"].T.contiguous(), t["b_enc"].float()  # SAELens: W_enc (d, n)
     acts = extra.get("activations") if isinstance(extra.get("activations"), dict) else {}
     meta = {"sae_lens_version": sae_lens_version(), "sae_lens_training_version": None,
             "model_name": acts.get("model"), "hook_name": hook_name(acts["hook"]) if acts.get("hook") else None,
@@ -127,10 +124,7 @@ def read_transcoder(f: Path, raw: dict[str, Any], folder: Path) -> Imported:
         cfg = SAEConfig(arch="relu", n=n, d=d, d_out=d_out, skip=skip, normalize="none")
         extra = {"imported": {"format": "saelens", "architecture": raw["architecture"], "model": meta.get("model_name"),
                               "hook": meta.get("hook_name"), "hook_out": meta.get("hook_name_out")}}
-    s_x, s_y = transcoder_folds(cfg)
-    out = {"W_enc": t["W_enc"].T / s_x, "b_enc": t["b_enc"], "W_dec": t["W_dec"] * s_y, "b_pre": t["b_dec"] * s_y}
-    if skip:
-        out["W_skip"] = t["W_skip"] * (s_y / s_x)
+    out = unfold_transcoder(cfg, t["W_enc"].T, t["b_enc"], t["W_dec"], t["b_dec"], t.get("W_skip"))
     return Imported(cfg, extra, finish(out), w, "saelens")
 
 

@@ -42,8 +42,8 @@ from saescale.errors import SaescaleError
 from saescale.sae.base import SparseAutoencoder
 from saescale.sae.config import SAEConfig
 from saescale.sae.formats.common import (Imported, as_int, check_record, check_tensors, div, finish, fold_factor,
-                                         make_record, mul, parse_record, read_json, read_safetensors,
-                                         transcoder_folds)
+                                         fold_transcoder, make_record, mul, parse_record, read_json,
+                                         read_safetensors, transcoder_folds, unfold_transcoder)
 
 CFG, WEIGHTS, RECORD = "cfg.json", "sae.safetensors", "saescale.json"
 FIX = "re-save it with sparsify (SparseCoder.save_to_disk) or export it again"
@@ -129,12 +129,9 @@ def export_transcoder(sae: SparseAutoencoder,
         raise SaescaleError(f"a transcoder from width {cfg.d} to width {cfg.d_out} cannot be exported to sparsify, "
                             "whose transcoders keep one width (d_in) for input and output; keep saescale's format")
     s_x, s_y = transcoder_folds(cfg)
-    exact = s_x == 1.0 and s_y == 1.0
-    t = {"encoder.weight": sae.W_enc.detach().double() * s_x, "encoder.bias": sae.b_enc.detach().double(),
-         "W_dec": sae.W_dec.detach().double() / s_y, "b_dec": sae.b_pre.detach().double() / s_y}
-    if cfg.skip:
-        t["W_skip"] = sae.W_skip.detach().double() * (s_x / s_y)
-    t = {k: (v.float() if exact else v) for k, v in t.items()}  # one dtype: sparsify takes the first tensor's
+    names = {"W_enc": "encoder.weight", "b_enc": "encoder.bias"}
+    exact = s_x == 1.0 and s_y == 1.0  # one dtype: sparsify takes the first tensor's
+    t = {names.get(k, k): (v.float() if exact else v) for k, v in fold_transcoder(sae).items()}
     out = {"activation": "topk", "expansion_factor": max(cfg.n // int(cfg.d), 1), "normalize_decoder": s_y == 1.0,
            "num_latents": cfg.n, "k": cfg.k, "multi_topk": False, "skip_connection": bool(cfg.skip),
            "transcode": True, "d_in": cfg.d}
@@ -154,11 +151,7 @@ def read_transcoder(f: Path, raw: dict[str, Any], folder: Path) -> Imported:
         cfg = SAEConfig(arch="topk", n=n, k=k, d=d, d_out=d, skip=skip, normalize="none")
         extra = {"imported": {"format": "sparsify", "hook": f"{folder.name}.input", "hook_out": folder.name,
                               "transcode": True}}  # sparsify's hookpoint is the module transcoded
-    s_x, s_y = transcoder_folds(cfg)
-    out = {"W_enc": t["encoder.weight"] / s_x, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"] * s_y,
-           "b_pre": t["b_dec"] * s_y}
-    if skip:
-        out["W_skip"] = t["W_skip"] * (s_y / s_x)
+    out = unfold_transcoder(cfg, t["encoder.weight"], t["encoder.bias"], t["W_dec"], t["b_dec"], t.get("W_skip"))
     return Imported(cfg, extra, finish(out), w, "sparsify")
 
 
