@@ -143,6 +143,11 @@ def provenance(cfg: EvalCommand):
             raise SaescaleError(f"--hook {cfg.hook}: {cfg.sae} records its hook point "
                                 f"{repr(recorded['hook']) if recorded.get('hook') else '(the model default)'} (where it was "
                                 "trained); drop --hook")
+        if cfg.target_hook and (not isinstance(recorded, dict) or cfg.target_hook != recorded.get("target_hook")):
+            held = recorded.get("target_hook") if isinstance(recorded, dict) else None
+            raise SaescaleError(f"--target-hook {cfg.target_hook}: {cfg.sae} records "
+                                f"{f'its target hook {held!r}' if held else 'no target hook (it is not a transcoder)'}; "
+                                "drop --target-hook")
         yield cfg.sae, cfg.corpus
         return
     if info is None:  # trained on the user's activation files: they record no model or hook point

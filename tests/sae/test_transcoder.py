@@ -196,6 +196,11 @@ def test_sparsify_round_trip_of_a_topk_transcoder_through_the_real_package(tmp_p
         from saescale.sae.io import read_cfg
 
         assert read_cfg(folder)[1]["activations"]["target_hook"] == "layers.3.mlp"
+    # one that records its hooks (saescale's own folder) refuses a different --target-hook instead of ignoring it
+    with pytest.raises(SaescaleError, match="records its target hook 'layers.3.mlp'; drop --target-hook") as e:
+        with provenance(EvalCommand(sae=str(tmp_path / "mine"), target_hook="layers.4.mlp")):
+            pass
+    assert "\n" not in str(e.value)
 
 
 def test_sparsify_refuses_what_its_transcoders_cannot_hold_in_one_line(tmp_path):
