@@ -30,6 +30,9 @@ class ReproduceCommand:
     units: str = ""
     """Run only these units (comma-separated names, e.g. scaling-default,dead-latents); empty = all, in order."""
 
+    members: str = ""
+    """Train only these members (comma-separated UNIT/MEMBER patterns with shell wildcards, e.g. 'scaling-default/n8192-*,dead-latents/*'), and only the units they reach; the others wait for a later run. For a machine whose work folder does not survive (a fresh machine each session): pick what finishes within --budget, since a checkpoint left there is lost. Empty = every member."""
+
     report_only: bool = False
     """Do not train: rebuild report.json / report.html from the members OUT holds."""
 
@@ -57,6 +60,17 @@ class ReproduceCommand:
         bad = [u for u in self.unit_names if u not in known]
         if bad:
             raise SaescaleError(f"--units: unknown unit(s) {', '.join(bad)}; choose from {', '.join(known)}")
+        from saescale.reproduce.runner import member_ids, member_selector
+
+        names = [f"{u.name}/{i}" for u in units(PROFILES[self.profile_name]) for i in member_ids(u)]
+        dead = [pat for pat in self.member_patterns if not any(member_selector([pat])(x) for x in names)]
+        if dead:
+            raise SaescaleError(f"--members: {', '.join(dead)} matches no member of the {self.profile_name} profile; "
+                                f"give UNIT/MEMBER patterns such as {names[0]} or {names[0].split('/')[0]}/n8192-*")
+
+    @property
+    def member_patterns(self) -> list[str]:
+        return [x.strip() for x in self.members.split(",") if x.strip()]
 
     @property
     def unit_names(self) -> list[str]:
@@ -92,7 +106,7 @@ def run_reproduce(cfg: ReproduceCommand) -> dict:
             large_documents("kjv")  # not built: one line naming `make corpus`, before anything runs
         summary = reproduce(p, cfg.out_dir, cfg.work_dir, parse_budget(cfg.budget), Evaluator(p), print,
                             progress=lambda name, total: ProgressBar(total, desc=name, enabled=cfg.progress),
-                            only=cfg.unit_names)
+                            only=cfg.unit_names, members=cfg.member_patterns)
         print(f"reproduce ({p.name}): {len(summary['finished'])} unit(s) finished, {len(summary['pending'])} pending, "
               f"{summary['seconds'] / 60:.1f} min this run" +
               (f"; budget reached: rerun the same command to continue ({', '.join(summary['pending'])})"

@@ -16,6 +16,8 @@ the harvest keeps its finished shards, and the run returns.
 
 from __future__ import annotations
 
+import fnmatch
+import itertools
 import json
 import re
 import time
@@ -103,8 +105,12 @@ def stored_results(out: Path, unit: Unit) -> list[dict[str, Any]]:
 
 
 def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, evaluate: Evaluate | None,
-             log: Log, progress: Callable[[str, int], Any] | None = None) -> bool:
-    """Train (or skip) every member of ``unit``; True when all are finished."""
+             log: Log, progress: Callable[[str, int], Any] | None = None,
+             select: Callable[[str], bool] | None = None) -> str:
+    """Train (or skip) every member of ``unit`` that ``select`` picks (every one without it).
+
+    Returns "done" (every member of the unit finished), "stopped" (the budget ran out) or "unselected"
+    (every picked member finished, others are not picked this run)."""
     from saescale.activations.cache import build_cache
     from saescale.sweep.runner import run_sweep
     from saescale.sweep.spec import load_spec
@@ -115,14 +121,15 @@ def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, 
     atomic_write_text(spec_path, text)
     spec = load_spec(spec_path)
     restored = restore_members(out / unit.name, sweep_dir, text)
-    pending = [m for m in spec.members if not (sweep_dir / m.id / "result.json").exists()]
+    unfinished = [m for m in spec.members if not (sweep_dir / m.id / "result.json").exists()]
+    pending = [m for m in unfinished if select is None or select(f"{unit.name}/{m.id}")]
     if restored:
         log(f"{unit.name}: {restored} finished member(s) restored from {out / unit.name / 'members'}")
     if not pending:
         save_members(spec, out / unit.name)
-        return True
+        return "unselected" if unfinished else "done"
     if deadline.passed():
-        return False
+        return "stopped"
 
     def harvest_progress(info: dict[str, Any]) -> None:
         if deadline.passed():
@@ -132,7 +139,7 @@ def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, 
         build_cache(spec.activations, progress=harvest_progress, log=log)
     except BudgetReached:
         log(f"{unit.name}: budget reached while harvesting activations; the finished shards are kept")
-        return False
+        return "stopped"
 
     def on_finish(member, sae_dir: Path) -> dict[str, Any]:
         names = unit.evals(member.grid, p)
@@ -140,36 +147,57 @@ def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, 
 
     bar = progress(unit.name, max(m.train.steps for m in pending) * spec.train.batch_size) if progress else None
     try:
-        run_sweep(spec, progress=bar, log=bar.write if bar else log, stop=deadline.passed, on_finish=on_finish)
+        run_sweep(spec, progress=bar, log=bar.write if bar else log, stop=deadline.passed, on_finish=on_finish,
+                  select=None if select is None else lambda member_id: select(f"{unit.name}/{member_id}"))
     finally:
         if bar:
             bar.close()
-    return save_members(spec, out / unit.name) == len(spec.members)
+    if save_members(spec, out / unit.name) == len(spec.members):
+        return "done"
+    return "stopped" if any(not (sweep_dir / m.id / "result.json").exists() for m in pending) else "unselected"
 
 
 def reproduce(p: Profile, out: Path, work: Path, budget_s: float, evaluate: Evaluate | None, log: Log,
-              progress: Callable[[str, int], Any] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+              progress: Callable[[str, int], Any] | None = None, only: list[str] | None = None,
+              members: list[str] | None = None) -> dict[str, Any]:
     """Run the units of profile ``p`` in order until all are finished or the budget is spent.
 
+    ``only``: unit names to run. ``members``: patterns ``UNIT/MEMBER`` (shell wildcards, e.g.
+    ``scaling-default/n8192-*``): train only the members they match, and only the units they reach (a
+    chunk on a machine whose work folder will not survive can pick what it can finish in its budget).
     Returns {"finished": units finished, "pending": the others, "seconds": this run's time}; one line per
     run is appended to OUT/chunks.jsonl (so the total machine time of a reproduction is on record)."""
     deadline = Deadline(budget_s)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [u for u in units(p) if not only or u.name in only]
-    finished, pending = [], []
+    select = member_selector(members) if members else None
+    chosen = [u for u in units(p) if (not only or u.name in only)
+              and (select is None or any(select(f"{u.name}/{i}") for i in member_ids(u)))]
+    finished, pending, stopped = [], [], False
     for unit in chosen:
-        if pending:  # units run in order: after one stopped at the budget, the rest wait for the next run
+        if stopped:  # units run in order: after one stopped at the budget, the rest wait for the next run
             pending.append(unit.name)
             continue
-        if run_unit(unit, p, out, work, deadline, evaluate, log, progress):
-            finished.append(unit.name)
-        else:
-            pending.append(unit.name)
-    summary = {"finished": finished, "pending": pending, "seconds": round(deadline.elapsed(), 1)}
+        status = run_unit(unit, p, out, work, deadline, evaluate, log, progress, select)
+        (finished if status == "done" else pending).append(unit.name)
+        stopped = status == "stopped"
+    summary = {"finished": finished, "pending": pending, "seconds": round(deadline.elapsed(), 1),
+               **({"selected": members} if members else {})}
     _append_chunk(out / "chunks.jsonl", {"profile": p.name, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(
         time.time() - deadline.elapsed())), "budget_s": budget_s, "members": sum(len(stored_results(out, u)) for u in chosen),
         **summary})
     return summary
+
+
+def member_selector(patterns: list[str]) -> Callable[[str], bool]:
+    """``UNIT/MEMBER`` -> whether any pattern (shell wildcards) matches it."""
+    return lambda name: any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
+def member_ids(unit: Unit) -> list[str]:
+    """The ids of ``unit``'s members (as its sweep names their folders: saescale.sweep.spec._expand)."""
+    from saescale.sweep.spec import member_id
+
+    return [member_id(dict(zip(unit.grid, combo))) for combo in itertools.product(*unit.grid.values())]
 
 
 def _append_chunk(path: Path, line: dict[str, Any]) -> None:

@@ -131,7 +131,8 @@ Finisher = Callable[[Member, Path], dict[str, Any]]
 
 
 def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None = None,
-              stop: Callable[[], bool] | None = None, on_finish: Finisher | None = None) -> list[dict[str, Any]]:
+              stop: Callable[[], bool] | None = None, on_finish: Finisher | None = None,
+              select: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Train every unfinished member, then return all members' results (spec order).
 
     ``progress`` gets {"tokens": tokens of the shared stream so far, "training": members still
@@ -140,6 +141,8 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     checkpoint and the sweep returns the finished members' results (a rerun resumes the others).
     ``on_finish(member, sae_folder)`` runs when a member has been saved; what it returns is recorded
     in the member's result under ``extra`` (e.g. more metrics of the saved SAE).
+    ``select(member_id)``, when given, picks the unfinished members this run trains; the others are left
+    as they are (not started, or kept at their checkpoints) for a later run.
     """
     log = log or (lambda line: None)
     out = spec.out
@@ -149,9 +152,11 @@ def run_sweep(spec: SweepSpec, progress: Callback | None = None, log: Log | None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.toml", spec.path.read_text())
     batch = spec.train.batch_size
-    pending = [m for m in spec.members if not (out / m.id / "result.json").exists()]
-    log(f"sweep {out}: {len(spec.members) - len(pending)} of {len(spec.members)} members finished, "
-        f"{len(pending)} to train")
+    unfinished = [m for m in spec.members if not (out / m.id / "result.json").exists()]
+    pending = [m for m in unfinished if select is None or select(m.id)]
+    log(f"sweep {out}: {len(spec.members) - len(unfinished)} of {len(spec.members)} members finished, "
+        f"{len(pending)} to train" + (f" ({len(unfinished) - len(pending)} others not selected)"
+                                      if len(pending) < len(unfinished) else ""))
     if pending:
         source, held, extra, model = sources(spec)
         held_batches = [x.float() for x in heldout_batches(held, spec.settings.heldout_tokens, batch)]

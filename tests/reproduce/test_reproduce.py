@@ -123,3 +123,32 @@ def test_damaged_report_inputs_are_one_line_errors(tmp_path):
     (out / "progressive" / "members" / "multi_topk_true.json").write_text("{not json")
     with pytest.raises(SaescaleError, match=r"multi_topk_true.json is damaged.*delete it"):
         build_report(TINY, out, bootstrap=0)
+
+
+def test_members_pick_units_and_an_unpicked_rest_does_not_hold_back_later_units(tmp_path, monkeypatch):
+    """--members: only the units a pattern reaches run, with a selector on UNIT/MEMBER; a unit left with
+    unpicked members does not stop the next one (only a budget stop does), and chunks.jsonl records the patterns."""
+    calls: list[tuple[str, list[str]]] = []
+    ids = {u.name: runner.member_ids(u) for u in units(FULL)}
+    assert "n8192-k16" in ids["scaling-default"] and ids["dead-latents"][0] == "tied_init_true-aux_coef_0"
+
+    def fake_run_unit(unit, p, out, work, deadline, evaluate, log, progress, select):
+        calls.append((unit.name, [i for i in ids[unit.name] if select(f"{unit.name}/{i}")]))
+        return "unselected" if unit.name == "scaling-default" else "done"
+
+    monkeypatch.setattr(runner, "run_unit", fake_run_unit)
+    s = reproduce(FULL, tmp_path, tmp_path / "work", 0.0, None, print,
+                  members=["scaling-default/n8192-*", "scaling-default/n16384-k32", "progressive/*"])
+    assert calls == [("scaling-default", ["n8192-k8", "n8192-k16", "n8192-k32", "n8192-k64", "n16384-k32"]),
+                     ("progressive", ["multi_topk_false", "multi_topk_true"])]
+    assert s["finished"] == ["progressive"] and s["pending"] == ["scaling-default"]
+    line = json.loads((tmp_path / "chunks.jsonl").read_text().splitlines()[-1])
+    assert line["selected"] == ["scaling-default/n8192-*", "scaling-default/n16384-k32", "progressive/*"]
+
+
+def test_unknown_member_pattern_is_one_line(capsys):
+    from saescale.cli import main
+
+    assert main(["reproduce", "--members", "scaling-default/n999-*", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--members: scaling-default/n999-* matches no member of the full profile" in err and "Traceback" not in err

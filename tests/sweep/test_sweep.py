@@ -174,3 +174,23 @@ def test_members_share_one_dead_window(tmp_path):
     p.write_text(write_spec(tmp_path).read_text().replace("k = [4, 8]", "k = [4, 8]\ndead_tokens = [1000, 2000]"))
     with pytest.raises(SaescaleError, match="share dead_tokens"):
         load_spec(p)
+
+
+def test_select_trains_only_the_picked_members_and_a_later_run_the_rest(tmp_path):
+    """``select`` (reproduce --members) trains the members it picks and leaves the others untouched; a run
+    without it then trains only those others, and each member has the weights it gets in a sweep of its own."""
+    spec = load_spec(write_spec(tmp_path, short=2560, long=5120))
+    spec.members = spec.members[:2]  # n64-k4-tokens_2560, n64-k4-tokens_5120
+    spec.settings.out = str(tmp_path / "sweep")
+    logs: list[str] = []
+    first = run_sweep(spec, progress=False, log=logs.append, select=lambda i: i.endswith("2560"))
+    assert [r["id"] for r in first] == ["n64-k4-tokens_2560"] and not (tmp_path / "sweep" / "n64-k4-tokens_5120").exists()
+    assert any("1 to train (1 others not selected)" in x for x in logs), logs
+    second = run_sweep(spec, progress=False)
+    assert [r["id"] for r in second] == [m.id for m in spec.members]
+    alone = load_spec(write_spec(tmp_path, short=2560, long=5120, name="alone.toml"))
+    alone.members, alone.settings.out = alone.members[:2], str(tmp_path / "alone")
+    run_sweep(alone, progress=False)
+    for m in spec.members:
+        a, b = weights(tmp_path / "sweep" / m.id), weights(tmp_path / "alone" / m.id)
+        assert all(torch.equal(a[name], b[name]) for name in a), m.id
