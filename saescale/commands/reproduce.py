@@ -33,6 +33,9 @@ class ReproduceCommand:
     members: str = ""
     """Train only these members (comma-separated UNIT/MEMBER patterns with shell wildcards, e.g. 'scaling-default/n8192-*,dead-latents/*'), and only the units they reach; the others wait for a later run. For a machine whose work folder does not survive (a fresh machine each session): pick what finishes within --budget, since a checkpoint left there is lost. Empty = every member."""
 
+    plan: bool = False
+    """Do not train: print each unfinished member (of --units / --members) with its token budget and its estimated minutes on this machine, and each unit's harvest when its activation cache is not complete here, then exit."""
+
     report_only: bool = False
     """Do not train: rebuild report.json / report.html from the members OUT holds."""
 
@@ -99,6 +102,14 @@ def run_reproduce(cfg: ReproduceCommand) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     p = PROFILES[cfg.profile_name]
+    if cfg.plan:
+        from saescale.reproduce.plan import format_plan, plan
+        from saescale.reproduce.runner import member_selector
+
+        select = member_selector(cfg.member_patterns) if cfg.member_patterns else None
+        rows = plan(p, cfg.out_dir, cfg.work_dir, cfg.unit_names, select)
+        print("\n".join(format_plan(rows, p)))
+        return {"plan": rows}
     if not cfg.report_only:
         if p.corpus == "large":
             from saescale.activations.corpus import large_documents

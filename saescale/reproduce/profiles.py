@@ -56,6 +56,11 @@ class Profile:
     eval_k: int  # members with this k (every n) and with n = eval_n (every k) are evaluated
     eval_n: int
     seeds: tuple[int, ...] = (0,)
+    # cost model (saescale reproduce --plan): training latent-tokens/s summed over one sweep's members, and
+    # harvest tokens/s per model, on this 2-core machine alone (SmolLM2 and training measured 2026-12-02;
+    # Gemma-3-270M not yet measured on the large corpus: assumed from its size, 100M non-embedding parameters)
+    train_rate: float = 3.5e7
+    harvest_rate: dict[str, float] = field(default_factory=lambda: {"default": 780.0, "gemma3-270m": 500.0})
     notes: list[str] = field(default_factory=list)
 
 
