@@ -56,6 +56,10 @@ class Profile:
     eval_k: int  # members with this k (every n) and with n = eval_n (every k) are evaluated
     eval_n: int
     seeds: tuple[int, ...] = (0,)
+    # the subject models' dtype in every harvest, fixed (not 'auto', which resolves to bfloat16 on a CPU with
+    # fast bf16 matmuls and to float32 elsewhere): chunks run on whichever machine a session gets, and every
+    # member of a reproduction must see the same activations (the first members were harvested in float32)
+    model_dtype: str = "float32"
     # cost model (saescale reproduce --plan): training latent-tokens/s summed over one sweep's members, and
     # harvest tokens/s per model, on this 2-core machine alone (SmolLM2 and training measured 2026-12-02;
     # Gemma-3-270M not yet measured on the large corpus: assumed from its size, 100M non-embedding parameters)

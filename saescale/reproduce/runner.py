@@ -112,6 +112,7 @@ def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, 
     Returns "done" (every member of the unit finished), "stopped" (the budget ran out) or "unselected"
     (every picked member finished, others are not picked this run)."""
     from saescale.activations.cache import build_cache
+    from saescale.sweep.records import check_rerun
     from saescale.sweep.runner import run_sweep
     from saescale.sweep.spec import load_spec
 
@@ -130,6 +131,8 @@ def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, 
         return "unselected" if unfinished else "done"
     if deadline.passed():
         return "stopped"
+
+    check_rerun(spec)  # a member recorded with other settings (data included): refused now, not after the harvest
 
     def harvest_progress(info: dict[str, Any]) -> None:
         if deadline.passed():

@@ -61,7 +61,8 @@ class Unit:
             "grid": self.grid,
             "sae": {"normalize": "layernorm", **self.sae},
             "train": {"batch_size": p.batch_size, "seed": 0, "checkpoint_every": 20, "log_every": 10, **self.train},
-            "activations": {"model": self.model, "corpus": p.corpus, "n_tokens": p.cache_tokens[self.model]},
+            "activations": {"model": self.model, "corpus": p.corpus, "n_tokens": p.cache_tokens[self.model],
+                            "model_dtype": p.model_dtype},
         }
         return "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
                        for name, table in tables.items())

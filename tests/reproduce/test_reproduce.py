@@ -152,3 +152,28 @@ def test_unknown_member_pattern_is_one_line(capsys):
     assert main(["reproduce", "--members", "scaling-default/n999-*", "--report-only"]) == 2
     err = capsys.readouterr().err
     assert "--members: scaling-default/n999-* matches no member of the full profile" in err and "Traceback" not in err
+
+
+def test_committed_members_resume_on_any_cpu_and_a_mismatch_is_refused_before_the_harvest(tmp_path, monkeypatch):
+    """The units fix the harvest's model dtype: on a CPU where 'auto' means bfloat16, the committed float32
+    members still match the spec (they were refused, after a 14-minute harvest, before it was fixed); a member
+    recorded with other activations is refused in one line before anything is harvested."""
+    from saescale.activations import precision
+    from saescale.sweep.records import check_rerun
+
+    monkeypatch.setenv("SAESCALE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(precision, "fast_bf16", lambda device="cpu": True)
+    unit, out, work = units(FULL)[0], tmp_path / "out", tmp_path / "work"
+    shutil.copytree("docs/reproduce/scaling-default/members", out / unit.name / "members")
+    text = unit.spec_toml(FULL, str(work / unit.name))
+    (work / unit.name).mkdir(parents=True)
+    (work / "spec.toml").write_text(text)
+    assert runner.restore_members(out / unit.name, work / unit.name, text) == 12
+    check_rerun(load_spec(work / "spec.toml"))  # no refusal
+    f = work / unit.name / "n1024-k8" / "result.json"
+    r = json.loads(f.read_text())
+    r["settings"]["data"]["activations"]["model_dtype"] = "bfloat16"
+    f.write_text(json.dumps(r))
+    with pytest.raises(SaescaleError, match="n1024-k8 was trained with data.activations.model_dtype = 'bfloat16'"):
+        runner.run_unit(unit, FULL, out, work, runner.Deadline(0), None, print)
+    assert not (tmp_path / "home" / "acts").exists()  # nothing harvested
