@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from saescale.kernels.select import DEFAULT_CHUNK
 from saescale.sae.config import SAEConfig
 from saescale.sae.registry import build_sae
-from saescale.train.config import TrainConfig
+from saescale.train.config import TrainConfig, resolve_precision
 from saescale.train.trainer import Trainer
 
 DENSE_LIMIT_BYTES = 2 * 1024**3  # a (B, n) float32 tensor larger than this is not materialised
@@ -108,7 +108,7 @@ def build_trainer(args: argparse.Namespace, g: torch.Generator, arch: str = "top
             else:
                 sae.b_enc.copy_(-cut)
     cfg = TrainConfig(batch_size=args.batch, tokens=args.batch * 1000, progress=False, multi_topk=args.multi_topk,
-                      device=args.device)
+                      device=args.device, precision=args.precision)
     return Trainer(sae, cfg, loss_scale=1.0)
 
 
@@ -148,6 +148,9 @@ def main() -> None:
     p.add_argument("--multi-topk", action="store_true", help="train with Multi-TopK (top-4k as well)")
     p.add_argument("--experts", type=int, default=8, help="--arch switch: the number of experts E")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA times are synchronised)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "autocast"],
+                   help="the step's selection precision (TrainConfig.precision; auto = bfloat16 where bf16 matmuls "
+                        "are fast); the bound stays one float32 F.linear")
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
     torch.set_num_threads(args.threads)
@@ -156,6 +159,7 @@ def main() -> None:
     x = torch.randn(B, args.d, generator=g).to(args.device)
     gflop = 2 * B * args.d * args.n / 1e9
     print(f"B={B} d={args.d} n={args.n} k={args.k} multi_topk={args.multi_topk} threads={args.threads} "
+          f"precision={resolve_precision(args.precision, args.device)} "
           f"torch {torch.__version__} {torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()}")
 
     if args.arch != "topk":
@@ -166,7 +170,8 @@ def main() -> None:
     blocked = args.batch * args.n * 4 > DENSE_LIMIT_BYTES  # long blocked matmul: one call, no warm-up
     reps = 1 if blocked else max(2, min(args.steps, 5))
     t_mm = timed(matmul, reps + (not blocked), args.device)[(not blocked):]
-    ours = timed(lambda: trainer.step(x), args.steps, args.device)
+    metrics: dict = {}
+    ours = timed(lambda: metrics.update(trainer.step(x)), args.steps, args.device)
     t_mm += timed(matmul, reps, args.device)  # before and after our steps: the machine is shared
     ours = ours[1:] if len(ours) > 1 else ours
     mm, step = min(t_mm), min(ours)
@@ -180,7 +185,8 @@ def main() -> None:
               f"buffer, as our step runs it, best {min(blocks) * 1e3:.0f} ms; our step is "
               f"{min(blocks) / step:.2f} of that rate)")
     print(f"our step (Trainer.step): best {step * 1e3:.0f} ms (median {statistics.median(ours) * 1e3:.0f}), "
-          f"{B / step:,.0f} tokens/s  (timed steps: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
+          f"{B / step:,.0f} tokens/s  (timed steps: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)"
+          + (f", rows redone in float32 {metrics['bf16_fallback_frac']:.1%}" if "bf16_fallback_frac" in metrics else ""))
     naive_fits = 4 * B * args.n * 4 <= (32 if cuda else 8) * 1024**3
     if naive_fits:
         del trainer
@@ -193,8 +199,12 @@ def main() -> None:
     rss = f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.1f} GB"
     if cuda:
         rss = f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 1e9:.1f} GB, " + rss
-    ratio = f"ratio to encoder-matmul bound: {(B / step) / bound:.2f}"
+    ratio = f"ratio to {'fp32 ' if trainer_precision(args) != 'float32' else ''}encoder-matmul bound: {(B / step) / bound:.2f}"
     print(*((rss, ratio) if naive_fits else (ratio, rss)), sep="\n")
+
+
+def trainer_precision(args: argparse.Namespace) -> str:
+    return resolve_precision(args.precision, args.device)
 
 
 def compare_arch(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor) -> None:

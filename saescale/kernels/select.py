@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from saescale.kernels import precision
 from saescale.kernels.workspace import scratch
 from saescale.threads import one_thread
 
@@ -162,10 +163,24 @@ class RunningTopK:
         return values, self.indices.gather(1, pos)
 
 
-@torch.no_grad()
 def select_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Tensor | None = None,
                 k_aux: int = 0, chunk: int = DEFAULT_CHUNK) -> Selection:
-    """Top-m of pre = x_c W_enc^T + b_enc per row, and top-k_aux among ``dead`` (n,) bool latents.
+    """Top-m of pre = x_c W_enc^T + b_enc per row, and top-k_aux among ``dead`` (n,) bool latents, in the
+    precision installed around the step (:mod:`saescale.kernels.precision`): float32
+    (:func:`select_topk_fp32`), or bf16 candidates certified exact / approximate
+    (:func:`~saescale.kernels.bf16_select.select_topk_bf16`) for float32 inputs."""
+    mode = precision.active()
+    if mode == "float32" or x_c.dtype != torch.float32:
+        return select_topk_fp32(x_c, W_enc, b_enc, m, dead, k_aux, chunk)
+    from saescale.kernels.bf16_select import select_topk_bf16  # it builds on this module
+
+    return select_topk_bf16(x_c, W_enc, b_enc, m, dead, k_aux, chunk, certify=mode == "bfloat16")
+
+
+@torch.no_grad()
+def select_topk_fp32(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Tensor | None = None,
+                     k_aux: int = 0, chunk: int = DEFAULT_CHUNK) -> Selection:
+    """Top-m of pre = x_c W_enc^T + b_enc per row, and top-k_aux among ``dead`` (n,) bool latents, in float32.
 
     x_c (B, d), W_enc (n, d), b_enc (n,). Never holds more than a (B, chunk) block of pre.
     Requires m <= n and k_aux <= dead.sum().

@@ -54,8 +54,9 @@ from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sweep.spec import Member, SweepSpec
 from saescale.train.config import TrainConfig, upgrade_train_record
 
-RUNTIME = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "device")
-"""Training settings that may differ between a member's record and the spec: where it runs, what it logs and keeps."""
+RUNTIME = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "device", "precision")
+"""Training settings that may differ between a member's record and the spec: where it runs, what it logs and keeps,
+and the selection's precision ('auto' resolves by the machine; the exact bf16 selection is float32's)."""
 
 NOT_THE_DATA = ("cache_dir", "cache")
 """Data settings that say where the activations are, not what they are: never compared."""

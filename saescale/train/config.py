@@ -95,6 +95,9 @@ class TrainConfig:
     device: str = "cpu"
     """Torch device for training ('cpu', 'cuda', 'cuda:1')."""
 
+    precision: Literal["auto", "float32", "bfloat16", "autocast"] = "auto"
+    """The encoder's top-k selection: 'bfloat16' picks candidates with a bf16 matmul, rescores them in float32 and certifies that the selection equals float32's (rows that fail are redone in float32), so the result is float32's, faster where bf16 matmuls are fast; 'float32' the float32 matmul; 'autocast' the plain top-k of the bf16 pre-activations (approximate near the k-th value, as other trainers' bf16 autocast); 'auto' = bfloat16 where the device has fast bf16 matmuls (CPU with AVX512-BF16 or AMX, CUDA compute capability >= 8.0; $SAESCALE_FAST_BF16=1/0 forces), else float32. Parameters, gradients and Adam are float32 in every mode; run.json records the one used."""
+
     progress: bool = True
     """Show a progress bar with tokens/s and ETA."""
 
@@ -111,7 +114,8 @@ class TrainConfig:
         lr = :func:`default_lr` (n, batch_size), warmup_steps = min(1000, steps / 20),
         k_aux = the power of two nearest d/2 (512 for GPT-2's d = 768), at most n,
         dead_tokens = max(10 batches, min(10M, tokens / 10)): the paper's 10M scaled to the run, with a
-        floor so that on a short run "dead" never means "did not fire in one batch".
+        floor so that on a short run "dead" never means "did not fire in one batch",
+        precision = :func:`resolve_precision` (auto -> bfloat16 or float32 by the device).
         """
         return dataclasses.replace(
             self,
@@ -119,6 +123,7 @@ class TrainConfig:
             warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20),
             k_aux=min(self.k_aux if self.k_aux is not None else 2 ** round(math.log2(max(d / 2, 1))), n),
             dead_tokens=self.dead_tokens if self.dead_tokens is not None else default_dead_tokens(self.tokens, self.batch_size),
+            precision=resolve_precision(self.precision, self.device),
         )
 
 
@@ -129,6 +134,16 @@ docs/scaling/sweep-lr-fit.json, table in docs/scaling.md)."""
 
 PAPER_LR_RULE = {"log_A": math.log(2e-4 * 2**7), "p": -0.5}
 """The paper's rule lr = 2e-4 / sqrt(n / 2^14) (derived at batch 131,072), the default before 2026-12-01."""
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """The selection precision that runs: 'auto' -> 'bfloat16' where ``device`` has fast bf16 matmuls
+    (:func:`saescale.activations.precision.fast_bf16`), else 'float32'; other values as they are."""
+    if precision != "auto":
+        return precision
+    from saescale.activations.precision import fast_bf16
+
+    return "bfloat16" if fast_bf16(device) else "float32"
 
 
 def default_lr(n: int, batch_size: int) -> float:

@@ -42,7 +42,7 @@ from saescale.train.init import init_sae, resolve_sae_config, scale_encoder
 from saescale.train.trainer import Callback, Trainer
 
 # Settings that may change between a killed run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "device", "log_every", "checkpoint_every", "keep_checkpoints"}
+_RESUMABLE_CHANGES = {"progress", "device", "log_every", "checkpoint_every", "keep_checkpoints", "precision"}
 
 Log = Callable[[str], None]
 
@@ -76,9 +76,11 @@ def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_d
     return Trainer(sae, cfg, scale, out_dir)
 
 
-def runtime() -> dict[str, Any]:
-    """How this process computes: the kernel path, precision, CPU threads, torch version."""
-    return {"kernels": "fast" if fast_kernels() else "reference", "precision": "float32",
+def runtime(precision: str = "float32") -> dict[str, Any]:
+    """How this process computes: the kernel path, the selection's precision (the reference path is float32),
+    CPU threads, torch version."""
+    fast = fast_kernels()
+    return {"kernels": "fast" if fast else "reference", "precision": precision if fast else "float32",
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -86,7 +88,7 @@ def resolved_record(trainer: Trainer) -> dict[str, Any]:
     """The settings that actually ran: the SAE's and training's with every unset value filled in, and the runtime."""
     mesh = trainer.mesh
     return {"sae": config_to_dict(trainer.sae.cfg), "train": config_to_dict(trainer.cfg),
-            "runtime": {**runtime(), "device": trainer.cfg.device, "world": mesh.world,
+            "runtime": {**runtime(trainer.cfg.precision), "device": trainer.cfg.device, "world": mesh.world,
                         "latent_shards": mesh.latent_shards}}
 
 

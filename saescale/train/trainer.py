@@ -30,7 +30,7 @@ import torch
 
 from saescale import losses
 from saescale.errors import SaescaleError
-from saescale.kernels import workspace
+from saescale.kernels import precision, workspace
 from saescale.sae.base import SHARDED, LossContext, SparseAutoencoder, fires
 from saescale.sae.registry import build_sae
 from saescale.threads import one_thread
@@ -104,7 +104,7 @@ class Trainer:
         """One optimiser step on this rank's raw rows x (B_r, d); returns the step's metrics (global batch)."""
         cfg, sae, mesh = self.cfg, self.sae, self.mesh
         batch = x.shape[0] * mesh.data_shards
-        with workspace.using(self.workspace):
+        with workspace.using(self.workspace), precision.using(cfg.precision) as selection:
             x_n, _ = sae.normalize(x.to(cfg.device, non_blocking=True))
             ctx = LossContext(self.dead, cfg.k_aux, cfg.aux_coef, self.state.loss_scale, cfg.multi_topk, cfg.l1_coef,
                               batch, cfg.l0_coef, cfg.balance_coef)
@@ -118,8 +118,9 @@ class Trainer:
             sae.after_step()
         fired = self._update_dead(out.code.values, out.code.indices, batch)
         l0 = mesh.all_reduce(fires(out.code.values).sum().double(), "world").item() / batch
+        redone = {"bf16_fallback_frac": selection.fallback_rows / selection.rows} if selection.rows else {}
         return {"loss": totals[0].item(), "nmse": self._nmse(totals, batch), "l0": l0, "aux_loss": totals[1].item(),
-                "dead_frac": self.dead_total / sae.cfg.n, "fired_frac": fired, "lr": lr, **sae.step_metrics()}
+                "dead_frac": self.dead_total / sae.cfg.n, "fired_frac": fired, "lr": lr, **redone, **sae.step_metrics()}
 
     @torch.no_grad()
     def _batch_totals(self, loss: torch.Tensor, aux: torch.Tensor, x_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
