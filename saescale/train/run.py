@@ -76,6 +76,19 @@ def new_trainer(sae_cfg: SAEConfig, cfg: TrainConfig, source: BatchSource, out_d
     return Trainer(sae, cfg, scale, out_dir)
 
 
+PRECISION_LINES = {
+    "float32": "encoder selection: float32",
+    "bfloat16": "encoder selection: bfloat16, exact (bf16 keys certified against float32; rows that fail are "
+                "redone in float32: bf16_fallback_frac in metrics.jsonl)",
+    "autocast": "encoder selection: bfloat16 autocast, approximate (the top-k of bf16 pre-activations)",
+}
+
+
+def precision_line(precision: str) -> str:
+    """The line a training run prints about the precision it uses (the reference kernels are float32)."""
+    return PRECISION_LINES[precision if fast_kernels() else "float32"]
+
+
 def runtime(precision: str = "float32") -> dict[str, Any]:
     """How this process computes: the kernel path, the selection's precision (the reference path is float32),
     CPU threads, torch version."""
@@ -205,6 +218,8 @@ def train_sae(
         summary = json.loads((out / "summary.json").read_text())
         return TrainResult(trainer.final_sae(), summary["final_train_metrics"], resumed, time.perf_counter() - t0,
                            trainer.cfg)
+    if log:
+        log(precision_line(trainer.cfg.precision))
     trainer.callbacks.extend(callbacks)
     rows = DataParallelSlice(source, mesh.data_rank, mesh.data_shards)
     metrics = trainer.fit(rows.batches(cfg.batch_size // mesh.data_shards, start=trainer.state.step))
