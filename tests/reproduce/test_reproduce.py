@@ -168,7 +168,8 @@ def test_committed_members_resume_on_any_cpu_and_a_mismatch_is_refused_before_th
     text = unit.spec_toml(FULL, str(work / unit.name))
     (work / unit.name).mkdir(parents=True)
     (work / "spec.toml").write_text(text)
-    assert runner.restore_members(out / unit.name, work / unit.name, text) == 12
+    committed = len(list((out / unit.name / "members").glob("*.json")))
+    assert committed >= 12 and runner.restore_members(out / unit.name, work / unit.name, text) == committed
     check_rerun(load_spec(work / "spec.toml"))  # no refusal
     f = work / unit.name / "n1024-k8" / "result.json"
     r = json.loads(f.read_text())
