@@ -158,8 +158,9 @@ def main() -> None:
     B = args.batch
     x = torch.randn(B, args.d, generator=g).to(args.device)
     gflop = 2 * B * args.d * args.n / 1e9
+    precision = resolve_precision(args.precision, args.device)
     print(f"B={B} d={args.d} n={args.n} k={args.k} multi_topk={args.multi_topk} threads={args.threads} "
-          f"precision={resolve_precision(args.precision, args.device)} "
+          f"precision={precision} "
           f"torch {torch.__version__} {torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()}")
 
     if args.arch != "topk":
@@ -199,12 +200,8 @@ def main() -> None:
     rss = f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.1f} GB"
     if cuda:
         rss = f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 1e9:.1f} GB, " + rss
-    ratio = f"ratio to {'fp32 ' if trainer_precision(args) != 'float32' else ''}encoder-matmul bound: {(B / step) / bound:.2f}"
+    ratio = f"ratio to {'fp32 ' if precision != 'float32' else ''}encoder-matmul bound: {(B / step) / bound:.2f}"
     print(*((rss, ratio) if naive_fits else (ratio, rss)), sep="\n")
-
-
-def trainer_precision(args: argparse.Namespace) -> str:
-    return resolve_precision(args.precision, args.device)
 
 
 def compare_arch(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor) -> None:

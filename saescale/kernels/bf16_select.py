@@ -71,6 +71,7 @@ U_BF16 = 2.0**-8
 U_FP32 = 2.0**-24
 CANDIDATE_FACTOR = 2  # c = 2 m candidates per row (rows not certified: 4 m, then float32)
 
+
 def fp32_sum_error(terms: int) -> float:
     """g of the module docstring: a float32 sum of ``terms`` terms is within g times the sum of their magnitudes."""
     return (terms + 1) * U_FP32 / (1 - (terms + 1) * U_FP32)
