@@ -62,7 +62,7 @@ $(CORPUS_STAMP): $(STAMP) scripts/build_corpus.py
 	touch $(CORPUS_STAMP)
 
 test: $(STAMP) browser corpus
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=30  # the slowest 30, to keep the suite under 15 min
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/harvest.py
