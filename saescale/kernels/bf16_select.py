@@ -11,8 +11,10 @@ This one, with c = min(n, ``factor`` m):
 2. rescoring: p̂_bj = x_c[b] . W_enc[j] + b_enc[j] in float32 for the c candidates only (a sampled
    matmul, B c d multiply-adds: c / n of the encoder's), and the top-m of those: (values, indices);
 3. certificate: row b is accepted when up(q_b(c)) < t_b, q_b(c) its c-th largest key, t_b its m-th rescored
-   value: no latent outside C_b can then reach t_b;
-4. rows not accepted go through 1-3 once more with twice the candidates (their share of the matmul only), and
+   value: no latent outside C_b can then reach t_b. Steps 2-3 first try the m + max(m / 4, 8) largest keys
+   alone, the same argument with c = m1 + 1 (:func:`_rescore_certified`): most rows rescore ~5/8 of C_b;
+4. rows not accepted go through 1-3 once more with twice the candidates (on their keys kept from the first
+   pass when all (B, n) keys fit in ``KEEP_KEYS_BYTES``, else on their share of the matmul again), and
    rows still not accepted are selected again in float32 (counted in :func:`saescale.kernels.precision.record`).
 
 The inputs. With x+ = [x_c[b], 1] and w+_j = [W_enc[j], b_enc[j]] (so p_bj = x+ . w+_j), one more column
@@ -57,6 +59,8 @@ rescored in float32.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -115,61 +119,154 @@ def upper(q: Tensor) -> Tensor:
     return torch.where(q >= 0, q / (1 - U_BF16), q / (1 + U_BF16))
 
 
+KEEP_KEYS_BYTES = 1 << 30  # the (B, n) bf16 keys are kept for a retry when they fit in 1 GiB (n = 2^17 at B = 4096)
+
+
 @torch.no_grad()
 def select_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Tensor | None = None,
                      k_aux: int = 0, chunk: int = DEFAULT_CHUNK, certify: bool = True,
                      factor: int = CANDIDATE_FACTOR, retry: bool = True) -> Selection:
     """The float32 selection's :class:`Selection` (values sorted descending, float32) from a bf16 matmul;
-    see the module docstring. Same arguments as :func:`~saescale.kernels.select.select_topk_fp32`."""
-    B, d = x_c.shape
-    n = W_enc.shape[0]
+    see the module docstring. Same arguments as :func:`~saescale.kernels.select.select_topk_fp32`.
+
+    A retry (step 4) reads the rows' keys back from the first pass when all (B, n) keys fit in
+    ``KEEP_KEYS_BYTES``, else computes the rows' share of the matmul again."""
+    B, n = x_c.shape[0], W_enc.shape[0]
     wide_chunk = min(2 * chunk, n)
     n_dead = int(dead.sum()) if dead is not None and k_aux else 0
-    c = min(n, factor * m) if certify else m
-    c_aux = (min(n_dead, factor * k_aux) if certify else k_aux) if n_dead else 0
     xb, Wb = augmented(x_c, W_enc, b_enc, certify)
-    main = RunningTopK(B, c, x_c, wide_chunk, "bf16.top")  # float32 buffers: max and topk are faster on them
-    aux = RunningTopK(B, c_aux, x_c, wide_chunk, "bf16.aux")
-    buf = scratch("bf16.block", (B * wide_chunk,), torch.bfloat16, x_c.device)
-    wide = scratch("bf16.wide", (B * wide_chunk,), torch.float32, x_c.device)
-    masked = scratch("bf16.masked", (B * wide_chunk,), torch.float32, x_c.device) if c_aux else None
-    neg_inf = x_c.new_full((), float("-inf"))
-    for start in range(0, n, wide_chunk):
-        stop = min(start + wide_chunk, n)
-        q16 = buf[: B * (stop - start)].view(B, stop - start)
-        torch.mm(xb, Wb[start:stop].T, out=q16)  # (B, chunk) bf16: x' w'^T, bias included
-        q = wide[: q16.numel()].view_as(q16).copy_(q16)  # exact: every bf16 value is a float32 value
-        main.update(q, start)
-        if c_aux and bool(dead[start:stop].any()):
-            q_aux = masked[: q.numel()].view_as(q)
-            torch.where(dead[start:stop], q, neg_inf, out=q_aux)
-            aux.update(q_aux, start)
-    q_top, cand = main.result()  # (B, c) sorted descending
-    values, indices = _rescore(x_c, W_enc, b_enc, cand, m)
-    ok = None
-    if certify:
-        ok = upper(q_top[:, -1]) < values[:, -1] if c < n else torch.ones(B, dtype=torch.bool, device=x_c.device)
-    aux_values, aux_indices = x_c.new_empty(B, 0), indices.new_empty(B, 0)
-    if c_aux:
-        q_aux_top, aux_cand = aux.result()
-        aux_values, aux_indices = _rescore(x_c, W_enc, b_enc, aux_cand, k_aux)
-        if certify and c_aux < n_dead:
-            ok &= upper(q_aux_top[:, -1]) < aux_values[:, -1]
+    keep = certify and retry and factor * m < n and B * n * 2 <= KEEP_KEYS_BYTES
+    keys = scratch("bf16.keys", (B * n,), torch.bfloat16, x_c.device) if keep else None
+    blocks = _matmul_blocks(xb, Wb, wide_chunk, keys)
+    d = x_c.shape[1]
+    a, v = xb[:, d + 1].float(), Wb[:, d + 1].float()  # the key raise of latent j in row b is a_b v_j
+    sel, ok = _select(x_c, W_enc, b_enc, m, dead, k_aux, n_dead, blocks, wide_chunk, certify, factor, a, v)
     bad = (~ok).nonzero()[:, 0] if ok is not None and not bool(ok.all()) else None
     if bad is None:
         precision.record(B, 0)
-        return Selection(values, indices, aux_values, aux_indices)
-    rows = x_c.index_select(0, bad)
+        return sel
     if retry and factor * m < n:  # those rows once more with twice the candidates; then float32
-        precision.record(B - int(bad.numel()), 0)  # the retried rows are counted by the retry
-        redo = select_topk_bf16(rows, W_enc, b_enc, m, dead, k_aux, chunk, True, 2 * factor, retry=False)
+        rows = x_c.index_select(0, bad)
+        again = _stored_blocks(keys, bad, B, n, wide_chunk) if keep else _matmul_blocks(
+            xb.index_select(0, bad), Wb, wide_chunk, None)
+        redo, ok2 = _select(rows, W_enc, b_enc, m, dead, k_aux, n_dead, again, wide_chunk, True, 2 * factor,
+                            a.index_select(0, bad), v)
+        still = (~ok2).nonzero()[:, 0]
+        if still.numel():
+            fp32 = select_topk_fp32(rows.index_select(0, still), W_enc, b_enc, m, dead if n_dead else None,
+                                    k_aux if n_dead else 0, chunk)
+            _put(redo, still, fp32)
+        precision.record(B, int(still.numel()))
     else:
         precision.record(B, int(bad.numel()))
-        redo = select_topk_fp32(rows, W_enc, b_enc, m, dead if c_aux else None, k_aux if c_aux else 0, chunk)
-    values[bad], indices[bad] = redo.values, redo.indices
+        redo = select_topk_fp32(x_c.index_select(0, bad), W_enc, b_enc, m, dead if n_dead else None,
+                                k_aux if n_dead else 0, chunk)
+    _put(sel, bad, redo)
+    return sel
+
+
+def _put(sel: Selection, rows: Tensor, other: Selection) -> None:
+    """sel's rows ``rows`` := other's rows, in place (aux included when sel has aux columns)."""
+    sel.values[rows], sel.indices[rows] = other.values, other.indices
+    if sel.aux_values.shape[1]:
+        sel.aux_values[rows], sel.aux_indices[rows] = other.aux_values, other.aux_indices
+
+
+def _matmul_blocks(xb: Tensor, Wb: Tensor, wide_chunk: int, keys: Tensor | None) -> Iterator[tuple[int, Tensor]]:
+    """(start, q16 (B, w)) for each latent chunk: the bf16 keys x' w'^T, written into ``keys`` (flat, B n)
+    when given (chunk after chunk, each block contiguous), else into one reused buffer."""
+    B, n = xb.shape[0], Wb.shape[0]
+    buf = scratch("bf16.block", (B * wide_chunk,), torch.bfloat16, xb.device) if keys is None else None
+    for start in range(0, n, wide_chunk):
+        stop = min(start + wide_chunk, n)
+        out = keys[B * start: B * stop] if keys is not None else buf[: B * (stop - start)]
+        q16 = out.view(B, stop - start)
+        torch.mm(xb, Wb[start:stop].T, out=q16)  # (B, chunk) bf16: x' w'^T, bias included
+        yield start, q16
+
+
+def _stored_blocks(keys: Tensor, rows: Tensor, B: int, n: int, wide_chunk: int) -> Iterator[tuple[int, Tensor]]:
+    """The first pass's kept keys of ``rows`` only, chunk by chunk (no matmul)."""
+    for start in range(0, n, wide_chunk):
+        stop = min(start + wide_chunk, n)
+        yield start, keys[B * start: B * stop].view(B, stop - start).index_select(0, rows)
+
+
+def _select(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Tensor | None, k_aux: int, n_dead: int,
+            blocks: Iterator[tuple[int, Tensor]], wide_chunk: int, certify: bool, factor: int,
+            a: Tensor, v: Tensor) -> tuple[Selection, Tensor | None]:
+    """Steps 1-3 of the module docstring on the keys ``blocks`` yields: the selection and each row's
+    certificate (None without ``certify``); a (B,) and v (n,) are the error column's a_b and v_j."""
+    B, n = x_c.shape[0], W_enc.shape[0]
+    c = min(n, factor * m) if certify else m
+    c_aux = (min(n_dead, factor * k_aux) if certify else k_aux) if n_dead else 0
+    main = RunningTopK(B, c, x_c, wide_chunk, "bf16.top")  # float32 buffers: max and topk are faster on them
+    aux = RunningTopK(B, c_aux, x_c, wide_chunk, "bf16.aux")
+    wide = scratch("bf16.wide", (B * wide_chunk,), torch.float32, x_c.device)
+    masked = scratch("bf16.masked", (B * wide_chunk,), torch.float32, x_c.device) if c_aux else None
+    neg_inf = x_c.new_full((), float("-inf"))
+    for start, q16 in blocks:
+        q = wide[: q16.numel()].view_as(q16).copy_(q16)  # exact: every bf16 value is a float32 value
+        main.update(q, start)
+        if c_aux and bool(dead[start: start + q.shape[1]].any()):
+            q_aux = masked[: q.numel()].view_as(q)
+            torch.where(dead[start: start + q.shape[1]], q, neg_inf, out=q_aux)
+            aux.update(q_aux, start)
+    q_top, cand = main.result()
+    raised = a[:, None] * v[cand[:, :m]] if certify else None  # (B, m): each candidate's key raise a_b v_j
+    values, indices, ok = _rescore_certified(x_c, W_enc, b_enc, q_top, cand, m, certify, c < n, raised)
+    aux_values, aux_indices = x_c.new_empty(B, 0), indices.new_empty(B, 0)
     if c_aux:
-        aux_values[bad], aux_indices[bad] = redo.aux_values, redo.aux_indices
-    return Selection(values, indices, aux_values, aux_indices)
+        q_aux, cand_aux = aux.result()
+        raised = a[:, None] * v[cand_aux[:, :k_aux]] if certify else None
+        aux_values, aux_indices, ok_aux = _rescore_certified(x_c, W_enc, b_enc, q_aux, cand_aux, k_aux, certify,
+                                                             c_aux < n_dead, raised)
+        if ok is not None:
+            ok &= ok_aux
+    return Selection(values, indices, aux_values, aux_indices), ok
+
+
+def _rescore_certified(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, q_top: Tensor, cand: Tensor, m: int,
+                       certify: bool, outside: bool, raised: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Steps 2-3 for candidates ``cand`` (B, c) with keys ``q_top`` (B, c) sorted descending: the rescored
+    top-m (values, indices) and each row's certificate (None without ``certify``); ``outside`` says whether
+    latents outside the candidates exist.
+
+    Rescoring runs in two stages. First the m1 = m + max(m / 4, 8) candidates with the largest keys: when
+    up(q_b(m1 + 1)) < t1_b, t1_b the m-th of their float32 values, no other latent (candidate or not: every
+    other key is <= q_b(m1 + 1)) can reach t1_b, and their top-m is the float32 top-m. Rows where this fails
+    rescore all c candidates and face step 3's certificate, up(q_b(c)) < t_b. A row accepted at the first
+    stage has the certificate of c = m1 + 1 candidates; the second keeps factor-m's margin for the rest.
+
+    ``raised`` (B, m), each candidate's key raise a_b v_j (docstring above), predicts which rows the first
+    stage would fail: the m-th candidate's value is about its key less its raise, so a row whose
+    q_b(m) - a_b v_(m) is not above up(q_b(m1 + 1)) goes straight to all c candidates. The prediction only
+    saves time; every answer is still certified.
+    """
+    c = cand.shape[1]
+    m1 = m + max(m // 4, 8)
+    if not certify or m1 >= c:
+        values, indices = _rescore(x_c, W_enc, b_enc, cand, m)
+        if not certify:
+            return values, indices, None
+        ok = upper(q_top[:, -1]) < values[:, -1] if outside else torch.ones_like(values[:, 0], dtype=torch.bool)
+        return values, indices, ok
+    B = cand.shape[0]
+    values, indices = x_c.new_empty(B, m), cand.new_empty(B, m)
+    ok = torch.zeros(B, dtype=torch.bool, device=x_c.device)
+    first = upper(q_top[:, m1])
+    hopeful = q_top[:, m - 1] - raised[:, m - 1] > first if raised is not None else torch.ones_like(ok)
+    rows = hopeful.nonzero()[:, 0]
+    if rows.numel():
+        v1, i1 = _rescore(x_c.index_select(0, rows), W_enc, b_enc, cand.index_select(0, rows)[:, :m1], m)
+        values[rows], indices[rows] = v1, i1
+        ok[rows] = first.index_select(0, rows) < v1[:, -1]
+    rows = (~ok).nonzero()[:, 0]
+    if rows.numel():
+        v2, i2 = _rescore(x_c.index_select(0, rows), W_enc, b_enc, cand.index_select(0, rows), m)
+        values[rows], indices[rows] = v2, i2
+        ok[rows] = upper(q_top.index_select(0, rows)[:, -1]) < v2[:, -1] if outside else True
+    return values, indices, ok
 
 
 def _rescore(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, cand: Tensor, m: int) -> tuple[Tensor, Tensor]:

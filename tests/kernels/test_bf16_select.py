@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saescale.kernels import precision
-from saescale.kernels.bf16_select import augmented, select_topk_bf16, upper
+from saescale.kernels import bf16_select, precision
+from saescale.kernels.bf16_select import _rescore, _rescore_certified, augmented, select_topk_bf16, upper
 from saescale.kernels.encoder import fused_topk_encode
 from saescale.kernels.select import select_topk_fp32
 
@@ -93,6 +93,36 @@ def test_near_ties_fall_back_to_float32_and_stay_exact():
     assert_same(sel.values, sel.indices, pre, top, 16)
     fp32 = select_topk_fp32(x, W, b, 16, chunk=256)
     assert torch.equal(sel.indices.sort(1).values, fp32.indices.sort(1).values)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_retried_rows_are_exact_from_kept_keys_and_from_a_new_matmul(keep, monkeypatch):
+    """factor 1 (c = m) can never certify a row (the m-th key's bound is >= the m-th value), so every row is
+    retried with 2 m candidates: from the first pass's kept keys, or (keys too large to keep) a new matmul."""
+    if not keep:
+        monkeypatch.setattr(bf16_select, "KEEP_KEYS_BYTES", 0)
+    x, W, b = data(seed=9)
+    dead = torch.rand(W.shape[0], generator=torch.Generator().manual_seed(10)) < 0.3
+    with precision.using("bfloat16") as stats:
+        sel = select_topk_bf16(x, W, b, 32, dead, 64, chunk=512, factor=1)
+    assert stats.rows == x.shape[0] and stats.fallback_rows < 0.5 * stats.rows
+    pre, top, aux = reference(x, W, b, 32, dead, 64)
+    assert_same(sel.values, sel.indices, pre, top, 32)
+    assert_same(sel.aux_values, sel.aux_indices, pre, aux, 64)
+
+
+def test_rescoring_falls_to_all_candidates_where_the_first_stage_cannot_certify():
+    """Row 0's first-stage bound is made useless (its m1 + 1 largest keys raised): it must rescore all c
+    candidates and still return their float32 top-m; the other rows keep the first stage's answer."""
+    x, W, b = data(B=64, seed=11)
+    xb, Wb = augmented(x, W, b)
+    q_top, cand = (xb @ Wb.T).float().topk(64, dim=1)
+    m, m1 = 32, 32 + 8
+    q_top[0, : m1 + 1] = 1e30  # still sorted descending
+    values, indices, ok = _rescore_certified(x, W, b, q_top, cand, m, True, True)
+    full_values, full_indices = _rescore(x, W, b, cand, m)
+    assert torch.equal(values, full_values) and torch.equal(indices.sort(1).values, full_indices.sort(1).values)
+    assert bool(ok[0]) == bool(upper(q_top[0, -1]) < full_values[0, -1])
 
 
 def test_every_row_is_certified_when_candidates_cover_all_latents():
