@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from saescale.errors import SaescaleError
 from saescale.kernels import select_topk
-from saescale.kernels.select import top_columns
+from saescale.kernels.select import split, top_columns
 from saescale.sae.base import LossContext
 from saescale.train.config import TrainConfig
 from saescale.train.optim import make_optimizer
@@ -230,3 +230,10 @@ def test_latent_major_dots_equal_token_major_and_dense():
     torch.testing.assert_close(dots, dense, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.cat([rowwise_dots(grads[s], W, i).reshape(-1) for s, i in enumerate(idx)]),
                                dense, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("q", [1, 2, 8, 256, 3, 20, 96])
+def test_split_is_floor_division_and_remainder(q):
+    t = torch.randint(0, 1 << 40, (64, 33), generator=torch.Generator().manual_seed(q))
+    hi, lo = split(t, q)
+    assert torch.equal(hi, t // q) and torch.equal(lo, t % q)
