@@ -142,16 +142,19 @@ class RunningTopK:
         S, (B, m, g) = len(self.offsets), (self.B, self.m, self.g)
         if S == 0:
             return
-        maxima = self.maxima[:S].permute(1, 0, 2).reshape(B, S * m)
-        _, best = maxima.topk(m, dim=1, sorted=False)  # (B, m) winning (chunk, slot) = divmod(best, m)
-        with one_thread():
-            chunk, slot = split(best, m)
-            rows = chunk * (B * m) + self.rows * m + slot  # rows of the (S B m, g) buffer
-        cand = self.cand[:S].view(-1, g).index_select(0, rows.view(-1)).view(B, m * g)
+        if S == 1:  # one chunk: its m groups are the winners, in buffer order (slot s of row b: row b m + s)
+            cand = self.cand[0].view(B, m * g)
+        else:
+            maxima = self.maxima[:S].permute(1, 0, 2).reshape(B, S * m)
+            _, best = maxima.topk(m, dim=1, sorted=False)  # (B, m) winning (chunk, slot) = divmod(best, m)
+            with one_thread():
+                chunk, slot = split(best, m)
+                rows = chunk * (B * m) + self.rows * m + slot  # rows of the (S B m, g) buffer
+            cand = self.cand[:S].view(-1, g).index_select(0, rows.view(-1)).view(B, m * g)
         values, pos = top_columns(cand, m)
         with one_thread():  # a few ops on (B, m) tensors
             group, inside = split(pos, g)
-            won = best.gather(1, group)  # (B, m) in [0, S m)
+            won = group if S == 1 else best.gather(1, group)  # (B, m) in [0, S m)
             hits = self.hits[:S].permute(1, 0, 2).reshape(B, S * m).gather(1, won)
             offsets = torch.tensor(self.offsets, device=hits.device)[split(won, m)[0]]
             indices = offsets + (hits + inside * (self.c // g) if self.strided else hits * g + inside)
