@@ -2,8 +2,8 @@
 
 * ``float32``: the selection's matmul in float32 (:func:`~saescale.kernels.select.select_topk_fp32`).
 * ``bfloat16``: candidates from a bfloat16 matmul, rescored in float32 and certified, so the selected
-  latents equal float32's (:mod:`saescale.kernels.bf16_select`): exact, a bf16 matmul (2.6-3x float32's on
-  the AVX512-BF16 machine of benchmarks/README.md) where the hardware multiplies bf16 natively.
+  latents equal float32's (:mod:`saescale.kernels.bf16_select`): exact, a bf16 matmul (2.6-4.4x float32's on
+  the two AVX512-BF16 machines of benchmarks/README.md) where the hardware multiplies bf16 natively.
 * ``autocast``: the top-k of the bfloat16 pre-activations as they are, no extra candidates and no
   certificate (values rescored in float32): approximate, like the bf16 autocast of other trainers.
 
