@@ -138,7 +138,8 @@ def select_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Te
     wide_chunk = min((4 if small else 2) * chunk, n)
     n_dead = int(dead.sum()) if dead is not None and k_aux else 0
     xb, Wb = augmented(x_c, W_enc, b_enc, certify)
-    keep = certify and retry and factor * m < n and small
+    retry = retry and factor * m < n  # with c = n every row is certified: nothing to retry
+    keep = certify and retry and small
     keys = scratch("bf16.keys", (B * n,), torch.bfloat16, x_c.device) if keep else None
     blocks = _matmul_blocks(xb, Wb, wide_chunk, keys)
     d = x_c.shape[1]
@@ -148,7 +149,11 @@ def select_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Te
     if bad is None:
         precision.record(B, 0)
         return sel
-    if retry and factor * m < n:  # those rows once more with twice the candidates; then float32
+
+    def in_fp32(rows: Tensor) -> Selection:
+        return select_topk_fp32(rows, W_enc, b_enc, m, dead if n_dead else None, k_aux if n_dead else 0, chunk)
+
+    if retry:  # those rows once more with twice the candidates; then float32
         rows = x_c.index_select(0, bad)
         again = _stored_blocks(keys, bad, B, n, wide_chunk) if keep else _matmul_blocks(
             xb.index_select(0, bad), Wb, wide_chunk, None)
@@ -156,14 +161,11 @@ def select_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, m: int, dead: Te
                             a.index_select(0, bad), v)
         still = (~ok2).nonzero()[:, 0]
         if still.numel():
-            fp32 = select_topk_fp32(rows.index_select(0, still), W_enc, b_enc, m, dead if n_dead else None,
-                                    k_aux if n_dead else 0, chunk)
-            _put(redo, still, fp32)
+            _put(redo, still, in_fp32(rows.index_select(0, still)))
         precision.record(B, int(still.numel()))
     else:
         precision.record(B, int(bad.numel()))
-        redo = select_topk_fp32(x_c.index_select(0, bad), W_enc, b_enc, m, dead if n_dead else None,
-                                k_aux if n_dead else 0, chunk)
+        redo = in_fp32(x_c.index_select(0, bad))
     _put(sel, bad, redo)
     return sel
 
