@@ -34,7 +34,7 @@ class Profile:
     arch_n: int
     arch_tokens: int
     topk_k: tuple[int, ...]
-    l1_coefs: tuple[float, ...]
+    l1_coefs: tuple[float, ...]  # wide (x10), at the penalty rule lr (4e-4 at n = 4096), to reach TopK's L0 range
     l0_coefs: tuple[float, ...]
     experts: int
     # dead latents: tied init x AuxK at n = dead_n
@@ -87,7 +87,7 @@ FULL = Profile(
     heldout_tokens=65_536,
     scaling_n=(1024, 2048, 4096, 8192, 16384, 32768), scaling_k=(8, 16, 32, 64), scaling_tokens=245_760,
     model_n=(1024, 2048, 4096, 8192, 16384), model_k=(32,),
-    arch_n=4096, arch_tokens=819_200, topk_k=(16, 32, 64), l1_coefs=(0.05, 0.1, 0.2), l0_coefs=(0.0003, 0.001, 0.003),
+    arch_n=4096, arch_tokens=819_200, topk_k=(16, 32, 64), l1_coefs=(0.1, 0.3, 1.0), l0_coefs=(0.003, 0.01, 0.03, 0.1),
     experts=8,
     dead_n=16384, dead_k=32, dead_tokens=819_200,
     prog_n=4096, prog_k=32, prog_tokens=819_200,

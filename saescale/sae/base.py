@@ -81,6 +81,9 @@ class SparseAutoencoder(nn.Module):
     """Saved tensors that are not trained by gradient (n,), e.g. BatchTopK's inference threshold."""
     threshold_params: tuple[str, ...] = ()
     """Those of :attr:`extra_params` trained at ``TrainConfig.threshold_lr_mult`` times the learning rate (JumpReLU's log θ)."""
+    lr_rule: str = "topk"
+    """The default learning-rate rule (``saescale.train.config.default_lr``): 'topk' for SAEs sparse by
+    selection, 'penalty' for those sparse by an L1 or L0 penalty (dense codes early in training)."""
     kernel_chunk: int | None = None  # latents per encoder matmul block of the chunked kernels; None: by device
     transcoder: bool = False  # reconstructs another module's output (saescale.sae.transcoder)
 

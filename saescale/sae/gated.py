@@ -40,6 +40,8 @@ def gated_code(gate: Tensor, mag: Tensor) -> Tensor:
 class GatedSAE(SparseAutoencoder):
     """Gated SAE with weight sharing between the gate and magnitude paths."""
 
+    lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+
     extra_params = ("r_mag", "b_mag")
 
     def _magnitude(self, gate: Tensor, latents: Tensor | slice) -> Tensor:

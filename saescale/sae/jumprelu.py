@@ -91,6 +91,8 @@ def step(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
 class JumpReLUSAE(SparseAutoencoder):
     """JumpReLU + L0 SAE."""
 
+    lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+
     extra_params = ("log_threshold",)
     threshold_params = ("log_threshold",)
 

@@ -59,6 +59,8 @@ def prolu(m: Tensor, b: Tensor, variant: str = "ste") -> Tensor:
 class ProLUSAE(SparseAutoencoder):
     """ProLU + L1 SAE."""
 
+    lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
         m = torch.nn.functional.linear(x_n - self.b_pre, self.W_enc)
         return dense_to_code(m * ((m > 0) & (m + self.b_enc > 0)))

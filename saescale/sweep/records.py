@@ -51,6 +51,7 @@ from saescale.data.arrays import ArraySource
 from saescale.data.synthetic import SyntheticConfig
 from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig, upgrade_sae_record
+from saescale.sae.registry import arch_class
 from saescale.sweep.spec import Member, SweepSpec
 from saescale.train.config import TrainConfig, upgrade_train_record
 
@@ -161,7 +162,8 @@ def resolved_settings(sae: dict[str, Any], train: dict[str, Any], d: int | None)
         sae["norm_scale"] = ESTIMATED
     if isinstance(sae.get("n"), int) and isinstance(sae.get("d"), int):
         try:
-            train = config_to_dict(config_from_dict(TrainConfig, train).resolved(sae["n"], sae["d"]))
+            rule = arch_class(sae["arch"]).lr_rule if isinstance(sae.get("arch"), str) else "topk"
+            train = config_to_dict(config_from_dict(TrainConfig, train).resolved(sae["n"], sae["d"], rule))
         except SaescaleError:
             pass
     flat = {f"sae.{k}": v for k, v in sae.items()}

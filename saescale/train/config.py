@@ -21,7 +21,7 @@ class TrainConfig:
     """Tokens per optimiser step."""
 
     lr: float | None = valid(None, "> 0")
-    """Learning rate; unset (None) = the rule measured on this machine, 0.0368 n^-0.20 sqrt(batch_size / 4096) (docs/scaling.md, 'Learning-rate rule'; the paper's 2e-4 / sqrt(n / 2^14) was 7-13x too small at batch 4096)."""
+    """Learning rate; unset (None) = by the architecture's rule: TopK-family SAEs (topk, batchtopk, matryoshka, switch) the rule measured on this machine, 0.0368 n^-0.20 sqrt(batch_size / 4096) (docs/scaling.md, 'Learning-rate rule'; the paper's 2e-4 / sqrt(n / 2^14) was 7-13x too small for TopK at batch 4096); SAEs sparse by a penalty (relu, gated, prolu, jumprelu) the paper's 2e-4 / sqrt(n / 2^14) sqrt(batch_size / 4096), since their dense early codes collapse at the TopK rule (docs/architectures.md)."""
 
     warmup_steps: int | None = valid(None, ">= 0")
     """Linear learning-rate warm-up steps; unset (None) = min(1000, 5% of steps)."""
@@ -108,10 +108,11 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
-    def resolved(self, n: int, d: int) -> "TrainConfig":
-        """These settings with every unset one filled in for an SAE of n latents on width d:
+    def resolved(self, n: int, d: int, lr_rule: str = "topk") -> "TrainConfig":
+        """These settings with every unset one filled in for an SAE of n latents on width d whose
+        architecture follows the learning-rate rule ``lr_rule`` (``SparseAutoencoder.lr_rule``):
 
-        lr = :func:`default_lr` (n, batch_size), warmup_steps = min(1000, steps / 20),
+        lr = :func:`default_lr` (n, batch_size, lr_rule), warmup_steps = min(1000, steps / 20),
         k_aux = the power of two nearest d/2 (512 for GPT-2's d = 768), at most n,
         dead_tokens = max(10 batches, min(10M, tokens / 10)): the paper's 10M scaled to the run, with a
         floor so that on a short run "dead" never means "did not fire in one batch",
@@ -119,7 +120,7 @@ class TrainConfig:
         """
         return dataclasses.replace(
             self,
-            lr=self.lr if self.lr is not None else default_lr(n, self.batch_size),
+            lr=self.lr if self.lr is not None else default_lr(n, self.batch_size, lr_rule),
             warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20),
             k_aux=min(self.k_aux if self.k_aux is not None else 2 ** round(math.log2(max(d / 2, 1))), n),
             dead_tokens=self.dead_tokens if self.dead_tokens is not None else default_dead_tokens(self.tokens, self.batch_size),
@@ -133,7 +134,11 @@ LR_RULE = {"log_A": -3.3018331847520455, "p": -0.2008594909119092, "batch_size":
 docs/scaling/sweep-lr-fit.json, table in docs/scaling.md)."""
 
 PAPER_LR_RULE = {"log_A": math.log(2e-4 * 2**7), "p": -0.5}
-"""The paper's rule lr = 2e-4 / sqrt(n / 2^14) (derived at batch 131,072), the default before 2026-12-01."""
+"""The paper's rule lr = 2e-4 / sqrt(n / 2^14) (derived at batch 131,072), the default before 2026-12-01, and
+the default at batch 4096 of the SAEs sparse by a penalty (:func:`default_lr`)."""
+
+LR_RULES = {"topk": LR_RULE, "penalty": PAPER_LR_RULE}
+"""The default learning-rate rules by name (``SparseAutoencoder.lr_rule``)."""
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
@@ -146,13 +151,24 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     return "bfloat16" if fast_bf16(device) else "float32"
 
 
-def default_lr(n: int, batch_size: int) -> float:
-    """lr = exp(log_A) n^p sqrt(batch_size / 4096) with :data:`LR_RULE` (0.0368 n^-0.20 at batch 4096).
+def default_lr(n: int, batch_size: int, lr_rule: str = "topk") -> float:
+    """The default learning rate of an SAE of n latents at ``batch_size``, by its architecture's rule:
 
-    The n-dependence was measured at batch 4096 (n = 256..2048; beyond that range it is extrapolated);
-    other batch sizes follow Adam's square-root scaling of the learning rate with the batch (Malladi et al.
+    - ``"topk"``: lr = exp(log_A) n^p sqrt(batch_size / 4096) with :data:`LR_RULE` (0.0368 n^-0.20 at batch
+      4096). The n-dependence was measured on TopK SAEs at batch 4096 (n = 256..2048; beyond that range it
+      is extrapolated).
+    - ``"penalty"`` (SAEs sparse by an L1 or L0 penalty): lr = :data:`PAPER_LR_RULE` sqrt(batch_size / 4096)
+      (4e-4 at n = 4096, batch 4096): the rate of docs/architectures.md's L1-family and JumpReLU runs. At
+      the TopK rule (6.9e-3 at n = 4096) their codes, dense at initialisation (thousands of latents active
+      per token, nMSE ~8), overshoot and 98-99 % of the latents die in the first 40 steps (the reproduction's
+      arch-jumprelu unit, 2026-12-02).
+
+    Other batch sizes follow Adam's square-root scaling of the learning rate with the batch (Malladi et al.
     2022), which is a rule of thumb here, not a measurement."""
-    return math.exp(LR_RULE["log_A"]) * n ** LR_RULE["p"] * math.sqrt(batch_size / LR_RULE["batch_size"])
+    if lr_rule not in LR_RULES:
+        raise ValueError(f"unknown learning-rate rule {lr_rule!r}; one of {sorted(LR_RULES)}")
+    rule = LR_RULES[lr_rule]
+    return math.exp(rule["log_A"]) * n ** rule["p"] * math.sqrt(batch_size / 4096)
 
 
 def default_dead_tokens(tokens: int, batch_size: int) -> int:
