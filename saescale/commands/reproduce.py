@@ -97,7 +97,7 @@ def run_reproduce(cfg: ReproduceCommand) -> dict:
     from saescale.reproduce.evals import Evaluator
     from saescale.reproduce.profiles import PROFILES
     from saescale.reproduce.report import build_report
-    from saescale.reproduce.runner import parse_budget, reproduce
+    from saescale.reproduce.runner import parse_budget, reproduce, summary_line
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -118,10 +118,7 @@ def run_reproduce(cfg: ReproduceCommand) -> dict:
         summary = reproduce(p, cfg.out_dir, cfg.work_dir, parse_budget(cfg.budget), Evaluator(p), print,
                             progress=lambda name, total: ProgressBar(total, desc=name, enabled=cfg.progress),
                             only=cfg.unit_names, members=cfg.member_patterns)
-        print(f"reproduce ({p.name}): {len(summary['finished'])} unit(s) finished, {len(summary['pending'])} pending, "
-              f"{summary['seconds'] / 60:.1f} min this run" +
-              (f"; budget reached: rerun the same command to continue ({', '.join(summary['pending'])})"
-               if summary["pending"] else ""))
+        print(summary_line(p.name, summary))
     doc = build_report(p, cfg.out_dir, cfg.bootstrap)
     for f in doc["findings"]:
         print(f"{f['id']:12s} {f['verdict']:10s} {f['reason'][:150]}")

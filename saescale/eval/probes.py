@@ -95,9 +95,20 @@ def split_by_group(groups: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
     return test
 
 
-def best_latent(z_tr: Tensor, y_tr: Tensor, z_te: Tensor, y_te: Tensor, chunk: int = 1024) -> dict[str, float]:
-    """Fit a 1-D probe per column (chunks of latents) -> the lowest held-out CE, its latent and train CE."""
-    z_tr, z_te = standardize(z_tr, z_te)
+def best_latent(z_tr: Tensor, y_tr: Tensor, z_te: Tensor, y_te: Tensor, chunk: int = 1024,
+                skip_silent: bool = True) -> dict[str, float]:
+    """Fit a 1-D probe per column (chunks of latents) -> the lowest held-out CE, its latent and train CE.
+
+    A column that is zero on every train example (a latent that never fires there: most of a sparse code's
+    n) standardises to zeros, so its probe is the same for all of them: w = 0 and b the logit of the train
+    base rate. ``skip_silent`` fits the first such column alone for all of them (same result: ties go to the
+    lowest latent index either way); False fits every column (the plain reference)."""
+    cols = torch.arange(z_tr.shape[1])
+    if skip_silent:
+        fires = (z_tr != 0).any(0)
+        silent = (~fires).nonzero()[:, 0]
+        cols = torch.cat([fires.nonzero()[:, 0], silent[:1]]).sort().values
+    z_tr, z_te = standardize(z_tr[:, cols], z_te[:, cols])
     best = {"test_ce": float("inf"), "latent": -1, "train_ce": float("nan")}
     for a in range(0, z_tr.shape[1], chunk):
         w, b = newton_1d(z_tr[:, a : a + chunk], y_tr)
@@ -105,7 +116,7 @@ def best_latent(z_tr: Tensor, y_tr: Tensor, z_te: Tensor, y_te: Tensor, chunk: i
         i = int(ce.argmin())
         if float(ce[i]) < best["test_ce"]:
             tr = cross_entropy_1d(z_tr[:, a + i : a + i + 1], y_tr, w[i : i + 1], b[i : i + 1])
-            best = {"test_ce": float(ce[i]), "latent": a + i, "train_ce": float(tr[0])}
+            best = {"test_ce": float(ce[i]), "latent": int(cols[a + i]), "train_ce": float(tr[0])}
     return best
 
 

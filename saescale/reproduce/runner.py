@@ -168,7 +168,8 @@ def reproduce(p: Profile, out: Path, work: Path, budget_s: float, evaluate: Eval
     ``only``: unit names to run. ``members``: patterns ``UNIT/MEMBER`` (shell wildcards, e.g.
     ``scaling-default/n8192-*``): train only the members they match, and only the units they reach (a
     chunk on a machine whose work folder will not survive can pick what it can finish in its budget).
-    Returns {"finished": units finished, "pending": the others, "seconds": this run's time}; one line per
+    Returns {"finished": units finished, "pending": the others, "stopped": whether the budget stopped a unit,
+    "seconds": this run's time}; one line per
     run is appended to OUT/chunks.jsonl (so the total machine time of a reproduction is on record)."""
     deadline = Deadline(budget_s)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,12 +184,24 @@ def reproduce(p: Profile, out: Path, work: Path, budget_s: float, evaluate: Eval
         status = run_unit(unit, p, out, work, deadline, evaluate, log, progress, select)
         (finished if status == "done" else pending).append(unit.name)
         stopped = status == "stopped"
-    summary = {"finished": finished, "pending": pending, "seconds": round(deadline.elapsed(), 1),
+    summary = {"finished": finished, "pending": pending, "stopped": stopped, "seconds": round(deadline.elapsed(), 1),
                **({"selected": members} if members else {})}
     _append_chunk(out / "chunks.jsonl", {"profile": p.name, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(
         time.time() - deadline.elapsed())), "budget_s": budget_s, "members": sum(len(stored_results(out, u)) for u in chosen),
         **summary})
     return summary
+
+
+def summary_line(profile: str, summary: dict[str, Any]) -> str:
+    """The one line a run ends with: what finished, and why the rest is pending (the budget, or members that
+    ``--members`` did not pick)."""
+    line = (f"reproduce ({profile}): {len(summary['finished'])} unit(s) finished, {len(summary['pending'])} pending, "
+            f"{summary['seconds'] / 60:.1f} min this run")
+    if summary.get("stopped"):
+        return line + f"; budget reached: rerun the same command to continue ({', '.join(summary['pending'])})"
+    if summary["pending"]:
+        return line + f"; the selected members are done, the others wait for a run that picks them ({', '.join(summary['pending'])})"
+    return line
 
 
 def member_selector(patterns: list[str]) -> Callable[[str], bool]:

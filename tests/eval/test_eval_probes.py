@@ -10,7 +10,7 @@ from scipy.optimize import minimize
 from saescale.errors import SaescaleError
 from saescale.eval.logistic import cross_entropy_1d, newton_1d
 from saescale.eval.probe_data import Pool, comment_mask
-from saescale.eval.probes import pool_code, score_task
+from saescale.eval.probes import best_latent, pool_code, score_task
 from saescale.eval.tasks import TASKS, select_tasks
 from saescale.activations.corpus import Document
 from saescale.sae.base import SparseCode
@@ -46,6 +46,31 @@ def test_planted_feature_is_found_with_near_zero_loss():
     assert res["dense_test_ce"] > 0.5  # the raw features are pure noise here
     w, b = newton_1d(z[:, :3], y)
     assert torch.all(cross_entropy_1d(z[:, :3], y, w, b) > 0.6)  # noise latents stay near log 2
+
+
+@pytest.mark.parametrize("case", ["a firing latent wins", "no latent beats the base rate"])
+def test_skipping_silent_latents_matches_fitting_every_column(case):
+    g = torch.Generator().manual_seed(2)
+    n_ex, n = 300, 3000
+    y = (torch.rand(n_ex, generator=g) < 0.3).float()
+    z = torch.relu(torch.randn(n_ex, n, generator=g) - 2.5)  # a sparse code: most columns never fire
+    z[:, torch.randperm(n, generator=g)[: n // 2]] = 0
+    if case == "a firing latent wins":
+        z[:, 2001] = y * torch.rand(n_ex, generator=g)
+    else:
+        z[:, 5:] = 0  # everything silent but some of columns 0-4, which fire on noise
+    tr = torch.rand(n_ex, generator=g) < 0.5
+    silent = int((~(z[tr] != 0).any(0)).sum())
+    assert silent > n // 2
+    fast = best_latent(z[tr], y[tr], z[~tr], y[~tr], chunk=256)
+    ref = best_latent(z[tr], y[tr], z[~tr], y[~tr], chunk=256, skip_silent=False)
+    assert fast["test_ce"] == pytest.approx(ref["test_ce"], rel=1e-12)
+    assert fast["train_ce"] == pytest.approx(ref["train_ce"], rel=1e-12)
+    if case == "a firing latent wins":
+        assert fast["latent"] == ref["latent"] == 2001
+    else:  # the base rate wins: a silent latent (the reference's pick among them is rounding noise; here the first)
+        assert not (z[tr][:, ref["latent"]] != 0).any()
+        assert fast["latent"] == int((~(z[tr] != 0).any(0)).nonzero()[0, 0])
 
 
 def test_max_and_mean_pooling():

@@ -141,7 +141,10 @@ def test_members_pick_units_and_an_unpicked_rest_does_not_hold_back_later_units(
                   members=["scaling-default/n8192-*", "scaling-default/n16384-k32", "progressive/*"])
     assert calls == [("scaling-default", ["n8192-k8", "n8192-k16", "n8192-k32", "n8192-k64", "n16384-k32"]),
                      ("progressive", ["multi_topk_false", "multi_topk_true"])]
-    assert s["finished"] == ["progressive"] and s["pending"] == ["scaling-default"]
+    assert s["finished"] == ["progressive"] and s["pending"] == ["scaling-default"] and not s["stopped"]
+    said = runner.summary_line("full", s)  # not 'budget reached': the budget (none) did not stop anything
+    assert "budget reached" not in said and "wait for a run that picks them (scaling-default)" in said
+    assert "budget reached: rerun" in runner.summary_line("full", {**s, "stopped": True})
     line = json.loads((tmp_path / "chunks.jsonl").read_text().splitlines()[-1])
     assert line["selected"] == ["scaling-default/n8192-*", "scaling-default/n16384-k32", "progressive/*"]
 
