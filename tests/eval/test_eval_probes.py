@@ -34,6 +34,21 @@ def test_newton_matches_scipy_reference():
         assert abs(float(w[i]) - ref[0]) < 1e-5 and abs(float(b[i]) - ref[1]) < 1e-5
 
 
+def test_newton_stopping_converged_columns_matches_iterating_all():
+    g = torch.Generator().manual_seed(3)
+    n_ex, n = 400, 600
+    y = (torch.rand(n_ex, generator=g) < 0.4).double()
+    z = torch.relu(torch.randn(n_ex, n, generator=g, dtype=torch.float64) - 1.0)
+    z[:, 5] = y * 3  # separable: capped steps, never converges within the iterations
+    z[:, 6] = 0  # constant
+    z[:, 7] = torch.sigmoid(torch.randn(n_ex, generator=g, dtype=torch.float64)) + y  # informative
+    fast, ref = newton_1d(z, y), newton_1d(z, y, tol=0)
+    assert torch.allclose(fast[0], ref[0], rtol=0, atol=1e-11) and torch.allclose(fast[1], ref[1], rtol=0, atol=1e-11)
+    ce_fast, ce_ref = cross_entropy_1d(z, y, *fast), cross_entropy_1d(z, y, *ref)
+    assert torch.allclose(ce_fast, ce_ref, rtol=0, atol=1e-12)
+    assert float(ce_ref[5]) < 0.05 and float(ce_ref[7]) < 0.6 < float(ce_ref[6])
+
+
 def test_planted_feature_is_found_with_near_zero_loss():
     g = torch.Generator().manual_seed(1)
     n_ex, n = 400, 256
