@@ -8,6 +8,9 @@ can be rebuilt anywhere from the committed results. A finding whose units are no
 - ``partly``: some hold;
 - ``not``: none holds;
 - ``pending``: its runs are not finished yet.
+
+A finding measured in part (some of its units finished, ``waiting`` names the others) is at most
+``partly``, whatever its criteria so far.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Finding:
     numbers: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)  # exact printed lines (e.g. the joint fit's)
     figures: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # what is still to be measured ("L(N_model): unit ...")
 
     def judge(self, reason_ok: str = "", reason_no: str = "") -> "Finding":
         """Set the verdict from the criteria; the reason names the criteria that fail."""
@@ -39,6 +43,11 @@ class Finding:
         self.verdict = "reproduced" if all(held) else "partly" if any(held) else "not"
         failed = [c["test"] for c in self.criteria if not c["holds"]]
         self.reason = reason_ok if not failed else ("fails: " + "; ".join(failed) + (f". {reason_no}" if reason_no else ""))
+        if self.waiting and self.verdict == "reproduced":
+            self.verdict = "partly"
+            self.reason = "every criterion measured so far holds; still to measure: " + "; ".join(self.waiting)
+        elif self.waiting:
+            self.reason += "; still to measure: " + "; ".join(self.waiting)
         return self
 
     def check(self, test: str, holds: bool) -> None:
@@ -172,6 +181,8 @@ def scaling(results: Results, units_done: set[str], fits: dict[str, Any] | None)
                 size["params"]["q"] > 0 and ci is not None and ci[0] > 0)
     elif "scaling-gemma3-270m" in units_done:
         f.check(f"L(N_model) could be fitted ({(size or {}).get('skipped', 'no fit')})", False)
+    else:
+        f.waiting.append("L(N_model), the unit scaling-gemma3-270m")
     conv = [r["last_doubling"]["rel_change"] for r in results["scaling-default"] if r.get("last_doubling")]
     if conv:
         f.numbers["last_doubling_max"] = max(conv)

@@ -53,11 +53,13 @@ from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sae.registry import arch_class
 from saescale.sweep.spec import Member, SweepSpec
-from saescale.train.config import TrainConfig, upgrade_train_record
+from saescale.train.config import SAME_RESULT, TrainConfig, upgrade_train_record
 
-RUNTIME = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "device", "precision")
-"""Training settings that may differ between a member's record and the spec: where it runs, what it logs and keeps,
-and the selection's precision ('auto' resolves by the machine; the exact bf16 selection is float32's)."""
+RUNTIME = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "device")
+"""Training settings that may differ between a member's record and the spec: where it runs, what it logs and keeps.
+The selection's precision may differ between the values that train the same SAE
+(:data:`~saescale.train.config.SAME_RESULT`: 'auto' resolves by the machine, the exact bf16 selection is
+float32's), not to the approximate 'autocast'."""
 
 NOT_THE_DATA = ("cache_dir", "cache")
 """Data settings that say where the activations are, not what they are: never compared."""
@@ -257,6 +259,10 @@ def differences(m: Member, spec: SweepSpec, data: dict[str, Any], rec: Record) -
             recorded.pop(HARVEST_BATCH, None), asked.pop(HARVEST_BATCH, None)
         if recorded.get(HOOK) != asked.get(HOOK):
             _resolve_hooks(recorded), _resolve_hooks(asked)
+    for flat in (recorded, asked):
+        for name, same in SAME_RESULT.items():
+            if isinstance(flat.get(name), str):
+                flat[name] = same.get(flat[name], flat[name])
     keys = list(asked) + [k for k in recorded if k not in asked]
     unset = "(not set)"
     return [(k, recorded.get(k, unset), asked.get(k, unset)) for k in keys

@@ -36,7 +36,7 @@ from saescale.errors import SaescaleError
 from saescale.eval.recon import reconstruction_metrics
 from saescale.sweep.records import check_rerun
 from saescale.sweep.spec import Member, SweepSpec, member_record
-from saescale.train.run import Log, finish_run, open_run, refuse_foreign_folder
+from saescale.train.run import Log, finish_run, open_run, refuse_foreign_folder, resolved_record
 from saescale.train.trainer import Callback, MetricsLog, Trainer
 
 
@@ -234,6 +234,7 @@ def _finish(r: _Run, shared: _Shared) -> None:
         "tokens_rule": shared.spec.settings.tokens_rule,
         "settings": {**member_record(r.member), "data": {k: extra[k] for k in ("source", "activations", "synthetic", "arrays")
                                                            if k in extra}},  # the data too, so fits never pool corpora
+        "resolved": resolved_record(t),  # what ran: every unset setting filled in (lr, k_aux, W, precision), the runtime
     }
     if shared.on_finish is not None:
         result["extra"] = shared.on_finish(r.member, r.folder / "sae")

@@ -176,14 +176,23 @@ def default_dead_tokens(tokens: int, batch_size: int) -> int:
     return max(10 * batch_size, min(10_000_000, tokens // 10))
 
 
+SAME_RESULT = {"train.precision": {"auto": "float32", "bfloat16": "float32"}}
+"""Recorded values that train the same SAE as another value, read as that one wherever runs are compared
+(a sweep's rerun check, the scaling laws' groups): the bfloat16 selection is certified to pick float32's
+latents (:mod:`saescale.kernels.bf16_select`; rows it cannot certify are redone in float32) and 'auto'
+runs one of the two; 'autocast' (the plain, approximate bf16 top-k) stays apart."""
+
+
 def upgrade_train_record(record: dict) -> dict:
     """A TrainConfig record written before unset settings were None (run.json of an older run):
     lr = 0, warmup_steps = -1, k_aux = 0 and dead_tokens = 0 meant 'the default'; fire_threshold
     (then 1e-3 by default) is gone: firing is z > 0 (an older run with another value is refused);
-    init_encoder_scale did not exist (no scaling)."""
+    init_encoder_scale did not exist (no scaling); precision did not exist (top-k selected in float32, the
+    only path then)."""
     legacy = {"lr": 0.0, "warmup_steps": -1, "k_aux": 0, "dead_tokens": 0}
     out = {k: None if k in legacy and v == legacy[k] else v for k, v in record.items()}
     if out.get("fire_threshold") == 1e-3:
         del out["fire_threshold"]
     out.setdefault("init_encoder_scale", False)  # added later; older runs had no encoder scaling
+    out.setdefault("precision", "float32")  # added later (2026-12-02); older runs selected in float32
     return out

@@ -79,6 +79,20 @@ def test_fitted_axes_seeds_and_runtime_settings_are_pooled():
     assert len(group_members(ms)) == 1
 
 
+def test_selections_certified_equal_to_float32_are_pooled_and_autocast_is_not():
+    """train.precision: older records (none: they selected in float32), 'auto', 'float32' and 'bfloat16'
+    (certified to select float32's latents) train the same SAE; 'autocast' (approximate) does not. Before,
+    the reproduction's 24-member sweep split in two groups of 12 (records from before the setting existed
+    against 'auto') and the joint law was fitted to half of it."""
+    older, auto, f32, bf16, approx = (line(n=n) for n in (1024, 2048, 4096, 8192, 16384))
+    del older["settings"]["train"]["precision"]
+    for rec, value in ((auto, "auto"), (f32, "float32"), (bf16, "bfloat16"), (approx, "autocast")):
+        rec["settings"]["train"]["precision"] = value
+    groups = group_members(members([older, auto, f32, bf16, approx]))
+    assert sorted(len(ms) for ms in groups.values()) == [1, 4]
+    assert [m.n for ms in groups.values() if len(ms) == 1 for m in ms] == [16384]
+
+
 def test_older_records_read_as_today_and_pool_with_them():
     """Older results: lr 0 / k_aux 0 / warmup -1 / dead_tokens 0 meant 'auto', fire_threshold 1e-3, d 0,
     dead_frac = never fired on held-out tokens, train_dead_frac = the dead fraction over the window."""

@@ -112,6 +112,24 @@ def test_settings_that_do_not_change_the_result_may_change(sweep_copy, capsys):
     assert files(out) == {**before, "spec.toml": spec.read_bytes()}
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_selection_precision_certified_equal_to_float32_may_change(sweep_copy, capsys, precision):
+    """The members ran at 'auto' (bfloat16 or float32 by this machine): both train the same SAE, so a spec
+    (or a machine) choosing the other one resumes the sweep; before, one of the two was refused as an edit."""
+    spec, out, before = sweep_copy
+    spec.write_text(spec.read_text().replace("lr = 0.001", f"lr = 0.001\nprecision = '{precision}'"))
+    assert sweep(spec, out) == 0
+    assert capsys.readouterr().err == ""
+    assert files(out) == {**before, "spec.toml": spec.read_bytes()}
+
+
+def test_the_approximate_autocast_selection_is_an_edit(sweep_copy, capsys):
+    spec, out, before = sweep_copy
+    spec.write_text(spec.read_text().replace("lr = 0.001", "lr = 0.001\nprecision = 'autocast'"))
+    err = refused(capsys, spec, out, before)
+    assert "train.precision" in err and "'autocast'" in err, err
+
+
 def test_started_member_is_checked_too(sweep_copy, capsys):
     """A member that started but did not finish (run.json, no result.json) would resume with the new spec."""
     spec, out, _ = sweep_copy
@@ -169,6 +187,17 @@ def test_records_name_the_data_they_were_trained_on(finished):
     _, out = finished
     rec = json.loads((out / "n32" / "result.json").read_text())["settings"]
     assert rec["data"]["source"] == "synthetic" and rec["data"]["synthetic"]["features"] == 24
+
+
+def test_results_record_the_settings_that_ran(finished):
+    """Next to the metrics: every unset setting resolved (no 'auto' or None left), as run.json has them."""
+    _, out = finished
+    result = json.loads((out / "n32" / "result.json").read_text())
+    ran = result["resolved"]
+    assert result["settings"]["train"]["precision"] == "auto" and result["settings"]["train"]["k_aux"] is None
+    assert ran["train"]["precision"] in ("float32", "bfloat16") and ran["train"]["k_aux"] == 4
+    assert ran["train"]["lr"] == result["lr"] and ran["sae"]["d"] == 8 and ran["runtime"]["precision"] == ran["train"]["precision"]
+    assert ran == json.loads((out / "n32" / "run.json").read_text())["resolved"]
 
 
 CACHE_SPEC = """
