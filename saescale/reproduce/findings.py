@@ -137,11 +137,26 @@ def dead_latents(results: Results, units_done: set[str]) -> Finding:
     f.check(f"with tied init + AuxK at most 10 % dead (here {both['dead_frac']:.1%})", both["dead_frac"] <= 0.10)
     f.check(f"without either, more dead latents than with both ({neither['dead_frac']:.1%} vs {both['dead_frac']:.1%})",
             neither["dead_frac"] > both["dead_frac"])
-    f.check("each of the two alone leaves no more dead latents than neither",
-            all(rows[c]["dead_frac"] <= neither["dead_frac"] for c in ((True, False), (False, True)) if c in rows))
+    for c, name in (((True, False), "tied init"), ((False, True), "AuxK")):
+        if c in rows:
+            f.check(f"{name} alone leaves no more dead latents than neither "
+                    f"({rows[c]['dead_frac']:.1%} vs {neither['dead_frac']:.1%})",
+                    rows[c]["dead_frac"] <= neither["dead_frac"])
+    window = both.get("dead_window_tokens")
     return f.judge(f"dead: {both['dead_frac']:.1%} with both, {neither['dead_frac']:.1%} with neither",
-                   f"At n = {both['n']} and {both['tokens']:,} tokens the runs may be too small for latents to die "
-                   "without the fixes (the paper sees it at millions of latents)")
+                   _dead_context(both, neither, window))
+
+
+def _dead_context(both: dict[str, Any], neither: dict[str, Any], window: int | None) -> str:
+    """What the measured fractions say about a failed criterion, from the numbers (not a fixed excuse)."""
+    scale = (f"At n = {both['n']} and {both['tokens']:,} tokens"
+             + (f" (dead: no fire in the last {window:,})" if window else "") + ", ")
+    if neither["dead_frac"] <= 0.10:
+        return scale + ("latents barely die even without the fixes: the run may be too small for the effect "
+                        "(the paper sees it at millions of latents)")
+    return scale + (f"latents do die without the fixes ({neither['dead_frac']:.1%}); a dead fraction above the "
+                    "paper's at this scale means the fixes revive fewer latents here than in its runs, not that "
+                    "none die")
 
 
 def scaling(results: Results, units_done: set[str], fits: dict[str, Any] | None) -> Finding:

@@ -126,13 +126,14 @@ def run_unit(unit: Unit, p: Profile, out: Path, work: Path, deadline: Deadline, 
     pending = [m for m in unfinished if select is None or select(f"{unit.name}/{m.id}")]
     if restored:
         log(f"{unit.name}: {restored} finished member(s) restored from {out / unit.name / 'members'}")
+    # a member recorded with other settings (data included) is refused now, not after the harvest, and also when
+    # the unit is finished: its results would otherwise enter the report beside a spec they were not trained with
+    check_rerun(spec)
     if not pending:
         save_members(spec, out / unit.name)
         return "unselected" if unfinished else "done"
     if deadline.passed():
         return "stopped"
-
-    check_rerun(spec)  # a member recorded with other settings (data included): refused now, not after the harvest
 
     def harvest_progress(info: dict[str, Any]) -> None:
         if deadline.passed():

@@ -157,10 +157,13 @@ def test_unknown_member_pattern_is_one_line(capsys):
     assert "--members: scaling-default/n999-* matches no member of the full profile" in err and "Traceback" not in err
 
 
-def test_committed_members_resume_on_any_cpu_and_a_mismatch_is_refused_before_the_harvest(tmp_path, monkeypatch):
+@pytest.mark.parametrize("finished", [False, True], ids=["unit-unfinished", "unit-finished"])
+def test_committed_members_resume_on_any_cpu_and_a_mismatch_is_refused_before_the_harvest(tmp_path, monkeypatch,
+                                                                                          finished):
     """The units fix the harvest's model dtype: on a CPU where 'auto' means bfloat16, the committed float32
     members still match the spec (they were refused, after a 14-minute harvest, before it was fixed); a member
-    recorded with other activations is refused in one line before anything is harvested."""
+    recorded with other activations is refused in one line before anything is harvested, whether members are
+    left to train or the unit is finished (its results would otherwise be reported beside a spec they do not match)."""
     from saescale.activations import precision
     from saescale.sweep.records import check_rerun
 
@@ -168,6 +171,9 @@ def test_committed_members_resume_on_any_cpu_and_a_mismatch_is_refused_before_th
     monkeypatch.setattr(precision, "fast_bf16", lambda device="cpu": True)
     unit, out, work = units(FULL)[0], tmp_path / "out", tmp_path / "work"
     shutil.copytree("docs/reproduce/scaling-default/members", out / unit.name / "members")
+    if not finished:
+        for f in (out / unit.name / "members").glob("n32768-*.json"):
+            f.unlink()
     text = unit.spec_toml(FULL, str(work / unit.name))
     (work / unit.name).mkdir(parents=True)
     (work / "spec.toml").write_text(text)
