@@ -104,7 +104,8 @@ def publish_checkpoint(tmp: Path, ckdir: Path, name: str, step: int, keep: int) 
 
 def prune_checkpoints(ckdir: Path, keep: int, current: str) -> None:
     """Keep the ``keep`` newest step-* folders (and ``current``); remove temporaries left by a killed run."""
-    done = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
+    done = sorted((p for p in ckdir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)),
+                  key=lambda p: int(p.name[5:]))  # by step: past 10^9 steps the names are longer, not larger as text
     for p in done[:-keep]:
         if p.name != current:
             shutil.rmtree(p, ignore_errors=True)
