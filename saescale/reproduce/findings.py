@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from saescale.reproduce.profiles import MODELS
+
 Results = dict[str, list[dict[str, Any]]]  # unit name -> finished members' results
 
 
@@ -218,9 +220,27 @@ def scaling(results: Results, units_done: set[str], fits: dict[str, Any] | None)
     if conv:
         f.numbers["last_doubling_max"] = max(conv)
         f.numbers["last_doubling_median"] = float(np.median(conv))
-    return f.judge("every criterion holds",
-                   "Two subject models from different families (SmolLM2, Gemma-3) give one slope q: they cannot "
-                   "separate model size from family, data or width")
+    f.judge("every criterion holds", "")
+    f.reason += _scaling_context(conv, size if size and "params" in size else None)
+    return f
+
+
+def _scaling_context(conv: list[float], size: dict[str, Any] | None) -> str:
+    """What the numbers behind a scaling verdict are, from the fits: losses at the sweep's budgets (how far
+    they still fell), and what one pair of subject models can show."""
+    out = ""
+    if conv:
+        out += (f". Losses at the sweep's budgets, not at convergence: held-out loss still fell "
+                f"{min(conv):.0%}-{max(conv):.0%} over each member's last doubling of tokens")
+    if size:
+        (ka, na), (kb, nb) = sorted(size["model_params"].items(), key=lambda kv: kv[1])
+        ratio = size["n_needed"][kb] / size["n_needed"][ka]
+        a, b = MODELS.get(ka, ka), MODELS.get(kb, kb)
+        out += (f". L(N_model) compares two subject models of different families ({a}: {na / 1e6:.0f}M and {b}: "
+                f"{nb / 1e6:.0f}M parameters, embeddings counted): {b} needs {ratio:.2g}x the latents of {a} at "
+                f"nMSE {size['target_loss']:.3g}; one pair gives this pair's sign, it cannot separate model size "
+                "from family, tokenizer, width or training data, and q's interval is within-model")
+    return out
 
 
 def progressive(results: Results, units_done: set[str]) -> Finding:
