@@ -16,7 +16,7 @@ class ReproduceCommand:
     """Run every finding of Gao et al. (2024) on SmolLM2-135M and Gemma-3-270M (TopK vs every architecture, dead latents, scaling laws, progressive codes, feature quality as n and k grow, refinement); writes OUT/report.html and OUT/report.json. Rerun the same command to continue after a stop or a budget."""
 
     quick: bool = False
-    """The quick profile (the embedded corpus, tiny sweeps; <= 15 min on 2 CPU cores): a smoke test of every finding. Without it: the full profile (the large corpus, n up to 32768; about 8 h in total, run in chunks with --budget)."""
+    """The quick profile (the embedded corpus, tiny sweeps; <= 15 min on 2 CPU cores): a smoke test of every finding. Without it: the full profile (the large corpus, n up to 32768; about 5-6 h of 2 cores on one machine, run in chunks with --budget)."""
 
     out: str = ""
     """Report folder: every finished member's result, report.json, report.html, figures/ (meant to be committed). Empty: docs/reproduce (full) or docs/reproduce-quick (--quick)."""
