@@ -113,10 +113,9 @@ def frontier(results: Results, units_done: set[str]) -> Finding:
     others = {a: c for a, c in ((k.removeprefix("topk_vs_"), v) for k, v in f.numbers.items() if k.startswith("topk_vs_"))
               if a != "relu"}
     summary = ", ".join(f"{a}: TopK better at {sum(c['topk_better'] for c in v)}/{len(v)}" for a, v in others.items())
-    budget = _budget_note(by_arch)
     f.judge("TopK's frontier lies below ReLU's at equal L0" + (f"; other architectures ({summary})" if summary else ""),
             f"Other architectures: {summary}" if summary else "")
-    f.reason += budget
+    f.reason += _budget_note(by_arch)
     return f
 
 
@@ -160,13 +159,13 @@ def dead_latents(results: Results, units_done: set[str]) -> Finding:
             f.check(f"{name} alone leaves no more dead latents than neither "
                     f"({rows[c]['dead_frac']:.1%} vs {neither['dead_frac']:.1%})",
                     rows[c]["dead_frac"] <= neither["dead_frac"])
-    window = both.get("dead_window_tokens")
     return f.judge(f"dead: {both['dead_frac']:.1%} with both, {neither['dead_frac']:.1%} with neither",
-                   _dead_context(both, neither, window))
+                   _dead_context(both, neither))
 
 
-def _dead_context(both: dict[str, Any], neither: dict[str, Any], window: int | None) -> str:
+def _dead_context(both: dict[str, Any], neither: dict[str, Any]) -> str:
     """What the measured fractions say about a failed criterion, from the numbers (not a fixed excuse)."""
+    window = both.get("dead_window_tokens")
     scale = (f"At n = {both['n']} and {both['tokens']:,} tokens"
              + (f" (dead: no fire in the last {window:,})" if window else "") + ", ")
     if neither["dead_frac"] <= 0.10:

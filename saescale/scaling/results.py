@@ -18,7 +18,7 @@ read (W of an older record: its dead_tokens, or the default of the time max(1, m
 
 Comparability (:attr:`Member.group`): every recorded setting except the fitted axes
 (:data:`FITTED`) and the settings that cannot change the trained weights (:data:`RUNTIME`; values that
-train the same SAE, :data:`SAME_RESULT`, read as one),
+train the same SAE, :data:`~saescale.train.config.SAME_RESULT`, read as one),
 with the model, the hook and the dead window W as trained; older records are first read as
 today's (:func:`~saescale.train.config.upgrade_train_record`,
 :func:`~saescale.sae.config.upgrade_sae_record`). A setting a record lacks counts as its own
@@ -42,7 +42,7 @@ import numpy as np
 from saescale.configs import read_jsonl
 from saescale.errors import SaescaleError
 from saescale.sae.config import upgrade_sae_record
-from saescale.train.config import SAME_RESULT, upgrade_train_record
+from saescale.train.config import read_as_same, upgrade_train_record
 
 REQUIRED = ("id", "arch", "n", "k", "lr", "tokens", "model", "loss", "curve")
 
@@ -246,9 +246,7 @@ def comparability(obj: dict, sections: dict[str, Any] | None, window: int | None
     else:
         for name, rec in sections.items():
             _flatten(name, rec, flat)
-    for name, same in SAME_RESULT.items():
-        if name in flat and isinstance(flat[name], str):
-            flat[name] = same.get(flat[name], flat[name])
+    read_as_same(flat)
     if window is not None or "train.dead_tokens" in flat:
         flat["train.dead_tokens"] = window  # W as trained, also where the record left it to the default
     for name in FITTED + RUNTIME:

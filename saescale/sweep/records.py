@@ -53,7 +53,7 @@ from saescale.errors import SaescaleError
 from saescale.sae.config import SAEConfig, upgrade_sae_record
 from saescale.sae.registry import arch_class
 from saescale.sweep.spec import Member, SweepSpec
-from saescale.train.config import SAME_RESULT, TrainConfig, upgrade_train_record
+from saescale.train.config import TrainConfig, read_as_same, upgrade_train_record
 
 RUNTIME = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "device")
 """Training settings that may differ between a member's record and the spec: where it runs, what it logs and keeps.
@@ -259,10 +259,7 @@ def differences(m: Member, spec: SweepSpec, data: dict[str, Any], rec: Record) -
             recorded.pop(HARVEST_BATCH, None), asked.pop(HARVEST_BATCH, None)
         if recorded.get(HOOK) != asked.get(HOOK):
             _resolve_hooks(recorded), _resolve_hooks(asked)
-    for flat in (recorded, asked):
-        for name, same in SAME_RESULT.items():
-            if isinstance(flat.get(name), str):
-                flat[name] = same.get(flat[name], flat[name])
+    read_as_same(recorded), read_as_same(asked)
     keys = list(asked) + [k for k in recorded if k not in asked]
     unset = "(not set)"
     return [(k, recorded.get(k, unset), asked.get(k, unset)) for k in keys

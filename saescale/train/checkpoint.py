@@ -102,11 +102,16 @@ def publish_checkpoint(tmp: Path, ckdir: Path, name: str, step: int, keep: int) 
     return final
 
 
+def step_folders(ckdir: Path) -> list[Path]:
+    """The published checkpoint folders step-N of ``ckdir``, oldest first (by step: past 10^9 steps the names
+    grow longer, not larger as text; other step-* folders are not checkpoints)."""
+    done = [p for p in ckdir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)]
+    return sorted(done, key=lambda p: int(p.name[5:]))
+
+
 def prune_checkpoints(ckdir: Path, keep: int, current: str) -> None:
     """Keep the ``keep`` newest step-* folders (and ``current``); remove temporaries left by a killed run."""
-    done = sorted((p for p in ckdir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)),
-                  key=lambda p: int(p.name[5:]))  # by step: past 10^9 steps the names are longer, not larger as text
-    for p in done[:-keep]:
+    for p in step_folders(ckdir)[:-keep]:
         if p.name != current:
             shutil.rmtree(p, ignore_errors=True)
     for p in ckdir.glob(".step-*.tmp-*"):  # left by a killed run
@@ -120,8 +125,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     ckdir = root / "checkpoints"
     ptr = ckdir / "latest.json"
     if not ptr.is_file():
-        done = [p for p in ckdir.glob("step-*") if p.is_dir() and STEP_NAME.fullmatch(p.name)]
-        return max(done, key=lambda p: int(p.name[5:])) if done else None
+        done = step_folders(ckdir)
+        return done[-1] if done else None
     fix = "delete it to resume from the newest step-* folder, or start a new --out"
     try:
         rec = json.loads(ptr.read_text())

@@ -183,6 +183,14 @@ latents (:mod:`saescale.kernels.bf16_select`; rows it cannot certify are redone 
 runs one of the two; 'autocast' (the plain, approximate bf16 top-k) stays apart."""
 
 
+def read_as_same(flat: dict) -> None:
+    """``flat`` (dotted setting name -> recorded value) with each :data:`SAME_RESULT` value replaced, in place,
+    by the value it trains the same SAE as."""
+    for name, same in SAME_RESULT.items():
+        if isinstance(flat.get(name), str):
+            flat[name] = same.get(flat[name], flat[name])
+
+
 def upgrade_train_record(record: dict) -> dict:
     """A TrainConfig record written before unset settings were None (run.json of an older run):
     lr = 0, warmup_steps = -1, k_aux = 0 and dead_tokens = 0 meant 'the default'; fire_threshold
