@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from saescale.kernels.encoder import FusedTopKEncode
-from saescale.kernels.select import Selection, select_topk
+from saescale.kernels.select import Selection, select_topk, top_columns
 from saescale.kernels.workspace import scratch
 from saescale.threads import one_thread
 
@@ -48,7 +48,7 @@ def grouped_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k
         s, t, lo = bounds[e], bounds[e + 1], e * m
         if t > s:
             torch.addmm(b_enc[lo : lo + m], x_c[s:t], W_enc[lo : lo + m].T, out=pre[s:t])
-    values, cols = pre.topk(k, dim=1, sorted=False)  # the code's order is free (decoders sum it)
+    values, cols = top_columns(pre, k)  # group-pruned top-k, unsorted: the code's order is free (decoders sum it)
     with one_thread():
         indices = cols + base
     if not w:
