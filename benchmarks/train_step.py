@@ -214,8 +214,9 @@ def compare_arch(args: argparse.Namespace, g: torch.Generator, x: torch.Tensor) 
         t_topk += timed(lambda: topk.step(x), 1, args.device)
     l0 = metrics["l0"]
     a, b = min(t_arch[1:] or t_arch), min(t_topk[1:] or t_topk)
-    print(f"{args.arch} step: best {a * 1e3:.0f} ms (median {statistics.median(t_arch) * 1e3:.0f}), L0 {l0:.1f}")
-    print(f"topk step: best {b * 1e3:.0f} ms (median {statistics.median(t_topk) * 1e3:.0f})")
+    print(f"{args.arch} step: best {a * 1e3:.0f} ms (median {statistics.median(t_arch) * 1e3:.0f}), L0 {l0:.1f}, "
+          f"selection {ours.cfg.precision}")
+    print(f"topk step: best {b * 1e3:.0f} ms (median {statistics.median(t_topk) * 1e3:.0f}), selection {topk.cfg.precision}")
     if args.arch == "switch":
         load = ", ".join(f"{f:.3f}" for f in metrics["expert_load"])
         print(f"expert load (fraction of tokens per expert): {load}")

@@ -8,9 +8,12 @@ expert e owns latents [e m, (e + 1) m) of W_enc (n, d), b_enc (n,), m = n / E. W
     aux            = top-k_aux_e of P among expert e's dead latents, padded to the widest
                      k_aux_e with (value 0, index e m)                                  (B, w)
 
-Every row of P holds only its own expert's latents, so the whole batch's selection is one ``topk`` over
-the (B, m) buffer (m = 2048 at n = 16384, E = 8: 1/E of a dense encoder's pre-activations). An expert
-wider than one chunk goes through the chunked :func:`~saescale.kernels.select.select_topk` instead.
+Every row of P holds only its own expert's latents, so the whole batch's selection is one group-pruned
+top-k (:func:`~saescale.kernels.select.top_columns`) over the (B, m) buffer (m = 2048 at n = 16384, E = 8:
+1/E of a dense encoder's pre-activations). An expert wider than one chunk, and every expert under a bf16
+selection precision (:mod:`saescale.kernels.precision`: its certified or autocast selection, as for TopK),
+goes through :func:`~saescale.kernels.select.select_topk` on its own rows instead (at n = 16384, E = 8,
+B = 4096 the step takes the same time either way: benchmarks/README.md).
 
 The values are differentiable in (x_n, b_pre, W_enc, b_enc) with the dense encoder's sparse backward
 (:func:`~saescale.kernels.encoder.selected_backward`: a CSR matmul over the B (k + w) selected pairs);
@@ -24,6 +27,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from saescale.kernels.encoder import FusedTopKEncode
+from saescale.kernels import precision
 from saescale.kernels.select import Selection, select_topk, top_columns
 from saescale.kernels.workspace import scratch
 from saescale.threads import one_thread
@@ -41,7 +45,7 @@ def grouped_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k
         expert = torch.repeat_interleave(torch.arange(E, device=x_c.device),
                                          torch.tensor([bounds[e + 1] - bounds[e] for e in range(E)], device=x_c.device))
         base = (expert * m)[:, None]  # (B, 1) each row's first latent
-    if m > chunk:
+    if m > chunk or precision.active() != "float32":
         return _chunked(x_c, W_enc, b_enc, bounds, k, dead, widths, chunk, base)
     pre = scratch("switch.pre", (B * m,), x_c.dtype, x_c.device).view(B, m)
     for e in range(E):
@@ -62,7 +66,7 @@ def grouped_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k
 
 def _chunked(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, bounds: list[int], k: int, dead: Tensor | None,
              widths: list[int], chunk: int, base: Tensor) -> Selection:
-    """Experts wider than a chunk: the chunked kernel on each expert's rows and latents."""
+    """Experts wider than a chunk, or a bf16 precision: :func:`select_topk` on each expert's rows and latents."""
     E, B, m = len(bounds) - 1, x_c.shape[0], W_enc.shape[0] // (len(bounds) - 1)
     w = max(widths) if widths else 0
     values, indices = x_c.new_empty(B, k), base.new_empty(B, k)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from saescale.distributed.mesh import Mesh
 from saescale.errors import SaescaleError
 from saescale.kernels.decoder import SparseCode
+from saescale.kernels.precision import PRECISIONS
 from saescale.kernels.select import CUDA_CHUNK, DEFAULT_CHUNK
 from saescale.sae.config import SAEConfig
 from saescale.sae.normalize import NormStats, denormalize, normalize
@@ -84,6 +85,9 @@ class SparseAutoencoder(nn.Module):
     lr_rule: str = "topk"
     """The default learning-rate rule (``saescale.train.config.default_lr``): 'topk' for SAEs sparse by
     selection, 'penalty' for those sparse by an L1 or L0 penalty (dense codes early in training)."""
+    selection_precisions: tuple[str, ...] = PRECISIONS
+    """The top-k selection precisions its fast path honours (``TrainConfig.precision``,
+    :mod:`saescale.kernels.precision`); an architecture sparse by a penalty selects no top-k: float32 only."""
     kernel_chunk: int | None = None  # latents per encoder matmul block of the chunked kernels; None: by device
     transcoder: bool = False  # reconstructs another module's output (saescale.sae.transcoder)
 

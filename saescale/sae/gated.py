@@ -41,6 +41,7 @@ class GatedSAE(SparseAutoencoder):
     """Gated SAE with weight sharing between the gate and magnitude paths."""
 
     lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+    selection_precisions = ("float32",)  # no top-k selection
 
     extra_params = ("r_mag", "b_mag")
 

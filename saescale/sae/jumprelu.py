@@ -92,6 +92,7 @@ class JumpReLUSAE(SparseAutoencoder):
     """JumpReLU + L0 SAE."""
 
     lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+    selection_precisions = ("float32",)  # no top-k selection
 
     extra_params = ("log_threshold",)
     threshold_params = ("log_threshold",)

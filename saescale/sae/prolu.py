@@ -60,6 +60,7 @@ class ProLUSAE(SparseAutoencoder):
     """ProLU + L1 SAE."""
 
     lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+    selection_precisions = ("float32",)  # no top-k selection
 
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
         m = torch.nn.functional.linear(x_n - self.b_pre, self.W_enc)

@@ -21,6 +21,7 @@ class ReluSAE(SparseAutoencoder):
     """The ReLU + L1 baseline of the paper."""
 
     lr_rule = "penalty"  # dense codes early in training: the TopK learning-rate rule kills them
+    selection_precisions = ("float32",)  # no top-k selection
 
     def encode_normalized(self, x_n: Tensor) -> SparseCode:
         return dense_to_code(F.relu(self.pre_acts(x_n)))

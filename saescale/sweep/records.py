@@ -164,8 +164,9 @@ def resolved_settings(sae: dict[str, Any], train: dict[str, Any], d: int | None)
         sae["norm_scale"] = ESTIMATED
     if isinstance(sae.get("n"), int) and isinstance(sae.get("d"), int):
         try:
-            rule = arch_class(sae["arch"]).lr_rule if isinstance(sae.get("arch"), str) else "topk"
-            train = config_to_dict(config_from_dict(TrainConfig, train).resolved(sae["n"], sae["d"], rule))
+            cls = arch_class(sae["arch"]) if isinstance(sae.get("arch"), str) else None
+            train = config_to_dict(config_from_dict(TrainConfig, train).resolved(
+                sae["n"], sae["d"], cls.lr_rule if cls else "topk", cls.selection_precisions if cls else None))
         except SaescaleError:
             pass
     flat = {f"sae.{k}": v for k, v in sae.items()}

@@ -96,7 +96,7 @@ class TrainConfig:
     """Torch device for training ('cpu', 'cuda', 'cuda:1')."""
 
     precision: Literal["auto", "float32", "bfloat16", "autocast"] = "auto"
-    """The encoder's top-k selection: 'bfloat16' picks candidates with a bf16 matmul, rescores them in float32 and certifies that the selection equals float32's (rows that fail are redone in float32), so the result is float32's, faster where bf16 matmuls are fast; 'float32' the float32 matmul; 'autocast' the plain top-k of the bf16 pre-activations (approximate near the k-th value, as other trainers' bf16 autocast); 'auto' = bfloat16 where the device has fast bf16 matmuls (CPU with AVX512-BF16 or AMX, CUDA compute capability >= 8.0; $SAESCALE_FAST_BF16=1/0 forces), else float32. Parameters, gradients and Adam are float32 in every mode; run.json records the one used."""
+    """The encoder's top-k selection: 'bfloat16' picks candidates with a bf16 matmul, rescores them in float32 and certifies that the selection equals float32's (rows that fail are redone in float32), so the result is float32's, faster where bf16 matmuls are fast; 'float32' the float32 matmul; 'autocast' the plain top-k of the bf16 pre-activations (approximate near the k-th value, as other trainers' bf16 autocast); 'auto' = bfloat16 where the device has fast bf16 matmuls (CPU with AVX512-BF16 or AMX, CUDA compute capability >= 8.0; $SAESCALE_FAST_BF16=1/0 forces), else float32. Parameters, gradients and Adam are float32 in every mode; run.json records the one used. It applies to the architectures that select a top-k (topk, batchtopk, matryoshka, switch and TopK transcoders); relu, gated, jumprelu and prolu select none and run float32 whatever is asked (recorded as float32)."""
 
     progress: bool = True
     """Show a progress bar with tokens/s and ETA."""
@@ -108,15 +108,17 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
-    def resolved(self, n: int, d: int, lr_rule: str = "topk") -> "TrainConfig":
+    def resolved(self, n: int, d: int, lr_rule: str = "topk", precisions: tuple[str, ...] | None = None) -> "TrainConfig":
         """These settings with every unset one filled in for an SAE of n latents on width d whose
-        architecture follows the learning-rate rule ``lr_rule`` (``SparseAutoencoder.lr_rule``):
+        architecture follows the learning-rate rule ``lr_rule`` (``SparseAutoencoder.lr_rule``) and honours
+        the selection precisions ``precisions`` (``SparseAutoencoder.selection_precisions``; None: all):
 
         lr = :func:`default_lr` (n, batch_size, lr_rule), warmup_steps = min(1000, steps / 20),
         k_aux = the power of two nearest d/2 (512 for GPT-2's d = 768), at most n,
         dead_tokens = max(10 batches, min(10M, tokens / 10)): the paper's 10M scaled to the run, with a
         floor so that on a short run "dead" never means "did not fire in one batch",
-        precision = :func:`resolve_precision` (auto -> bfloat16 or float32 by the device).
+        precision = :func:`resolve_precision` (auto -> bfloat16 or float32 by the device; float32 for an
+        architecture without a top-k selection, whatever was asked: what runs is what is recorded).
         """
         return dataclasses.replace(
             self,
@@ -124,7 +126,7 @@ class TrainConfig:
             warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20),
             k_aux=min(self.k_aux if self.k_aux is not None else 2 ** round(math.log2(max(d / 2, 1))), n),
             dead_tokens=self.dead_tokens if self.dead_tokens is not None else default_dead_tokens(self.tokens, self.batch_size),
-            precision=resolve_precision(self.precision, self.device),
+            precision=resolve_precision(self.precision, self.device, precisions),
         )
 
 
@@ -141,14 +143,15 @@ LR_RULES = {"topk": LR_RULE, "penalty": PAPER_LR_RULE}
 """The default learning-rate rules by name (``SparseAutoencoder.lr_rule``)."""
 
 
-def resolve_precision(precision: str, device: str = "cpu") -> str:
+def resolve_precision(precision: str, device: str = "cpu", precisions: tuple[str, ...] | None = None) -> str:
     """The selection precision that runs: 'auto' -> 'bfloat16' where ``device`` has fast bf16 matmuls
-    (:func:`saescale.activations.precision.fast_bf16`), else 'float32'; other values as they are."""
-    if precision != "auto":
-        return precision
-    from saescale.activations.precision import fast_bf16
+    (:func:`saescale.activations.precision.fast_bf16`), else 'float32'; other values as they are. With
+    ``precisions`` (the ones the architecture honours) a precision outside them is 'float32', which it runs."""
+    if precision == "auto":
+        from saescale.activations.precision import fast_bf16
 
-    return "bfloat16" if fast_bf16(device) else "float32"
+        precision = "bfloat16" if fast_bf16(device) else "float32"
+    return precision if precisions is None or precision in precisions else "float32"
 
 
 def default_lr(n: int, batch_size: int, lr_rule: str = "topk") -> float:

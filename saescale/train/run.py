@@ -84,9 +84,13 @@ PRECISION_LINES = {
 }
 
 
-def precision_line(precision: str) -> str:
-    """The line a training run prints about the precision it uses (the reference kernels are float32)."""
-    return PRECISION_LINES[precision if fast_kernels() else "float32"]
+def precision_line(precision: str, asked: str = "auto", arch: str = "") -> str:
+    """The line a training run prints about the precision it uses (the reference kernels are float32); when
+    ``asked`` (--precision) is not what runs because ``arch`` selects no top-k, the line says so."""
+    line = PRECISION_LINES[precision if fast_kernels() else "float32"]
+    if asked not in ("auto", precision) and precision == "float32":
+        line += f" (--arch {arch} selects no top-k: --precision {asked} does not apply to it)"
+    return line
 
 
 def runtime(precision: str = "float32") -> dict[str, Any]:
@@ -219,7 +223,7 @@ def train_sae(
         return TrainResult(trainer.final_sae(), summary["final_train_metrics"], resumed, time.perf_counter() - t0,
                            trainer.cfg)
     if log:
-        log(precision_line(trainer.cfg.precision))
+        log(precision_line(trainer.cfg.precision, cfg.precision, trainer.sae.cfg.arch))
     trainer.callbacks.extend(callbacks)
     rows = DataParallelSlice(source, mesh.data_rank, mesh.data_shards)
     metrics = trainer.fit(rows.batches(cfg.batch_size // mesh.data_shards, start=trainer.state.step))

@@ -63,7 +63,7 @@ class Trainer:
 
     def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, loss_scale: float, out_dir: Path | None = None):
         self.sae, self.mesh, self.out_dir = sae.to(cfg.device), sae.mesh, out_dir
-        self.cfg = cfg.resolved(sae.cfg.n, sae.cfg.d, type(sae).lr_rule)
+        self.cfg = cfg.resolved(sae.cfg.n, sae.cfg.d, type(sae).lr_rule, type(sae).selection_precisions)
         self.opt = make_optimizer(self._param_groups(), self.cfg)
         self.ema = EMA(self._params(), cfg.ema) if cfg.ema > 0 else None
         self.state = TrainState(0, 0, torch.zeros(sae.shard.size, dtype=torch.long, device=cfg.device), loss_scale)
