@@ -1,4 +1,4 @@
-"""The Switch SAE frontier of docs/architectures.md: held-out nMSE against training FLOPs per token, k = 32.
+r"""The Switch SAE frontier of docs/architectures.md: held-out nMSE against training FLOPs per token, k = 32.
 
 Usage (after ``saescale sweep examples/architectures/switch.toml`` and ``.../switch-dense.toml``):
 
@@ -10,9 +10,10 @@ and for the 4x budget (after ``.../switch-long.toml`` and ``.../switch-long-dens
         --name switch_long --corpus "large corpus"
 
 Reads the two sweeps' results.jsonl (held-out nMSE and L0 on the cache's validation split) and writes
-``NAME_results.json`` and ``NAME_frontier.png`` to ``--out``; prints the table. FLOPs per token (what the fast paths compute): the encoder matmul 2 d n (dense TopK) or
-2 d n / E + 2 d E (Switch: the token's expert and the router), plus the sparse decoder and backward, about
-8 d k for both (decode 2 d k; decoder-weight, code and encoder-weight gradients 2 d k each).
+``NAME_results.json``, ``NAME_frontier.png`` and, when every run has a loss curve, ``NAME_curves.png`` to
+``--out``; prints the table. FLOPs per token (what the fast paths compute): the encoder matmul 2 d n (dense
+TopK) or 2 d n / E + 2 d E (Switch: the token's expert and the router), plus the sparse decoder and
+backward, about 8 d k for both (decode 2 d k; decoder-weight, code and encoder-weight gradients 2 d k each).
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ def plot(table: list[dict], path: Path, corpus: str) -> None:
 
 def plot_curves(table: list[dict], path: Path, corpus: str) -> None:
     """Held-out nMSE along each run against the training FLOPs spent so far (tokens x FLOPs per token)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     def level(r: dict) -> int:  # a FLOPs-matched pair (the i-th cheapest of each arch) shares a colour
         return sorted(x["flops_per_token"] for x in table if x["arch"] == r["arch"]).index(r["flops_per_token"])
 
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in table:
         pts = [(t * r["flops_per_token"], loss) for t, loss in r["curve"] if t >= 100_000]
         label = f"Switch E={r['experts']}" if r["arch"] == "switch" else f"TopK n={r['n']}"

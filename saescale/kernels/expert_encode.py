@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from saescale.kernels.encoder import FusedTopKEncode
 from saescale.kernels import precision
+from saescale.kernels.encoder import FusedTopKEncode
 from saescale.kernels.select import Selection, select_topk, top_columns
 from saescale.kernels.workspace import scratch
 from saescale.threads import one_thread
